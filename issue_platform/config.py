@@ -1,0 +1,176 @@
+"""User configuration: extra issue types from a YAML/JSON file or from a Python module.
+
+A config file looks like::
+
+    group_types:
+      - type_id: 900001
+        slug: cron_job_late
+        description: Cron job ran late
+        category: CRON            # a GroupCategory name or number
+        released: true
+        default_priority: high    # low/medium/high or 25/50/75
+        noise_config: {ignore_limit: 2, expiry_time: 90m}   # seconds, "90m", "24h", "2d"; or null
+
+Every error is a `ConfigError` whose message names the file, the entry and the field.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, Optional
+
+from issue_platform.enums import GroupCategory, PriorityLevel
+from issue_platform.grouptype import GroupType, InvalidGroupTypeError, NoiseConfig, registry
+
+
+class ConfigError(ValueError):
+    """A configuration problem, reported to the user as one line."""
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_TYPE_FIELDS = {
+    "type_id", "slug", "description", "category", "category_v2", "released", "noise_config",
+    "enable_auto_resolve", "enable_escalation_detection", "default_priority",
+}
+_TOP_LEVEL = {"group_types"}
+
+
+def parse_duration(value: Any, where: str) -> timedelta:
+    """Seconds (a number or numeric string) or a string like "90m", "24h", "2d"."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{where}: expected seconds or a duration like '24h', got {value!r}")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str) and (match := _DURATION.match(value.lower())):
+        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    else:
+        raise ConfigError(f"{where}: expected seconds or a duration like '90m', '24h', '2d', got {value!r}")
+    if seconds <= 0:
+        raise ConfigError(f"{where}: duration must be positive, got {value!r}")
+    return timedelta(seconds=seconds)
+
+
+def _enum_value(enum: type, value: Any, where: str) -> int:
+    if isinstance(value, str) and value.upper() in enum.__members__:
+        return int(enum[value.upper()])
+    if isinstance(value, int) and not isinstance(value, bool) and value in enum._value2member_map_:
+        return value
+    names = ", ".join(m.lower() for m in enum.__members__)
+    raise ConfigError(f"{where}: {value!r} is not one of {names} (or their numbers)")
+
+
+def _noise_config(value: Any, where: str) -> Optional[NoiseConfig]:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a mapping {{ignore_limit, expiry_time}} or null")
+    unknown = set(value) - {"ignore_limit", "expiry_time"}
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
+    limit = value.get("ignore_limit", 3)
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
+        raise ConfigError(f"{where}.ignore_limit: expected a non-negative integer, got {limit!r}")
+    expiry = value.get("expiry_time")
+    return NoiseConfig(limit, parse_duration(expiry, f"{where}.expiry_time") if expiry is not None
+                       else NoiseConfig().expiry_time)
+
+
+def group_type_attributes(spec: Any, where: str) -> dict[str, Any]:
+    """Validate one `group_types` entry and turn it into GroupType class attributes."""
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{where}: expected a mapping")
+    unknown = set(spec) - _TYPE_FIELDS
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
+    for required in ("type_id", "slug", "description", "category"):
+        if required not in spec:
+            raise ConfigError(f"{where}: `{required}` is required")
+    attrs: dict[str, Any] = {
+        "type_id": spec["type_id"],
+        "slug": spec["slug"],
+        "description": spec["description"],
+        "category": _enum_value(GroupCategory, spec["category"], f"{where}.category"),
+        "noise_config": _noise_config(spec.get("noise_config"), f"{where}.noise_config"),
+    }
+    if spec.get("category_v2") is not None:
+        attrs["category_v2"] = _enum_value(GroupCategory, spec["category_v2"], f"{where}.category_v2")
+    if "default_priority" in spec:
+        attrs["default_priority"] = _enum_value(PriorityLevel, spec["default_priority"], f"{where}.default_priority")
+    for flag in ("released", "enable_auto_resolve", "enable_escalation_detection"):
+        if flag in spec:
+            attrs[flag] = spec[flag]
+    return attrs
+
+
+@dataclass(frozen=True)
+class PlatformConfig:
+    """Everything the pipeline needs to rebuild the user's registry on a worker (picklable)."""
+
+    group_types: tuple[tuple[str, dict[str, Any]], ...] = ()  # (where, attributes)
+    group_types_modules: tuple[str, ...] = ()
+    source: Optional[str] = None
+    _installed: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def install(self) -> None:
+        """Register the configured types in this process's registry. Idempotent."""
+        for module in self.group_types_modules:
+            try:
+                importlib.import_module(module)
+            except Exception as exc:  # the user's module: report any failure as config
+                raise ConfigError(f"--group_types_module {module}: cannot import it ({exc})") from exc
+        for where, attrs in self.group_types:
+            existing = registry.find(attrs["type_id"]) if isinstance(attrs["type_id"], int) else None
+            if existing is not None and getattr(existing, "_config_attrs", None) == attrs:
+                continue  # already installed in this process (workers call install() per setup)
+            try:
+                type(f"ConfigGroupType_{attrs['slug']}", (GroupType,),
+                     {**attrs, "_config_attrs": attrs, "__module__": __name__})
+            except InvalidGroupTypeError as exc:
+                raise ConfigError(f"{where}: {exc}") from exc
+
+
+def _read_document(path: str) -> Any:
+    try:
+        with open(path, "rb") as handle:
+            text = handle.read().decode("utf-8")
+    except OSError as exc:
+        raise ConfigError(f"--config {path}: cannot read it ({exc.strerror or exc})") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"--config {path}: not UTF-8 text") from exc
+    if path.endswith(".json"):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"--config {path}: invalid JSON at line {exc.lineno}: {exc.msg}") from exc
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"--config {path}: invalid YAML{line}") from exc
+
+
+def load_config(path: Optional[str] = None, modules: tuple[str, ...] = ()) -> PlatformConfig:
+    """Read and validate a config file (YAML, or JSON by extension). Nothing is registered yet."""
+    specs: list[tuple[str, dict[str, Any]]] = []
+    if path:
+        document = _read_document(path) or {}
+        if not isinstance(document, dict):
+            raise ConfigError(f"--config {path}: the top level must be a mapping")
+        unknown = set(document) - _TOP_LEVEL
+        if unknown:
+            raise ConfigError(f"--config {path}: unknown section(s) {', '.join(sorted(unknown))}")
+        entries = document.get("group_types") or []
+        if not isinstance(entries, list):
+            raise ConfigError(f"--config {path}: group_types must be a list")
+        name = os.path.basename(path)
+        specs = [(f"{name}: group_types[{i}]", group_type_attributes(spec, f"{name}: group_types[{i}]"))
+                 for i, spec in enumerate(entries)]
+    return PlatformConfig(tuple(specs), tuple(modules), path)

@@ -1,0 +1,37 @@
+"""Stable outcome and dead-letter reason codes (snake_case; never renamed)."""
+
+# Occurrence outcomes (the `outcome` column of the occurrences table).
+GROUPED = "grouped"
+NOISE_SUPPRESSED = "noise_suppressed"
+INGEST_DISABLED = "ingest_disabled"
+TYPE_MISMATCH = "type_mismatch"
+DUPLICATE = "duplicate"
+OCCURRENCE_OUTCOMES = (GROUPED, NOISE_SUPPRESSED, INGEST_DISABLED, TYPE_MISMATCH, DUPLICATE)
+
+# Dead-letter reasons.
+INVALID_JSON = "invalid_json"
+NOT_AN_OBJECT = "not_an_object"
+PAYLOAD_TOO_LARGE = "payload_too_large"
+TOO_DEEP = "too_deep"
+MISSING_FIELD = "missing_field"
+INVALID_TYPE = "invalid_type"
+INVALID_VALUE = "invalid_value"
+EMPTY_FINGERPRINT = "empty_fingerprint"
+INVALID_FINGERPRINT = "invalid_fingerprint"
+INVALID_UUID = "invalid_uuid"
+UNKNOWN_GROUP_TYPE = "unknown_group_type"
+PROJECT_MISMATCH = "project_mismatch"
+MISSING_EVENT = "missing_event"
+INVALID_EVENT = "invalid_event"
+UNKNOWN_PAYLOAD_TYPE = "unknown_payload_type"
+INTERNAL_ERROR = "internal_error"
+DEAD_LETTER_REASONS = (
+    INVALID_JSON, NOT_AN_OBJECT, PAYLOAD_TOO_LARGE, TOO_DEEP, MISSING_FIELD, INVALID_TYPE,
+    INVALID_VALUE, EMPTY_FINGERPRINT, INVALID_FINGERPRINT, INVALID_UUID, UNKNOWN_GROUP_TYPE,
+    PROJECT_MISMATCH, MISSING_EVENT, INVALID_EVENT, UNKNOWN_PAYLOAD_TYPE, INTERNAL_ERROR,
+)
+
+# Dead-letter stages.
+STAGE_PARSE = "parse"
+STAGE_VALIDATE = "validate"
+STAGE_GROUP = "group"

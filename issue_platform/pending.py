@@ -1,0 +1,120 @@
+"""Compact encodings of events waiting in a key's event-time buffer.
+
+A batch run buffers every event of a key until the watermark passes it (see
+transforms/groups.py), so what is buffered must be small: a fixed 62-byte head plus the extra
+fingerprint hashes and the resource id. The strings an occurrence shares with its neighbours
+(title, subtitle, culprit, level, environment) are interned: stored once per key as a
+`Display`, referenced by a 12-byte digest.
+"""
+from __future__ import annotations
+
+import hashlib
+import struct
+from typing import NamedTuple, Optional, Union
+
+import orjson
+
+from issue_platform.validation import Occurrence, StatusChange
+
+OCCURRENCE, STATUS_CHANGE = 0, 1
+_NONE = 0xFF
+_OCC_HEAD = struct.Struct("<Bd16s16sIBB12sB")  # kind, time, id, event id, type, prio, init prio, display, n extra fp
+_SC_HEAD = struct.Struct("<Bd16sBBB")  # kind, time, id, new status, new substatus, has update_date
+
+
+class Display(NamedTuple):
+    title: str
+    subtitle: str
+    culprit: str
+    level: str
+    environment: str
+
+    def encode(self) -> bytes:
+        return orjson.dumps(tuple(self))
+
+    @classmethod
+    def decode(cls, data: bytes) -> "Display":
+        return cls(*orjson.loads(data))
+
+
+def display_digest(display_bytes: bytes) -> bytes:
+    return hashlib.blake2b(display_bytes, digest_size=12).digest()
+
+
+class PendingOccurrence(NamedTuple):
+    time: float
+    id: str
+    event_id: str
+    type: int
+    priority: Optional[int]
+    initial_priority: Optional[int]
+    display: bytes  # digest
+    extra_fingerprint: tuple[str, ...]
+    resource_id: Optional[str]
+
+
+class PendingStatusChange(NamedTuple):
+    time: float
+    id: str
+    new_status: int
+    new_substatus: Optional[int]
+    explicit_time: bool  # False: `time` is when we received it (no update_date)
+    detector_id: Optional[int]
+    activity_data: Optional[dict]
+
+
+Pending = Union[PendingOccurrence, PendingStatusChange]
+
+
+def _opt(value: Optional[int]) -> int:
+    return _NONE if value is None else value
+
+
+def encode_occurrence(occ: Occurrence) -> tuple[bytes, bytes, bytes]:
+    """(record, display digest, display bytes) for one validated occurrence."""
+    display = Display(occ.issue_title, occ.subtitle, occ.culprit, occ.level, occ.environment).encode()
+    digest = display_digest(display)
+    extra = occ.fingerprint[1:]
+    head = _OCC_HEAD.pack(OCCURRENCE, occ.detection_time, bytes.fromhex(occ.id), bytes.fromhex(occ.event_id),
+                          occ.type, _opt(occ.priority), _opt(occ.initial_priority), digest, len(extra))
+    tail = b"".join(bytes.fromhex(h) for h in extra)
+    if occ.resource_id is not None:
+        tail += b"\x01" + occ.resource_id.encode("utf-8")
+    return head + tail, digest, display
+
+
+def encode_status_change(change: StatusChange, received_at: float) -> bytes:
+    """The record for a status change; its event time is `update_date`, else `received_at`."""
+    explicit = change.update_date is not None
+    head = _SC_HEAD.pack(STATUS_CHANGE, change.update_date if explicit else received_at,
+                         bytes.fromhex(change.id), change.new_status, _opt(change.new_substatus), explicit)
+    if change.detector_id is None and change.activity_data is None:
+        return head
+    return head + orjson.dumps([change.detector_id, change.activity_data])
+
+
+def decode(record: bytes) -> Pending:
+    if record[0] == OCCURRENCE:
+        _, t, oid, eid, type_id, prio, init, digest, n_extra = _OCC_HEAD.unpack_from(record)
+        offset = _OCC_HEAD.size + 16 * n_extra
+        extra = tuple(record[i:i + 16].hex() for i in range(_OCC_HEAD.size, offset, 16))
+        resource = record[offset + 1:].decode("utf-8") if len(record) > offset else None
+        return PendingOccurrence(t, oid.hex(), eid.hex(), type_id, None if prio == _NONE else prio,
+                                 None if init == _NONE else init, digest, extra, resource)
+    _, t, cid, status, substatus, explicit = _SC_HEAD.unpack_from(record)
+    detector_id, activity_data = orjson.loads(record[_SC_HEAD.size:]) if len(record) > _SC_HEAD.size else (None, None)
+    return PendingStatusChange(t, cid.hex(), status, None if substatus == _NONE else substatus, bool(explicit),
+                               detector_id, activity_data)
+
+
+def sort_key(event: Pending) -> tuple:
+    """Event-time order; ties broken by kind (occurrences first) then id, so order is total."""
+    return (event.time, isinstance(event, PendingStatusChange), event.id)
+
+
+_DISPLAY_AT = slice(47, 59)  # offset of the display digest in an occurrence record's head
+
+
+def record_display_digest(record: bytes) -> Optional[bytes]:
+    """The display digest an occurrence record references (None for status changes)."""
+    return record[_DISPLAY_AT] if record[0] == OCCURRENCE else None

@@ -1,0 +1,160 @@
+"""`issue-platform`: run the pipeline, list types, validate files, generate payloads.
+
+    issue-platform run [--input PATH ...] [--output DIR] [--config FILE] [beam options]
+    issue-platform types [--config FILE]
+    issue-platform validate FILE... [--config FILE]
+    issue-platform generate --count N [--seed S] [--output FILE]
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import sys
+from typing import Optional, Sequence
+
+from issue_platform.config import ConfigError, load_config
+from issue_platform.grouptype import registry
+
+_EXIT_USAGE = 2
+
+
+def _config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML or JSON file with extra group_types")
+    parser.add_argument("--group_types_module", action="append", default=[],
+                        help="module defining GroupType subclasses (repeatable)")
+
+
+def _load(args) -> None:
+    load_config(args.config, tuple(args.group_types_module)).install()
+
+
+def cmd_types(args) -> int:
+    _load(args)
+    header = f"{'id':>6}  {'slug':<48} {'category':<18} {'released':<8} {'noise':<12} {'prio':<6} AR  ESC"
+    print(header)
+    for t in registry.all():
+        noise = (f"{t.noise_config.ignore_limit}/{_duration(t.noise_config.expiry_seconds)}"
+                 if t.noise_config else "-")
+        category = _category_name(t.category)
+        print(f"{t.type_id:>6}  {t.slug:<48} {category:<18} {'yes' if t.released else 'no':<8} {noise:<12} "
+              f"{_priority_name(t.default_priority):<6} {'yes' if t.enable_auto_resolve else 'no':<3} "
+              f"{'yes' if t.enable_escalation_detection else 'no'}")
+    return 0
+
+
+def _category_name(value: int) -> str:
+    from issue_platform.enums import GroupCategory
+
+    return GroupCategory(value).name
+
+
+def _priority_name(value: int) -> str:
+    from issue_platform.enums import PriorityLevel
+
+    return PriorityLevel(value).name.lower()
+
+
+def _duration(seconds: int) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def cmd_validate(args) -> int:
+    from issue_platform.validation import PayloadValidator, Rejected, parse
+
+    _load(args)
+    validator = PayloadValidator("fast", registry)
+    bad = total = 0
+    for path in args.files:
+        opener = gzip.open if path.endswith(".gz") else open
+        try:
+            with opener(path, "rb") as handle:
+                for number, line in enumerate(handle, 1):
+                    line = line.rstrip(b"\r\n")
+                    if not line.strip():
+                        continue
+                    total += 1
+                    try:
+                        validator.validate(parse(line, args.max_payload_bytes))
+                    except Rejected as rejected:
+                        bad += 1
+                        print(f"{path}:{number}: {rejected.reason}: {rejected.message}")
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read it ({exc.strerror or exc})") from exc
+    print(f"{total - bad} valid, {bad} invalid", file=sys.stderr)
+    return 1 if bad else 0
+
+
+def cmd_generate(args) -> int:
+    from issue_platform.generate import generate
+
+    if args.count < 0:
+        raise ConfigError("--count must be >= 0")
+    lines = generate(args.count, args.seed)
+    if args.output in (None, "-"):
+        out = sys.stdout.buffer
+        for line in lines:
+            out.write(line + b"\n")
+        return 0
+    opener = gzip.open if args.output.endswith(".gz") else open
+    with opener(args.output, "wb") as out:
+        for line in lines:
+            out.write(line + b"\n")
+    return 0
+
+
+def cmd_run(args, beam_args: Sequence[str]) -> int:
+    from pipelines.issue_pipeline import run
+    from pipelines.summary import counters, latest_groups, render
+
+    argv = list(beam_args)
+    for path in args.input:
+        argv += ["--input", path]
+    argv += ["--output", args.output]
+    for module in args.group_types_module:
+        argv += ["--group_types_module", module]
+    config = load_config(args.config, tuple(args.group_types_module))
+    result = run(argv, config)
+    print(render(counters(result), latest_groups(args.output)))
+    print(f"output: {args.output}/")
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="issue-platform", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run_p = sub.add_parser("run", help="run the batch pipeline (default input: the bundled sample)")
+    run_p.add_argument("--input", action="append", default=[], help="path or glob (repeatable)")
+    run_p.add_argument("--output", default="out", help="output directory (default: out)")
+    _config_args(run_p)
+
+    types_p = sub.add_parser("types", help="list the registered issue types")
+    _config_args(types_p)
+
+    validate_p = sub.add_parser("validate", help="validate JSON Lines files; exit 1 if any record is bad")
+    validate_p.add_argument("files", nargs="+")
+    validate_p.add_argument("--max_payload_bytes", type=int, default=1 << 20)
+    _config_args(validate_p)
+
+    generate_p = sub.add_parser("generate", help="write realistic synthetic payloads as JSON Lines")
+    generate_p.add_argument("--count", type=int, required=True)
+    generate_p.add_argument("--seed", type=int, default=0)
+    generate_p.add_argument("--output", help="file (.jsonl or .jsonl.gz); default stdout")
+
+    args, rest = parser.parse_known_args(argv)
+    if rest and args.command != "run":
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    try:
+        if args.command == "run":
+            return cmd_run(args, rest)
+        return {"types": cmd_types, "validate": cmd_validate, "generate": cmd_generate}[args.command](args)
+    except ConfigError as exc:
+        print(f"issue-platform: error: {exc}", file=sys.stderr)
+        return _EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

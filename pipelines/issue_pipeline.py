@@ -1,0 +1,91 @@
+"""The issue platform pipeline: payloads in; groups, occurrences, status changes, post-process
+messages, evidence and dead letters out.
+
+Run it locally on its embedded default (the bundled sample, output in ./out)::
+
+    issue-platform run
+
+or over your own files, on the DirectRunner's FnApiRunner (pinned for batch)::
+
+    issue-platform run --input 'data/*.jsonl.gz' --output out/ --config types.yaml
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from importlib import resources
+from typing import Iterator, Optional
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from issue_platform.config import PlatformConfig, load_config
+from pipelines.options import IssuePlatformOptions
+from transforms.groups import ProcessGroups
+from transforms.parse import DEAD_LETTER, EVIDENCE, GateIngest, KeyByGroup, ParsePayloads
+from transforms.read import ReadPayloads
+from transforms.write import WriteTables
+
+BATCH_RUNNER = "FnApiRunner"
+
+
+def sample_path() -> str:
+    return str(resources.files("issue_platform").joinpath("data", "sample.jsonl"))
+
+
+def build_pipeline(pipeline: beam.Pipeline, opts: IssuePlatformOptions, config: PlatformConfig,
+                   raw: Optional[beam.PCollection] = None) -> dict:
+    """Builds the graph on `pipeline` and returns every output table as a PCollection by name.
+    `raw` replaces the file read (tests pass `beam.Create` or a `TestStream` here)."""
+    if raw is None:
+        raw = pipeline | "ReadPayloads" >> ReadPayloads(opts.input or [sample_path()])
+    parsed = raw | "ParsePayloads" >> ParsePayloads(config, opts.max_payload_bytes, opts.validator)
+    gated = parsed.valid | "GateIngest" >> GateIngest(config)
+    keyed = gated.allowed | "KeyByGroup" >> KeyByGroup()
+    tables = keyed.keyed | "ProcessGroups" >> ProcessGroups(config, opts.dedupe_window_seconds)
+    tables["occurrences"] = (
+        (tables["occurrences"], gated.occurrences) | "AllOccurrenceOutcomes" >> beam.Flatten())
+    tables[EVIDENCE] = keyed[EVIDENCE]
+    tables[DEAD_LETTER] = parsed[DEAD_LETTER]
+    return tables
+
+
+@contextlib.contextmanager
+def fnapi_state_cache_off(runner: Optional[str]) -> Iterator[None]:
+    """The in-process FnApiRunner hard-codes a 100 MB SDK state cache and ignores
+    --max_cache_memory_usage_mb; sizing each cached value walks every loaded module (objsize), which
+    costs ~1.5 ms per key per bundle (reference: performance-anchors.md). Our stateful step reads
+    each key's state once per flush, so the cache saves nothing; we set its size to 0 for the run.
+    Results are identical either way (tests/test_pipeline.py checks)."""
+    from apache_beam.runners.portability.fn_api_runner import worker_handlers
+
+    if runner != BATCH_RUNNER:
+        yield
+        return
+    saved = worker_handlers.STATE_CACHE_SIZE_MB
+    worker_handlers.STATE_CACHE_SIZE_MB = 0
+    try:
+        yield
+    finally:
+        worker_handlers.STATE_CACHE_SIZE_MB = saved
+
+
+def run(argv=None, config: Optional[PlatformConfig] = None):
+    """Runs the batch pipeline to completion and returns its `PipelineResult`."""
+    options = PipelineOptions(argv)
+    opts = options.view_as(IssuePlatformOptions)
+    standard = options.view_as(StandardOptions)
+    if standard.runner is None:
+        standard.runner = BATCH_RUNNER
+    if config is None:
+        config = load_config(opts.config, tuple(opts.group_types_module or ()))
+    config.install()
+    if "://" not in opts.output:
+        os.makedirs(opts.output, exist_ok=True)
+    pipeline = beam.Pipeline(options=options)
+    pipeline_tables = build_pipeline(pipeline, opts, config)
+    pipeline_tables | "WriteTables" >> WriteTables(opts.output)
+    with fnapi_state_cache_off(standard.runner):
+        result = pipeline.run()
+        result.wait_until_finish()
+    return result

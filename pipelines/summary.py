@@ -1,0 +1,54 @@
+"""The end-of-run summary: outcome counts from Beam metrics, top groups from the groups table."""
+from __future__ import annotations
+
+import glob
+import os
+
+import orjson
+from apache_beam.metrics.metric import MetricsFilter
+
+from transforms.parse import NAMESPACE
+
+
+def counters(result) -> dict[str, int]:
+    """Every `issue_platform` counter of a finished run, by name."""
+    totals: dict[str, int] = {}
+    for counter in result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]:
+        value = counter.committed if counter.committed is not None else counter.attempted
+        totals[counter.key.metric.name] = totals.get(counter.key.metric.name, 0) + value
+    return totals
+
+
+def latest_groups(output_dir: str) -> list[dict]:
+    """The current state of every group: its row with the highest version."""
+    latest: dict[int, dict] = {}
+    for path in glob.glob(os.path.join(output_dir, "groups-*.jsonl")):
+        with open(path, "rb") as handle:
+            for line in handle:
+                row = orjson.loads(line)
+                if row["version"] >= latest.get(row["group_id"], {"version": -1})["version"]:
+                    latest[row["group_id"]] = row
+    return list(latest.values())
+
+
+def render(totals: dict[str, int], groups: list[dict], top: int = 5) -> str:
+    dead = sum(v for k, v in totals.items() if k.startswith("dead_letter."))
+    occ = {k.split(".", 1)[1]: v for k, v in totals.items() if k.startswith("occurrences.")}
+    changes = {k.split(".", 1)[1]: v for k, v in totals.items() if k.startswith("status_changes.")}
+    lines = [
+        f"records in:            {totals.get('records.in', 0)}",
+        f"groups created:        {totals.get('groups.created', 0)}",
+        f"occurrences grouped:   {occ.get('grouped', 0)}",
+        f"held back by noise:    {occ.get('noise_suppressed', 0)}",
+        f"other outcomes:        " + (", ".join(f"{k} {v}" for k, v in sorted(occ.items())
+                                               if k not in ("grouped", "noise_suppressed")) or "none"),
+        f"status changes:        " + (", ".join(f"{k} {v}" for k, v in sorted(changes.items())) or "none"),
+        f"dead-lettered:         {dead}" + (" (" + ", ".join(
+            f"{k.split('.', 1)[1]} {v}" for k, v in sorted(totals.items()) if k.startswith("dead_letter.")) + ")"
+            if dead else ""),
+        "top groups by times_seen:",
+    ]
+    for row in sorted(groups, key=lambda r: (-r["times_seen"], r["group_id"]))[:top]:
+        lines.append(f"  {row['times_seen']:>7}  project {row['project_id']:<5} type {row['type']:<6} "
+                     f"{row['title'][:40]} — {row['culprit'][:40]}")
+    return "\n".join(lines)

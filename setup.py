@@ -1,0 +1,18 @@
+"""The issue platform on Apache Beam. Beam is pinned to one version, here and in templates/."""
+from setuptools import find_packages, setup
+
+BEAM = "apache-beam[gcp]==2.77.0"
+
+setup(
+    name="issue-platform",
+    version="0.1.0",
+    description="Sentry's Issue Platform as an Apache Beam pipeline",
+    python_requires=">=3.11",
+    packages=find_packages(include=["issue_platform", "issue_platform.*", "pipelines", "pipelines.*",
+                                    "transforms", "transforms.*", "schemas", "schemas.*"]),
+    package_data={"issue_platform": ["data/*.jsonl"], "schemas": ["*.json", "bigquery/*.json"]},
+    install_requires=[BEAM, "orjson>=3.9", "fastjsonschema==2.22.3", "jsonschema>=4.20", "fastavro>=1.9",
+                      "PyYAML>=6.0"],
+    extras_require={"test": ["pytest>=8", "pytest-timeout", "psutil"]},
+    entry_points={"console_scripts": ["issue-platform=pipelines.cli:main"]},
+)

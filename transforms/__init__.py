@@ -1,0 +1,1 @@
+"""Beam composites: thin wrappers that move data in and out of the domain rules in issue_platform/."""
