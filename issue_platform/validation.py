@@ -195,6 +195,7 @@ class PayloadValidator:
         self.mode, self.types, self.max_depth = mode, types, max_depth
 
     def validate(self, payload: dict) -> Payload:
+        check_depth(payload, self.max_depth)
         payload_type = payload.get("payload_type") or PayloadType.OCCURRENCE.value
         if payload_type == PayloadType.OCCURRENCE.value:
             return self._occurrence(payload)
@@ -212,7 +213,6 @@ class PayloadValidator:
 
     def _occurrence(self, p: dict) -> Occurrence:
         self._schema("occurrence", p)
-        check_depth(p, self.max_depth)
         occurrence_id = _uuid_hex(p["id"], "id")
         project_id = int(p["project_id"])
         type_id = int(p["type"])
@@ -244,7 +244,6 @@ class PayloadValidator:
 
     def _status_change(self, p: dict) -> StatusChange:
         self._schema("status_change", p)
-        check_depth(p, self.max_depth)
         raw_id = p.get("id")
         # Sentry defaults a missing id to uuid4(); a content digest keeps re-runs deterministic.
         change_id = _uuid_hex(raw_id, "id") if raw_id else hashlib.md5(orjson.dumps(

@@ -1,0 +1,61 @@
+"""Helpers shared by the pipeline tests: payload builders and a runner that reads tables back."""
+from __future__ import annotations
+
+import glob
+import os
+import uuid
+from typing import Iterable
+
+import orjson
+
+BASE = 1793491200.0  # 2026-11-01T00:00:00Z
+TABLE_NAMES = ("groups", "occurrences", "status_changes", "post_process", "evidence", "dead_letter")
+
+
+def occurrence(fingerprint: str = "fp-1", *, project_id: int = 1, type_id: int = 2001, t: float = BASE,
+               title: str = "File I/O on Main Thread", **extra) -> dict:
+    payload = {
+        "payload_type": "occurrence", "id": str(uuid.uuid4()), "project_id": project_id,
+        "fingerprint": [fingerprint], "issue_title": title, "subtitle": "open()", "culprit": "app.io.load",
+        "evidence_data": {"k": 1}, "evidence_display": [{"name": "n", "value": "v", "important": True}],
+        "type": type_id, "detection_time": t, "level": "warning", "event_id": uuid.uuid4().hex,
+    }
+    payload.update(extra)
+    return payload
+
+
+def status_change(fingerprint: str = "fp-1", *, project_id: int = 1, status: int = 1, substatus=None,
+                  t: float = BASE) -> dict:
+    return {"payload_type": "status_change", "id": str(uuid.uuid4()), "fingerprint": [fingerprint],
+            "project_id": project_id, "new_status": status, "new_substatus": substatus, "update_date": t}
+
+
+def write_jsonl(path, payloads: Iterable) -> str:
+    with open(path, "wb") as handle:
+        for p in payloads:
+            handle.write((p if isinstance(p, bytes) else orjson.dumps(p)) + b"\n")
+    return str(path)
+
+
+def read_tables(output_dir) -> dict[str, list[dict]]:
+    tables = {}
+    for name in TABLE_NAMES:
+        rows = []
+        for path in sorted(glob.glob(os.path.join(str(output_dir), f"{name}-*.jsonl"))):
+            with open(path, "rb") as handle:
+                rows.extend(orjson.loads(line) for line in handle if line.strip())
+        tables[name] = rows
+    return tables
+
+
+def canonical(rows: list[dict]) -> list[bytes]:
+    """Order-free comparison form of a table."""
+    return sorted(orjson.dumps(r, option=orjson.OPT_SORT_KEYS) for r in rows)
+
+
+def latest_groups(rows: list[dict]) -> dict[int, dict]:
+    latest = {}
+    for row in rows:
+        if row["version"] >= latest.get(row["group_id"], {"version": -1})["version"]:
+            latest[row["group_id"]] = row
+    return latest
