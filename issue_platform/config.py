@@ -21,7 +21,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from issue_platform.enums import GroupCategory, PriorityLevel
 from issue_platform.grouptype import GroupType, InvalidGroupTypeError, NoiseConfig, registry
@@ -134,9 +134,9 @@ class PlatformConfig:
                 raise ConfigError(f"{where}: {exc}") from exc
 
 
-def _read_document(path: str) -> Any:
+def _read_document(path: str, opener: Callable[[str], Any]) -> Any:
     try:
-        with open(path, "rb") as handle:
+        with opener(path) as handle:
             text = handle.read().decode("utf-8")
     except OSError as exc:
         raise ConfigError(f"--config {path}: cannot read it ({exc.strerror or exc})") from exc
@@ -157,11 +157,17 @@ def _read_document(path: str) -> Any:
         raise ConfigError(f"--config {path}: invalid YAML{line}") from exc
 
 
-def load_config(path: Optional[str] = None, modules: tuple[str, ...] = ()) -> PlatformConfig:
-    """Read and validate a config file (YAML, or JSON by extension). Nothing is registered yet."""
+def _open_local(path: str):
+    return open(path, "rb")
+
+
+def load_config(path: Optional[str] = None, modules: tuple[str, ...] = (),
+                opener: Callable[[str], Any] = _open_local) -> PlatformConfig:
+    """Read and validate a config file (YAML, or JSON by extension). Nothing is registered yet.
+    `opener` opens `path` for binary reading (the pipeline passes one that understands gs://)."""
     specs: list[tuple[str, dict[str, Any]]] = []
     if path:
-        document = _read_document(path) or {}
+        document = _read_document(path, opener) or {}
         if not isinstance(document, dict):
             raise ConfigError(f"--config {path}: the top level must be a mapping")
         unknown = set(document) - _TOP_LEVEL

@@ -12,21 +12,24 @@ or over your own files, on the DirectRunner's FnApiRunner (pinned for batch)::
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 from importlib import resources
 from typing import Iterator, Optional
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from issue_platform.config import PlatformConfig, load_config
 from pipelines.options import IssuePlatformOptions
-from transforms.groups import ProcessGroups
+from transforms.groups import TABLES, ProcessGroups
 from transforms.parse import DEAD_LETTER, EVIDENCE, GateIngest, KeyByGroup, ParsePayloads
 from transforms.read import ReadPayloads
 from transforms.write import WriteTables
 
 BATCH_RUNNER = "FnApiRunner"
+TABLE_FILES = (*TABLES, EVIDENCE, DEAD_LETTER)
 
 
 def sample_path() -> str:
@@ -50,6 +53,19 @@ def build_pipeline(pipeline: beam.Pipeline, opts: IssuePlatformOptions, config: 
     return tables
 
 
+def _open_any(path: str):
+    """Local paths and any filesystem Beam knows (gs://, s3://, ...)."""
+    return FileSystems.open(path) if "://" in path else open(path, "rb")
+
+
+def _clear_previous_output(output_dir: str) -> None:
+    """A run replaces the tables of the previous run in the same directory (only our own files)."""
+    os.makedirs(output_dir, exist_ok=True)
+    for table in TABLE_FILES:
+        for path in glob.glob(os.path.join(output_dir, f"{table}-*-of-*.jsonl")):
+            os.remove(path)
+
+
 @contextlib.contextmanager
 def fnapi_state_cache_off(runner: Optional[str]) -> Iterator[None]:
     """The in-process FnApiRunner hard-codes a 100 MB SDK state cache and ignores
@@ -70,22 +86,32 @@ def fnapi_state_cache_off(runner: Optional[str]) -> Iterator[None]:
         worker_handlers.STATE_CACHE_SIZE_MB = saved
 
 
-def run(argv=None, config: Optional[PlatformConfig] = None):
-    """Runs the batch pipeline to completion and returns its `PipelineResult`."""
+def _prepare(argv, config: Optional[PlatformConfig]):
     options = PipelineOptions(argv)
     opts = options.view_as(IssuePlatformOptions)
     standard = options.view_as(StandardOptions)
     if standard.runner is None:
         standard.runner = BATCH_RUNNER
     if config is None:
-        config = load_config(opts.config, tuple(opts.group_types_module or ()))
+        config = load_config(opts.config, tuple(opts.group_types_module or ()), opener=_open_any)
     config.install()
     if "://" not in opts.output:
-        os.makedirs(opts.output, exist_ok=True)
+        _clear_previous_output(opts.output)
     pipeline = beam.Pipeline(options=options)
-    pipeline_tables = build_pipeline(pipeline, opts, config)
-    pipeline_tables | "WriteTables" >> WriteTables(opts.output)
-    with fnapi_state_cache_off(standard.runner):
+    build_pipeline(pipeline, opts, config) | "WriteTables" >> WriteTables(opts.output)
+    return pipeline, standard.runner
+
+
+def submit(argv=None, config: Optional[PlatformConfig] = None):
+    """Builds and submits the pipeline and returns at once (Flex Template launchers must not wait)."""
+    pipeline, _ = _prepare(argv, config)
+    return pipeline.run()
+
+
+def run(argv=None, config: Optional[PlatformConfig] = None):
+    """Runs the batch pipeline to completion and returns its `PipelineResult`."""
+    pipeline, runner = _prepare(argv, config)
+    with fnapi_state_cache_off(runner):
         result = pipeline.run()
         result.wait_until_finish()
     return result
