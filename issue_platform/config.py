@@ -50,8 +50,8 @@ def parse_duration(value: Any, where: str) -> timedelta:
         seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
     else:
         raise ConfigError(f"{where}: expected seconds or a duration like '90m', '24h', '2d', got {value!r}")
-    if seconds <= 0:
-        raise ConfigError(f"{where}: duration must be positive, got {value!r}")
+    if seconds < 1:
+        raise ConfigError(f"{where}: duration must be at least 1 second, got {value!r}")
     return timedelta(seconds=seconds)
 
 

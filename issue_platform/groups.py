@@ -134,7 +134,7 @@ class GroupProcessor:
         state = self.state
         display = self.displays[ev.display]
         previous = state.seen.get(ev.id)
-        is_new = is_new_env = False
+        is_new = is_new_env = is_regression = False
         if previous is not None and abs(ev.time - previous) <= self.dedupe_window:
             outcome = O.DUPLICATE
         else:
@@ -155,6 +155,9 @@ class GroupProcessor:
                 outcome = O.TYPE_MISMATCH
             else:
                 self._update(group, ev, display)
+                is_regression = group.status == S.RESOLVED
+                if is_regression:  # Sentry's _handle_regression; IGNORED groups never regress
+                    group.status, group.substatus = S.UNRESOLVED, Sub.REGRESSED
                 outcome = O.GROUPED
         rows = [(OCCURRENCES, self._occurrence_row(ev, display, outcome))]
         if outcome == O.GROUPED:
@@ -165,7 +168,7 @@ class GroupProcessor:
             rows.append((POST_PROCESS, {
                 "group_id": group.group_id, "occurrence_id": ev.id, "project_id": self.project_id,
                 "event_id": ev.event_id, "primary_hash": self.primary_hash, "group_type": group.type,
-                "is_new": is_new, "is_regression": False, "is_new_group_environment": is_new_env,
+                "is_new": is_new, "is_regression": is_regression, "is_new_group_environment": is_new_env,
             }))
         return rows
 

@@ -1,7 +1,7 @@
 """Compact encodings of events waiting in a key's event-time buffer.
 
 A batch run buffers every event of a key until the watermark passes it (see
-transforms/groups.py), so what is buffered must be small: a fixed 62-byte head plus the extra
+transforms/groups.py), so what is buffered must be small: a fixed 60-byte head plus the extra
 fingerprint hashes and the resource id. The strings an occurrence shares with its neighbours
 (title, subtitle, culprit, level, environment) are interned: stored once per key as a
 `Display`, referenced by a 12-byte digest.

@@ -114,8 +114,7 @@ def _schema_check(name: str, payload: dict, mode: str) -> Optional[tuple[str, st
     errors = list(spec.iter_errors(payload))
     if not errors:
         return None
-    # The first failing keyword in schema order, as fastjsonschema reports it.
-    error = min(errors, key=lambda e: (len(e.absolute_path), _KEYWORD_ORDER.get(e.validator, 99)))
+    error = min(errors, key=lambda e: _fast_order(e, spec.schema))
     return _reason(error.validator, list(error.absolute_path), error.validator_value, error.instance)
 
 
@@ -129,9 +128,35 @@ _MESSAGES = {
     R.INVALID_VALUE: "'{field}' has a value outside the allowed range (see schemas/)",
 }
 
-# fastjsonschema checks `type`, then `required`, then `properties`, then `anyOf` at each level.
-_KEYWORD_ORDER = {"type": 0, "required": 1, "minItems": 2, "minimum": 3, "exclusiveMinimum": 3,
-                  "maximum": 3, "enum": 4, "anyOf": 9}
+# The order in which fastjsonschema (draft-07) checks keywords within one schema; it checks
+# `properties` one by one in schema order and depth-first, stopping at the first failure.
+_FAST_KEYWORD_ORDER = {k: i for i, k in enumerate((
+    "type", "enum", "allOf", "anyOf", "oneOf", "not", "minLength", "maxLength", "pattern", "format",
+    "minimum", "maximum", "multipleOf", "minItems", "maxItems", "uniqueItems", "items", "minProperties",
+    "maxProperties", "required", "dependencies", "properties", "patternProperties", "additionalProperties",
+    "exclusiveMinimum", "exclusiveMaximum", "propertyNames", "contains", "const", "if"))}
+
+
+def _fast_order(error: jsonschema.ValidationError, schema: dict) -> tuple:
+    """Sort key putting first the error fastjsonschema would meet first, so both validators report
+    the same reason for payloads with several faults."""
+    key, node, after_properties = [], schema, False
+    for part in error.schema_path:
+        if after_properties:
+            key.append(list(node).index(part))
+            node, after_properties = node[part], False
+        elif isinstance(part, int):
+            key.append(part)
+            node = node[part]
+        elif part == "$ref":  # local refs only ("#/definitions/..."); transparent for ordering
+            steps, node = node["$ref"].removeprefix("#/").split("/"), schema
+            for step in steps:
+                node = node[step]
+        else:
+            key.append(_FAST_KEYWORD_ORDER.get(part, len(_FAST_KEYWORD_ORDER)))
+            after_properties = part == "properties"
+            node = node.get(part, {}) if isinstance(node, dict) else {}
+    return tuple(key), [str(p) for p in error.absolute_path]
 
 
 def parse(raw: Union[bytes, str, dict], max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> dict:
@@ -165,7 +190,7 @@ def _uuid_hex(value: str, field: str) -> str:
     try:
         return uuid.UUID(value).hex
     except (ValueError, AttributeError, TypeError):
-        raise Rejected(R.INVALID_UUID, field, f"{field} must be a UUID, got {value[:64]!r}") from None
+        raise Rejected(R.INVALID_UUID, field, f"{field} must be a UUID") from None
 
 
 def parse_time(value: Any, field: str) -> float:
@@ -185,6 +210,11 @@ def parse_time(value: Any, field: str) -> float:
     raise Rejected(R.INVALID_TYPE, field, f"{field} must be RFC 3339 or unix seconds")
 
 
+def _int_or_none(value: Any) -> Optional[int]:
+    """JSON 25.0 passes `enum: [25, ...]`; store it as the integer it equals."""
+    return None if value is None else int(value)
+
+
 class PayloadValidator:
     """Validates decoded payloads against the schemas and the type registry."""
 
@@ -196,13 +226,12 @@ class PayloadValidator:
 
     def validate(self, payload: dict) -> Payload:
         check_depth(payload, self.max_depth)
-        payload_type = payload.get("payload_type") or PayloadType.OCCURRENCE.value
-        if payload_type == PayloadType.OCCURRENCE.value:
+        payload_type = payload.get("payload_type")  # absent or null: an occurrence, as in Sentry
+        if payload_type is None or payload_type == PayloadType.OCCURRENCE.value:
             return self._occurrence(payload)
         if payload_type == PayloadType.STATUS_CHANGE.value:
             return self._status_change(payload)
-        raise Rejected(R.UNKNOWN_PAYLOAD_TYPE, "payload_type",
-                       f"payload_type must be 'occurrence' or 'status_change', got {str(payload_type)[:64]!r}")
+        raise Rejected(R.UNKNOWN_PAYLOAD_TYPE, "payload_type", "payload_type must be 'occurrence' or 'status_change'")
 
     def _schema(self, name: str, payload: dict, prefix: str = "", reason: Optional[str] = None) -> None:
         failure = _schema_check(name, payload, self.mode)
@@ -237,8 +266,8 @@ class PayloadValidator:
             id=occurrence_id, project_id=project_id, fingerprint=tuple(hash_fingerprint(p["fingerprint"])),
             issue_title=p["issue_title"], subtitle=p["subtitle"], culprit=p["culprit"],
             level=p["level"].lower(), type=type_id, detection_time=float(p["detection_time"]),
-            event_id=event_id, resource_id=p.get("resource_id"), priority=p.get("priority"),
-            initial_priority=p.get("initial_issue_priority"), environment=environment,
+            event_id=event_id, resource_id=p.get("resource_id"), priority=_int_or_none(p.get("priority")),
+            initial_priority=_int_or_none(p.get("initial_issue_priority")), environment=environment,
             evidence_data=p["evidence_data"], evidence_display=p["evidence_display"], event=event,
         )
 

@@ -1,0 +1,115 @@
+"""Compact pending-event records (issue_platform/pending.py)."""
+import hashlib
+
+import pytest
+
+import issue_platform  # noqa: F401  (registers the built-in types)
+from issue_platform import pending
+from issue_platform.pending import Display, PendingOccurrence, PendingStatusChange, display_digest
+from issue_platform.validation import Occurrence, PayloadValidator, Rejected, StatusChange
+
+T0 = 1_793_491_200.123
+
+
+def md5(text):
+    return hashlib.md5(text.encode("utf-8")).hexdigest()
+
+
+def occurrence(fingerprint=("n+1-users",), resource_id=None, priority=None, initial_priority=None,
+               environment="production", title="N+1 Query"):
+    return Occurrence(
+        id="0f1e2d3c4b5a49788695a4b3c2d1e0f9", project_id=42, fingerprint=tuple(md5(p) for p in fingerprint),
+        issue_title=title, subtitle="SELECT * FROM users", culprit="/api/0/users/", level="warning", type=1006,
+        detection_time=T0, event_id="a3c1bd1e5d4c4b1d9d7f3f6d6a0b1c2d", resource_id=resource_id, priority=priority,
+        initial_priority=initial_priority, environment=environment, evidence_data={}, evidence_display=[],
+        event=None)
+
+
+def status_change(new_status=2, new_substatus=5, update_date=None, detector_id=None, activity_data=None):
+    return StatusChange(id="11112222333344445555666677778888", project_id=42, fingerprint=(md5("a"),),
+                        new_status=new_status, new_substatus=new_substatus, update_date=update_date,
+                        detector_id=detector_id, activity_data=activity_data)
+
+
+@pytest.mark.parametrize("fingerprint", [("a",), ("a", "b"), ("a", "b", "c", "d", "e")])
+@pytest.mark.parametrize("resource_id", [None, "", "res-1", "ünïcode/リソース" * 20])
+@pytest.mark.parametrize("priority, initial", [(None, None), (25, None), (None, 75), (75, 25)])
+def test_occurrence_round_trip(fingerprint, resource_id, priority, initial):
+    occ = occurrence(fingerprint, resource_id, priority, initial)
+    record, digest, display_bytes = pending.encode_occurrence(occ)
+    assert pending.decode(record) == PendingOccurrence(
+        time=T0, id=occ.id, event_id=occ.event_id, type=1006, priority=priority, initial_priority=initial,
+        display=digest, extra_fingerprint=occ.fingerprint[1:], resource_id=resource_id)
+    assert Display.decode(display_bytes) == Display("N+1 Query", "SELECT * FROM users", "/api/0/users/",
+                                                    "warning", "production")
+    assert digest == display_digest(display_bytes) and len(digest) == 12
+
+
+def test_resource_id_none_and_empty_string_stay_distinct():
+    none = pending.decode(pending.encode_occurrence(occurrence(resource_id=None))[0])
+    empty = pending.decode(pending.encode_occurrence(occurrence(resource_id=""))[0])
+    assert (none.resource_id, empty.resource_id) == (None, "")
+
+
+@pytest.mark.parametrize("update_date, explicit", [(T0, True), (None, False)])
+@pytest.mark.parametrize("detector_id, activity_data", [
+    (None, None), (7, None), (None, {"reason": "auto", "n": [1, 2]}), (7, {})])
+@pytest.mark.parametrize("new_status, new_substatus", [(1, None), (2, 5), (0, 3)])
+def test_status_change_round_trip(update_date, explicit, detector_id, activity_data, new_status, new_substatus):
+    change = status_change(new_status, new_substatus, update_date, detector_id, activity_data)
+    record = pending.encode_status_change(change, received_at=T0 + 99)
+    assert pending.decode(record) == PendingStatusChange(
+        time=T0 if explicit else T0 + 99, id=change.id, new_status=new_status, new_substatus=new_substatus,
+        explicit_time=explicit, detector_id=detector_id, activity_data=activity_data)
+    assert pending.record_display_digest(record) is None
+
+
+@pytest.mark.parametrize("resource_id", [None, "res-1"])
+def test_record_display_digest_matches_encode_occurrence(resource_id):
+    for title in ("A", "B" * 500):
+        record, digest, _ = pending.encode_occurrence(occurrence(("a", "b"), resource_id, title=title))
+        assert pending.record_display_digest(record) == digest
+
+
+def test_same_display_same_digest_different_display_different_digest():
+    a = pending.encode_occurrence(occurrence(priority=25))[1]
+    assert pending.encode_occurrence(occurrence(fingerprint=("x", "y"), resource_id="r"))[1] == a
+    assert pending.encode_occurrence(occurrence(environment="staging"))[1] != a
+    assert pending.encode_occurrence(occurrence(title="Other"))[1] != a
+
+
+def test_records_are_compact():
+    record = pending.encode_occurrence(occurrence())[0]
+    assert len(record) <= 80
+    assert len(pending.encode_occurrence(occurrence(("a", "b", "c")))[0]) == len(record) + 2 * 16
+    assert len(pending.encode_occurrence(occurrence(resource_id="r"))[0]) == len(record) + 2
+    assert len(pending.encode_status_change(status_change(), received_at=T0)) <= 32
+
+
+def test_display_is_interned_outside_the_record():
+    long_title = "x" * 10_000
+    record = pending.encode_occurrence(occurrence(title=long_title))[0]
+    assert len(record) <= 80
+
+
+@pytest.mark.parametrize("field", ["priority", "initial_issue_priority"])
+def test_every_validated_occurrence_can_be_encoded(field):
+    """JSON `25.0` passes the schema's `enum: [25, 50, 75, null]` (25.0 == 25); the record must still encode."""
+    payload = {"id": "0f1e2d3c4b5a49788695a4b3c2d1e0f9", "project_id": 42, "fingerprint": ["a"],
+               "issue_title": "t", "subtitle": "s", "culprit": "c", "evidence_data": {}, "evidence_display": [],
+               "type": 1006, "detection_time": T0, "level": "info", "event_id": "a" * 32, field: 25.0}
+    occ = PayloadValidator("fast").validate(payload)
+    decoded = pending.decode(pending.encode_occurrence(occ)[0])
+    assert (decoded.priority if field == "priority" else decoded.initial_priority) == 25
+
+
+def test_many_fingerprint_parts_are_rejected_or_round_trip():
+    """The schema puts no cap on fingerprint parts; whatever validation accepts must encode."""
+    payload = {"id": "0f1e2d3c4b5a49788695a4b3c2d1e0f9", "project_id": 42, "fingerprint": [str(i) for i in range(300)],
+               "issue_title": "t", "subtitle": "s", "culprit": "c", "evidence_data": {}, "evidence_display": [],
+               "type": 1006, "detection_time": T0, "level": "info", "event_id": "a" * 32}
+    try:
+        occ = PayloadValidator("fast").validate(payload)
+    except Rejected:
+        return  # a clean dead letter is fine too
+    assert pending.decode(pending.encode_occurrence(occ)[0]).extra_fingerprint == occ.fingerprint[1:]
