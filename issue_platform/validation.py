@@ -9,6 +9,7 @@ Every payload is treated as hostile: size and nesting depth are bounded, nothing
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 import uuid
@@ -77,7 +78,8 @@ Payload = Union[Occurrence, StatusChange]
 
 def _compile(name: str) -> tuple[Any, jsonschema.Draft7Validator]:
     schema = schemas.load(name)
-    return fastjsonschema.compile(schema), jsonschema.Draft7Validator(schema)
+    # fastjsonschema rewrites `$ref`s in place; give it its own copy of the shared schema.
+    return fastjsonschema.compile(copy.deepcopy(schema)), jsonschema.Draft7Validator(schema)
 
 
 _SCHEMAS = {name: _compile(f"{name}.schema.json") for name in ("occurrence", "event", "status_change")}
@@ -140,22 +142,26 @@ _FAST_KEYWORD_ORDER = {k: i for i, k in enumerate((
 def _fast_order(error: jsonschema.ValidationError, schema: dict) -> tuple:
     """Sort key putting first the error fastjsonschema would meet first, so both validators report
     the same reason for payloads with several faults."""
-    key, node, after_properties = [], schema, False
+
+    def deref(node):  # local refs only ("#/definitions/...")
+        while isinstance(node, dict) and "$ref" in node:
+            target = schema
+            for step in node["$ref"].removeprefix("#/").split("/"):
+                target = target[step]
+            node = target
+        return node
+
+    key, node, after_properties = [], deref(schema), False
     for part in error.schema_path:
+        if part == "$ref":
+            continue
         if after_properties:
             key.append(list(node).index(part))
-            node, after_properties = node[part], False
-        elif isinstance(part, int):
-            key.append(part)
-            node = node[part]
-        elif part == "$ref":  # local refs only ("#/definitions/..."); transparent for ordering
-            steps, node = node["$ref"].removeprefix("#/").split("/"), schema
-            for step in steps:
-                node = node[step]
+            after_properties = False
         else:
-            key.append(_FAST_KEYWORD_ORDER.get(part, len(_FAST_KEYWORD_ORDER)))
+            key.append(part if isinstance(part, int) else _FAST_KEYWORD_ORDER.get(part, len(_FAST_KEYWORD_ORDER)))
             after_properties = part == "properties"
-            node = node.get(part, {}) if isinstance(node, dict) else {}
+        node = deref(node[part]) if isinstance(node, (dict, list)) else node
     return tuple(key), [str(p) for p in error.absolute_path]
 
 
