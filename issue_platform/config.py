@@ -10,6 +10,10 @@ A config file looks like::
         released: true
         default_priority: high    # low/medium/high or 25/50/75
         noise_config: {ignore_limit: 2, expiry_time: 90m}   # seconds, "90m", "24h", "2d"; or null
+    projects:
+      "1": {resolve_age: 24, organization: {id: 10, slug: acme, early_adopter: true}}
+    features:                     # flagpole features, as `issue-platform createissueflag` prints them
+      feature.organizations:issue-cron-job-late-ingest: {...}
 
 Every error is a `ConfigError` whose message names the file, the entry and the field.
 """
@@ -24,6 +28,7 @@ from datetime import timedelta
 from typing import Any, Callable, Optional
 
 from issue_platform.enums import GroupCategory, PriorityLevel
+from issue_platform.flagpole import EvaluationContext, FeatureConfigError, context_for, parse_features
 from issue_platform.grouptype import GroupType, InvalidGroupTypeError, NoiseConfig, registry
 
 
@@ -37,7 +42,9 @@ _TYPE_FIELDS = {
     "type_id", "slug", "description", "category", "category_v2", "released", "noise_config",
     "enable_auto_resolve", "enable_escalation_detection", "default_priority",
 }
-_TOP_LEVEL = {"group_types"}
+_TOP_LEVEL = {"group_types", "projects", "features"}
+_PROJECT_FIELDS = {"resolve_age", "organization", "slug", "name"}
+_ORGANIZATION_FIELDS = {"id", "slug", "name", "early_adopter"}
 
 
 def parse_duration(value: Any, where: str) -> timedelta:
@@ -108,13 +115,48 @@ def group_type_attributes(spec: Any, where: str) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
+class ProjectSettings:
+    """Per-project settings: Sentry's `sentry:resolve_age` (hours; 0 = off) and the organization
+    that feature flags are evaluated for (None: unreleased types are off for the project)."""
+
+    project_id: int
+    resolve_age_hours: int = 0
+    organization: Optional[dict] = None
+    slug: Optional[str] = None
+    name: Optional[str] = None
+
+    def flag_context(self) -> EvaluationContext:
+        return context_for(self.organization, self.project_id,
+                           {k: v for k, v in (("slug", self.slug), ("name", self.name)) if v is not None})
+
+
+@dataclass(frozen=True)
 class PlatformConfig:
-    """Everything the pipeline needs to rebuild the user's registry on a worker (picklable)."""
+    """Everything the pipeline needs on a worker: extra types, project settings and flags (picklable)."""
 
     group_types: tuple[tuple[str, dict[str, Any]], ...] = ()  # (where, attributes)
     group_types_modules: tuple[str, ...] = ()
+    projects: dict = field(default_factory=dict)  # project id -> ProjectSettings
+    features: dict = field(default_factory=dict)  # flag name -> flagpole Feature
     source: Optional[str] = None
-    _installed: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def project(self, project_id: int) -> ProjectSettings:
+        return self.projects.get(project_id) or ProjectSettings(project_id)
+
+    def flag(self, name: str, project_id: int) -> bool:
+        """Whether flag `name` is on for the project's organization (off without an organization)."""
+        feature = self.features.get(name)
+        context = self.project(project_id).flag_context()
+        return feature is not None and bool(context.data) and feature.match(context)
+
+    def allows(self, group_type: type[GroupType], flag: str, project_id: int) -> bool:
+        """Sentry's allow_ingest / allow_post_process_group / visibility: released types bypass flags.
+        `flag` is "ingest", "post_process" or "visible"."""
+        if group_type.released:
+            return True
+        name = {"ingest": group_type.ingest_flag, "post_process": group_type.post_process_flag,
+                "visible": group_type.visible_flag}[flag]()
+        return self.flag(name, project_id)
 
     def install(self) -> None:
         """Register the configured types in this process's registry. Idempotent."""
@@ -179,4 +221,45 @@ def load_config(path: Optional[str] = None, modules: tuple[str, ...] = (),
         name = os.path.basename(path)
         specs = [(f"{name}: group_types[{i}]", group_type_attributes(spec, f"{name}: group_types[{i}]"))
                  for i, spec in enumerate(entries)]
-    return PlatformConfig(tuple(specs), tuple(modules), path)
+        projects = _projects(document.get("projects") or {}, f"{name}: projects")
+        try:
+            features = parse_features(document.get("features") or {})
+        except FeatureConfigError as exc:
+            raise ConfigError(f"{name}: features: {exc}") from exc
+        return PlatformConfig(tuple(specs), tuple(modules), projects, features, path)
+    return PlatformConfig(group_types_modules=tuple(modules))
+
+
+def _projects(section: Any, where: str) -> dict:
+    if not isinstance(section, dict):
+        raise ConfigError(f"{where}: expected a mapping of project id to settings")
+    projects = {}
+    for key, spec in section.items():
+        here = f"{where}.{key}"
+        try:
+            project_id = int(key)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{here}: project ids must be integers") from None
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{here}: expected a mapping")
+        unknown = set(spec) - _PROJECT_FIELDS
+        if unknown:
+            raise ConfigError(f"{here}: unknown field(s) {', '.join(sorted(unknown))}")
+        age = spec.get("resolve_age") or 0
+        if isinstance(age, bool) or not isinstance(age, int) or not 0 <= age < 2**31:
+            raise ConfigError(f"{here}.resolve_age: expected whole hours (an integer >= 0), got {age!r}")
+        organization = spec.get("organization")
+        if organization is not None:
+            if not isinstance(organization, dict):
+                raise ConfigError(f"{here}.organization: expected a mapping {{id, slug, early_adopter}}")
+            unknown = set(organization) - _ORGANIZATION_FIELDS
+            if unknown:
+                raise ConfigError(f"{here}.organization: unknown field(s) {', '.join(sorted(unknown))}")
+            for required, kind in (("id", int), ("slug", str)):
+                if not isinstance(organization.get(required), kind) or isinstance(organization.get(required), bool):
+                    raise ConfigError(f"{here}.organization.{required}: required, a {kind.__name__}")
+            if not isinstance(organization.get("early_adopter", False), bool):
+                raise ConfigError(f"{here}.organization.early_adopter: expected true or false")
+        projects[project_id] = ProjectSettings(project_id, age, organization, spec.get("slug"),
+                                               spec.get("name"))
+    return projects

@@ -1,7 +1,7 @@
 """Compact encodings of events waiting in a key's event-time buffer.
 
 A batch run buffers every event of a key until the watermark passes it (see
-transforms/groups.py), so what is buffered must be small: a fixed 60-byte head plus the extra
+transforms/groups.py), so what is buffered must be small: a fixed 65-byte head plus the extra
 fingerprint hashes and the resource id. The strings an occurrence shares with its neighbours
 (title, subtitle, culprit, level, environment) are interned: stored once per key as a
 `Display`, referenced by a 12-byte digest.
@@ -18,8 +18,20 @@ from issue_platform.validation import Occurrence, StatusChange
 
 OCCURRENCE, STATUS_CHANGE = 0, 1
 _NONE = 0xFF
-_OCC_HEAD = struct.Struct("<Bd16s16sIBB12sB")  # kind, time, id, event id, type, prio, init prio, display, n extra fp
-_SC_HEAD = struct.Struct("<Bd16sBBB")  # kind, time, id, new status, new substatus, has update_date
+# kind, time, id, event id, type, prio, init prio, display digest, n extra fp, admission flags, resolve age
+_OCC_HEAD = struct.Struct("<Bd16s16sIBB12sBBI")
+# kind, time, id, new status, new substatus, has update_date, resolve age
+_SC_HEAD = struct.Struct("<Bd16sBBBI")
+_POST_PROCESS, _VISIBLE = 1, 2
+
+
+class Admission(NamedTuple):
+    """What the ingest gate decided for an event from the project's settings and flags at the time:
+    whether post-processing and the UI flag are on, and the project's resolve_age (hours, 0 = off)."""
+
+    post_process: bool = True
+    visible: bool = True
+    resolve_age_hours: int = 0
 
 
 class Display(NamedTuple):
@@ -51,6 +63,7 @@ class PendingOccurrence(NamedTuple):
     display: bytes  # digest
     extra_fingerprint: tuple[str, ...]
     resource_id: Optional[str]
+    admission: Admission = Admission()
 
 
 class PendingStatusChange(NamedTuple):
@@ -61,6 +74,7 @@ class PendingStatusChange(NamedTuple):
     explicit_time: bool  # False: `time` is when we received it (no update_date)
     detector_id: Optional[int]
     activity_data: Optional[dict]
+    resolve_age_hours: int = 0
 
 
 Pending = Union[PendingOccurrence, PendingStatusChange]
@@ -70,24 +84,27 @@ def _opt(value: Optional[int]) -> int:
     return _NONE if value is None else value
 
 
-def encode_occurrence(occ: Occurrence) -> tuple[bytes, bytes, bytes]:
+def encode_occurrence(occ: Occurrence, admission: Admission = Admission()) -> tuple[bytes, bytes, bytes]:
     """(record, display digest, display bytes) for one validated occurrence."""
     display = Display(occ.issue_title, occ.subtitle, occ.culprit, occ.level, occ.environment).encode()
     digest = display_digest(display)
     extra = occ.fingerprint[1:]
     head = _OCC_HEAD.pack(OCCURRENCE, occ.detection_time, bytes.fromhex(occ.id), bytes.fromhex(occ.event_id),
-                          occ.type, _opt(occ.priority), _opt(occ.initial_priority), digest, len(extra))
+                          occ.type, _opt(occ.priority), _opt(occ.initial_priority), digest, len(extra),
+                          _POST_PROCESS * admission.post_process | _VISIBLE * admission.visible,
+                          admission.resolve_age_hours)
     tail = b"".join(bytes.fromhex(h) for h in extra)
     if occ.resource_id is not None:
         tail += b"\x01" + occ.resource_id.encode("utf-8")
     return head + tail, digest, display
 
 
-def encode_status_change(change: StatusChange, received_at: float) -> bytes:
+def encode_status_change(change: StatusChange, received_at: float, admission: Admission = Admission()) -> bytes:
     """The record for a status change; its event time is `update_date`, else `received_at`."""
     explicit = change.update_date is not None
     head = _SC_HEAD.pack(STATUS_CHANGE, change.update_date if explicit else received_at,
-                         bytes.fromhex(change.id), change.new_status, _opt(change.new_substatus), explicit)
+                         bytes.fromhex(change.id), change.new_status, _opt(change.new_substatus), explicit,
+                         admission.resolve_age_hours)
     if change.detector_id is None and change.activity_data is None:
         return head
     return head + orjson.dumps([change.detector_id, change.activity_data])
@@ -95,16 +112,17 @@ def encode_status_change(change: StatusChange, received_at: float) -> bytes:
 
 def decode(record: bytes) -> Pending:
     if record[0] == OCCURRENCE:
-        _, t, oid, eid, type_id, prio, init, digest, n_extra = _OCC_HEAD.unpack_from(record)
+        _, t, oid, eid, type_id, prio, init, digest, n_extra, flags, age = _OCC_HEAD.unpack_from(record)
         offset = _OCC_HEAD.size + 16 * n_extra
         extra = tuple(record[i:i + 16].hex() for i in range(_OCC_HEAD.size, offset, 16))
         resource = record[offset + 1:].decode("utf-8") if len(record) > offset else None
         return PendingOccurrence(t, oid.hex(), eid.hex(), type_id, None if prio == _NONE else prio,
-                                 None if init == _NONE else init, digest, extra, resource)
-    _, t, cid, status, substatus, explicit = _SC_HEAD.unpack_from(record)
+                                 None if init == _NONE else init, digest, extra, resource,
+                                 Admission(bool(flags & _POST_PROCESS), bool(flags & _VISIBLE), age))
+    _, t, cid, status, substatus, explicit, age = _SC_HEAD.unpack_from(record)
     detector_id, activity_data = orjson.loads(record[_SC_HEAD.size:]) if len(record) > _SC_HEAD.size else (None, None)
     return PendingStatusChange(t, cid.hex(), status, None if substatus == _NONE else substatus, bool(explicit),
-                               detector_id, activity_data)
+                               detector_id, activity_data, age)
 
 
 def sort_key(event: Pending) -> tuple:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import math
 import os
 from importlib import resources
 from typing import Iterator, Optional
@@ -21,7 +22,10 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from issue_platform.config import PlatformConfig, load_config
+from issue_platform.config import ConfigError, PlatformConfig, load_config
+from issue_platform.validation import Rejected, parse_time
+from pipelines.replay import latest_event_time
+from issue_platform.groups import OCCURRENCES
 from pipelines.options import IssuePlatformOptions
 from transforms.groups import TABLES, ProcessGroups
 from transforms.parse import DEAD_LETTER, EVIDENCE, GateIngest, KeyByGroup, ParsePayloads
@@ -37,19 +41,23 @@ def sample_path() -> str:
 
 
 def build_pipeline(pipeline: beam.Pipeline, opts: IssuePlatformOptions, config: PlatformConfig,
-                   raw: Optional[beam.PCollection] = None) -> dict:
+                   raw: Optional[beam.PCollection] = None, as_of: float = math.inf,
+                   received_at: Optional[float] = None, config_updates: Optional[beam.PCollection] = None) -> dict:
     """Builds the graph on `pipeline` and returns every output table as a PCollection by name.
-    `raw` replaces the file read (tests pass `beam.Create` or a `TestStream` here)."""
+
+    `raw` replaces the file read (tests pass `beam.Create` or a `TestStream`); `as_of` bounds the
+    time-driven transitions; `received_at` stamps status changes that carry no `update_date`;
+    `config_updates` is a PCollection of `PlatformConfig` versions (default: `config`, once)."""
     if raw is None:
         raw = pipeline | "ReadPayloads" >> ReadPayloads(opts.input or [sample_path()])
     parsed = raw | "ParsePayloads" >> ParsePayloads(config, opts.max_payload_bytes, opts.validator)
-    gated = parsed.valid | "GateIngest" >> GateIngest(config)
-    keyed = gated.allowed | "KeyByGroup" >> KeyByGroup()
-    tables = keyed.keyed | "ProcessGroups" >> ProcessGroups(config, opts.dedupe_window_seconds)
-    tables["occurrences"] = (
-        (tables["occurrences"], gated.occurrences) | "AllOccurrenceOutcomes" >> beam.Flatten())
+    gated = parsed.valid | "GateIngest" >> GateIngest(config, config_updates)
+    keyed = gated.allowed | "KeyByGroup" >> KeyByGroup(received_at)
+    tables = keyed.keyed | "ProcessGroups" >> ProcessGroups(
+        config, opts.dedupe_window_seconds, as_of, opts.allowed_lateness_seconds)
+    tables[OCCURRENCES] = (tables[OCCURRENCES], gated[OCCURRENCES]) | "AllOccurrenceOutcomes" >> beam.Flatten()
+    tables[DEAD_LETTER] = (parsed[DEAD_LETTER], tables[DEAD_LETTER]) | "AllDeadLetters" >> beam.Flatten()
     tables[EVIDENCE] = keyed[EVIDENCE]
-    tables[DEAD_LETTER] = parsed[DEAD_LETTER]
     return tables
 
 
@@ -97,9 +105,31 @@ def _prepare(argv, config: Optional[PlatformConfig]):
     config.install()
     if "://" not in opts.output:
         _clear_previous_output(opts.output)
+    inputs = opts.input or [sample_path()]
+    as_of = resolve_as_of(opts.as_of, inputs)
     pipeline = beam.Pipeline(options=options)
-    build_pipeline(pipeline, opts, config) | "WriteTables" >> WriteTables(opts.output)
+    tables = build_pipeline(pipeline, opts, config, as_of=as_of, received_at=as_of)
+    tables | "WriteTables" >> WriteTables(opts.output)
     return pipeline, standard.runner
+
+
+def resolve_as_of(value: Optional[str], inputs) -> float:
+    """`--as_of` as unix seconds; by default the latest event time in the input files."""
+    if value is not None:
+        try:
+            return parse_time(float(value) if _is_number(value) else value, "--as_of")
+        except Rejected as exc:
+            raise ConfigError(f"--as_of {value!r}: expected RFC 3339 or unix seconds") from exc
+    latest = latest_event_time(inputs)
+    return latest if latest is not None else math.inf
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
 
 
 def submit(argv=None, config: Optional[PlatformConfig] = None):

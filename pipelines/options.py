@@ -2,6 +2,7 @@
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from issue_platform.groups import DEFAULT_DEDUPE_WINDOW_SECONDS
+from transforms.groups import DEFAULT_ALLOWED_LATENESS_SECONDS
 from issue_platform.validation import DEFAULT_MAX_PAYLOAD_BYTES
 
 
@@ -33,4 +34,15 @@ class IssuePlatformOptions(PipelineOptions):
         parser.add_argument(
             "--dedupe_window_seconds", type=float, default=DEFAULT_DEDUPE_WINDOW_SECONDS,
             help="An occurrence id seen again within this many seconds of event time is a duplicate. "
-                 f"Default: {DEFAULT_DEDUPE_WINDOW_SECONDS:g}.")
+                 f"Default: {DEFAULT_DEDUPE_WINDOW_SECONDS:g} (raised to the allowed lateness if that is larger).")
+        parser.add_argument(
+            "--allowed_lateness_seconds", type=float, default=DEFAULT_ALLOWED_LATENESS_SECONDS,
+            help="An event behind its group's clock by at most this many seconds is still applied (out of "
+                 "order); later ones are dead-lettered as `late`. Default: "
+                 f"{DEFAULT_ALLOWED_LATENESS_SECONDS:g}.")
+        parser.add_argument(
+            "--as_of", default=None,
+            help="Apply time-driven transitions (auto-resolve, back to ongoing, forecasts) up to this event "
+                 "time (RFC 3339 or unix seconds) and no further. Default for file inputs: the latest event "
+                 "time in the input; for live streams: no limit. Also the time of status changes without "
+                 "update_date in file inputs.")

@@ -344,7 +344,7 @@ def test_finish_emits_one_snapshot_only_when_the_group_changed():
     later.change(T0 + 11, 1)
     later.occ(T0 + 12)
     assert later.proc.finish() == [(GROUPS, later.state.group.row())]
-    assert later.state.group.version == 6
+    assert later.state.group.version == 7  # +1 occurrence, +1 resolve, +1 occurrence, +1 regression
 
 
 def test_finish_after_only_duplicates_or_mismatches_emits_nothing():

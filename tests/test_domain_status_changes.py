@@ -4,7 +4,7 @@ import pytest
 import issue_platform  # noqa: F401  (registers the built-in types)
 from issue_platform.enums import GroupStatus as S
 from issue_platform.enums import GroupSubStatus as Sub
-from issue_platform.groups import (APPLIED, GROUP_NOT_FOUND, INVALID_TRANSITION, NO_OP, STATUS_CHANGES,
+from issue_platform.groups import (ACTIVITY, APPLIED, GROUP_NOT_FOUND, INVALID_TRANSITION, NO_OP, STATUS_CHANGES,
                                    UNSUPPORTED_STATUS, GroupProcessor, KeyState)
 from issue_platform.grouptype import registry
 from issue_platform.pending import Display, PendingOccurrence, PendingStatusChange, display_digest
@@ -28,8 +28,9 @@ def processor(initial=None):
 
 
 def change(proc, status, substatus=None, t=T0 + 60):
-    ((table, row),) = proc.apply(PendingStatusChange(t, "3" * 32, status, substatus, True, None, None))
-    assert table == STATUS_CHANGES
+    rows = proc.apply(PendingStatusChange(t, "3" * 32, status, substatus, True, None, None))
+    (row,) = [row for table, row in rows if table == STATUS_CHANGES]
+    assert all(table == ACTIVITY for table, _ in rows if table != STATUS_CHANGES)
     return row
 
 

@@ -54,7 +54,7 @@ def test_gate_ingest_drops_unreleased_types_but_not_status_changes():
     change = validator.validate(status_change())
     with BeamTestPipeline(options=_runner_options()) as p:
         gated = p | beam.Create([unreleased, released, change]) | GateIngest(CONFIG)
-        assert_that(gated.allowed | beam.Map(lambda x: x.id), equal_to([released.id, change.id]), label="Allowed")
+        assert_that(gated.allowed | beam.Map(lambda x: x[0].id), equal_to([released.id, change.id]), label="Allowed")
         assert_that(gated.occurrences | beam.Map(lambda r: (r["occurrence_id"], r["outcome"], r["group_id"])),
                     equal_to([(unreleased.id, "ingest_disabled", None)]), label="Dropped")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 
 import apache_beam as beam
+import orjson
 from apache_beam import pvalue
 from apache_beam.coders import BytesCoder, FloatCoder
 from apache_beam.metrics import Metrics
@@ -12,41 +13,52 @@ from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateS
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import Timestamp
 
+from issue_platform import outcomes as R
 from issue_platform.config import PlatformConfig
-from issue_platform.groups import (DEFAULT_DEDUPE_WINDOW_SECONDS, GROUPS, OCCURRENCES, POST_PROCESS,
-                                   STATUS_CHANGES, GroupProcessor, KeyState)
+from issue_platform.groups import (ACTIVITY, DEFAULT_DEDUPE_WINDOW_SECONDS, GROUPS, OCCURRENCES, POST_PROCESS,
+                                   STATUS_CHANGES, GroupProcessor, KeyState, iso)
 from issue_platform.grouptype import registry
-from issue_platform.pending import Display, decode, record_display_digest, sort_key
-from transforms.parse import NAMESPACE
+from issue_platform.pending import Display, PendingOccurrence, decode, record_display_digest, sort_key
+from transforms.parse import DEAD_LETTER, NAMESPACE
 
-TABLES = (GROUPS, OCCURRENCES, STATUS_CHANGES, POST_PROCESS)
+TABLES = (GROUPS, OCCURRENCES, STATUS_CHANGES, POST_PROCESS, ACTIVITY)
+DEFAULT_ALLOWED_LATENESS_SECONDS = 600.0
 _END_OF_TIME = GlobalWindow().max_timestamp()
 
 
 class ProcessGroupsFn(beam.DoFn):
     """Buffers each key's events until the watermark passes them, then applies them in order.
 
-    Event time is the occurrence's `detection_time`. Input arrives in any order (a batch run gives
-    none at all), so events wait in EVENTS until the watermark guarantees nothing earlier can still
-    arrive; then FLUSH sorts them and hands them to `GroupProcessor`. Timeline for one key:
+    Event time is the occurrence's `detection_time` (a status change's `update_date`). Input arrives
+    in any order (a batch run gives none at all), so events wait in EVENTS until the watermark
+    guarantees nothing earlier can still arrive; then FLUSH sorts them and hands them, with the
+    time-driven transitions due in between, to `GroupProcessor`. Timeline for one key:
 
         process  t=10:00:05  buffer it; FLUSH set to 10:00:06 (the next whole second)
         process  t=10:00:02  buffer it; FLUSH moved earlier, to 10:00:03
-        watermark 10:00:04 -> FLUSH(10:00:03): apply 10:00:02; 10:00:05 stays; FLUSH set to 10:00:06
-        watermark 10:00:07 -> FLUSH(10:00:06): apply 10:00:05; buffer empty, no timer
-        end of input (the watermark jumps to +inf) -> FINAL: apply whatever is still buffered
+        watermark 10:00:04 -> FLUSH(10:00:03): apply 10:00:02; 10:00:05 waits; FLUSH set to 10:00:06
+        watermark 10:00:07 -> FLUSH(10:00:06): apply 10:00:05; the group is NEW, so FLUSH is set to
+                              its next transition (auto-resolve at last_seen + resolve_age, or
+                              back to ongoing 7 days after it was created)
+        watermark passes that transition -> FLUSH: apply it (never beyond `as_of`)
+        process  t=10:00:01, now behind the key's flushed time 10:00:06: late. Within the allowed
+                 lateness it is applied at once (out of order); beyond it, dead-lettered as `late`
+        end of input (the watermark jumps to +inf) -> FINAL: apply what is still buffered, and
+                              transitions up to `as_of`
 
     A batch run never advances the watermark before the end, so everything is applied by the FINAL
-    timer in one sorted pass per key (FLUSH timers that fire after it find an empty buffer). Per
-    key that costs one read of WAKE_AT per bundle, one bag append per event, and one state read and
-    write per flush; the state cache is not on the per-element path.
+    timer in one sorted pass per key. Per key that costs two small state reads per bundle, one bag
+    append per event, and one state read and write per flush; the state cache is not on the
+    per-element path.
 
     Attributes:
       EVENTS: compact encoded events waiting for the watermark (issue_platform.pending).
       DISPLAYS: interned display strings the waiting events reference (12-byte digest + JSON).
       KEY_STATE: the encoded `KeyState` (group, noise counter, recent occurrence ids).
       WAKE_AT: when FLUSH is set to fire (so a later event never pushes it later).
-      FLUSH: event-time timer at the earliest waiting event, rounded up to a whole second.
+      FLUSHED_UNTIL: the key's clock: everything at or before it has been applied.
+      FLUSH: event-time timer at the earliest waiting event (rounded up to a whole second) or the
+        next transition, whichever comes first.
       FINAL: event-time timer at the end of time: the final flush of a bounded input.
     """
 
@@ -54,96 +66,135 @@ class ProcessGroupsFn(beam.DoFn):
     DISPLAYS = BagStateSpec("displays", BytesCoder())
     KEY_STATE = ReadModifyWriteStateSpec("key_state", BytesCoder())
     WAKE_AT = ReadModifyWriteStateSpec("wake_at", FloatCoder())
+    FLUSHED_UNTIL = ReadModifyWriteStateSpec("flushed_until", FloatCoder())
     FLUSH = TimerSpec("flush", TimeDomain.WATERMARK)
     FINAL = TimerSpec("final", TimeDomain.WATERMARK)
 
-    def __init__(self, config: PlatformConfig, dedupe_window: float = DEFAULT_DEDUPE_WINDOW_SECONDS):
-        self._config, self._dedupe_window = config, dedupe_window
+    def __init__(self, config: PlatformConfig, dedupe_window: float = DEFAULT_DEDUPE_WINDOW_SECONDS,
+                 as_of: float = math.inf, allowed_lateness: float = DEFAULT_ALLOWED_LATENESS_SECONDS):
+        self._config, self._as_of, self._allowed_lateness = config, as_of, allowed_lateness
+        # A redelivery inside the allowed lateness must still be recognised as a duplicate.
+        self._dedupe_window = max(dedupe_window, allowed_lateness)
         self._counters = {}
 
     def setup(self):
         self._config.install()
 
     def start_bundle(self):
-        # key -> [wake_at, digests added this bundle]: saves a state read and repeated appends.
+        # key -> [wake_at, flushed_until, digests added this bundle]: saves state reads and appends.
         self._seen_in_bundle = {}
 
     def process(self, element, timestamp=beam.DoFn.TimestampParam,
                 events=beam.DoFn.StateParam(EVENTS), displays=beam.DoFn.StateParam(DISPLAYS),
-                wake_at=beam.DoFn.StateParam(WAKE_AT), flush=beam.DoFn.TimerParam(FLUSH),
+                key_state=beam.DoFn.StateParam(KEY_STATE), wake_at=beam.DoFn.StateParam(WAKE_AT),
+                flushed_until=beam.DoFn.StateParam(FLUSHED_UNTIL), flush=beam.DoFn.TimerParam(FLUSH),
                 final=beam.DoFn.TimerParam(FINAL)):
         key, (record, display) = element
-        events.add(record)
         seen = self._seen_in_bundle.get(key)
         if seen is None:
-            seen = self._seen_in_bundle[key] = [wake_at.read(), set()]
+            seen = self._seen_in_bundle[key] = [wake_at.read(), flushed_until.read(), set()]
             final.set(_END_OF_TIME)
+        event_time = timestamp.micros / 1e6
+        if seen[1] is not None and event_time <= seen[1]:
+            yield from self._late(key, record, display, event_time, seen[1], key_state, wake_at, flush, seen)
+            return
+        events.add(record)
         digest = record_display_digest(record)
-        if digest is not None and digest not in seen[1]:
+        if digest is not None and digest not in seen[2]:
             displays.add(digest + display)
-            seen[1].add(digest)
-        wake = float(math.ceil(timestamp.micros / 1e6))
-        if seen[0] is None or wake < seen[0]:
-            flush.set(Timestamp(wake))
-            wake_at.write(wake)
-            seen[0] = wake
+            seen[2].add(digest)
+        self._wake(float(math.ceil(event_time)), wake_at, flush, seen)
 
     @on_timer(FLUSH)
     def on_flush(self, key=beam.DoFn.KeyParam, timestamp=beam.DoFn.TimestampParam,
                  events=beam.DoFn.StateParam(EVENTS), displays=beam.DoFn.StateParam(DISPLAYS),
                  key_state=beam.DoFn.StateParam(KEY_STATE), wake_at=beam.DoFn.StateParam(WAKE_AT),
-                 flush=beam.DoFn.TimerParam(FLUSH)):
-        yield from self._flush(key, timestamp.micros / 1e6, events, displays, key_state, wake_at, flush)
+                 flushed_until=beam.DoFn.StateParam(FLUSHED_UNTIL), flush=beam.DoFn.TimerParam(FLUSH)):
+        yield from self._flush(key, timestamp.micros / 1e6, events, displays, key_state, wake_at,
+                               flushed_until, flush)
 
     @on_timer(FINAL)
     def on_final(self, key=beam.DoFn.KeyParam, events=beam.DoFn.StateParam(EVENTS),
                  displays=beam.DoFn.StateParam(DISPLAYS), key_state=beam.DoFn.StateParam(KEY_STATE),
-                 wake_at=beam.DoFn.StateParam(WAKE_AT), flush=beam.DoFn.TimerParam(FLUSH)):
-        yield from self._flush(key, math.inf, events, displays, key_state, wake_at, flush)
+                 wake_at=beam.DoFn.StateParam(WAKE_AT), flushed_until=beam.DoFn.StateParam(FLUSHED_UNTIL),
+                 flush=beam.DoFn.TimerParam(FLUSH)):
+        yield from self._flush(key, math.inf, events, displays, key_state, wake_at, flushed_until, flush)
 
-    def _flush(self, key, horizon, events, displays, key_state, wake_at, flush):
-        """Apply every buffered event at or before `horizon`, in order; keep the rest."""
+    def _flush(self, key, horizon, events, displays, key_state, wake_at, flushed_until, flush):
+        """Apply every buffered event and transition at or before `horizon`, in order; keep the rest."""
         pending = sorted(((decode(r), r) for r in events.read()), key=lambda pair: sort_key(pair[0]))
-        if not pending:
-            return
-        interned = {d[:12]: d[12:] for d in displays.read()}
         ready = [event for event, _ in pending if event.time <= horizon]
         waiting = [(event, raw) for event, raw in pending if event.time > horizon]
-        if ready:
-            state = KeyState.decode(key_state.read())
-            processor = GroupProcessor(key, state, _Displays(interned), registry, self._dedupe_window)
-            for event in ready:
-                for table, row in processor.apply(event):
-                    self._count(table, row)
-                    yield pvalue.TaggedOutput(table, row)
-            for table, row in processor.finish():
-                yield pvalue.TaggedOutput(table, row)
+        interned = {d[:12]: d[12:] for d in displays.read()} if pending else {}
+        state = KeyState.decode(key_state.read())
+        processor = GroupProcessor(key, state, _Displays(interned), registry, self._dedupe_window, self._as_of)
+        for event in ready:
+            yield from self._emit(processor.apply(event))
+        yield from self._emit(processor.finish(horizon))
+        if state.is_empty():
+            key_state.clear()
+        else:
             key_state.write(state.encode())
-        events.clear()
-        displays.clear()
-        if waiting:
-            referenced = {record_display_digest(raw) for _, raw in waiting}
+        flushed_until.write(horizon)
+        if ready:
+            events.clear()
+            displays.clear()
             for _, raw in waiting:
                 events.add(raw)
-            for digest in referenced - {None}:
+            for digest in {record_display_digest(raw) for _, raw in waiting} - {None}:
                 displays.add(digest + interned[digest])
-            wake = float(math.ceil(waiting[0][0].time))
+        candidates = [t for t in (waiting[0][0].time if waiting else None, processor.next_wakeup()) if t is not None]
+        if candidates:
+            wake = float(math.ceil(min(candidates)))
             flush.set(Timestamp(wake))
             wake_at.write(wake)
         else:
             wake_at.clear()
 
-    def _count(self, table, row):
-        if table in (OCCURRENCES, STATUS_CHANGES):
-            name = f"{table}.{row['outcome']}"
-        elif table == POST_PROCESS and row["is_new"]:
-            name = "groups.created"
-        else:
+    def _late(self, key, record, display, event_time, flushed, key_state, wake_at, flush, seen):
+        """An event behind the key's clock: apply it now (out of order) or dead-letter it."""
+        event = decode(record)
+        if flushed - event_time > self._allowed_lateness:
+            self._counter(f"dead_letter.{R.LATE}").inc()
+            summary = {"kind": "occurrence" if isinstance(event, PendingOccurrence) else "status_change",
+                       "key": key, "id": event.id, "time": iso(event_time)}
+            yield pvalue.TaggedOutput(DEAD_LETTER, {
+                "stage": R.STAGE_GROUP, "reason": R.LATE, "field": "detection_time",
+                "error": f"{flushed - event_time:.0f}s behind the key's clock; allowed lateness "
+                         f"{self._allowed_lateness:.0f}s", "payload": orjson.dumps(summary).decode(), "payload_truncated": False})
             return
+        interned = {record_display_digest(record): display} if display else {}
+        state = KeyState.decode(key_state.read())
+        processor = GroupProcessor(key, state, _Displays(interned), registry, self._dedupe_window, self._as_of)
+        yield from self._emit(processor.apply(event))
+        yield from self._emit(processor.finish(flushed))
+        key_state.write(state.encode())
+        wake = processor.next_wakeup()
+        if wake is not None:
+            self._wake(float(math.ceil(wake)), wake_at, flush, seen)
+
+    @staticmethod
+    def _wake(wake, wake_at, flush, seen):
+        if seen[0] is None or wake < seen[0]:
+            flush.set(Timestamp(wake))
+            wake_at.write(wake)
+            seen[0] = wake
+
+    def _emit(self, rows):
+        for table, row in rows:
+            if table in (OCCURRENCES, STATUS_CHANGES):
+                self._counter(f"{table}.{row['outcome']}").inc()
+            elif table == POST_PROCESS and row["is_new"]:
+                self._counter("groups.created").inc()
+            elif table == ACTIVITY:
+                self._counter(f"activity.{row['type']}").inc()
+            yield pvalue.TaggedOutput(table, row)
+
+    def _counter(self, name):
         counter = self._counters.get(name)
         if counter is None:
             counter = self._counters[name] = Metrics.counter(NAMESPACE, name)
-        counter.inc()
+        return counter
 
 
 class _Displays(dict):
@@ -159,16 +210,15 @@ class _Displays(dict):
 
 
 class ProcessGroups(beam.PTransform):
-    """Keyed, timestamped compact events -> the `groups`, `occurrences`, `status_changes` and
-    `post_process` outputs (a dict of PCollections by table name)."""
+    """Keyed, timestamped compact events -> the `groups`, `occurrences`, `status_changes`,
+    `post_process` and `activity` outputs, plus `dead_letter` for events too late to apply (a dict
+    of PCollections by table name)."""
 
-    def __init__(self, config: PlatformConfig, dedupe_window: float = DEFAULT_DEDUPE_WINDOW_SECONDS):
+    def __init__(self, config: PlatformConfig, dedupe_window: float = DEFAULT_DEDUPE_WINDOW_SECONDS,
+                 as_of: float = math.inf, allowed_lateness: float = DEFAULT_ALLOWED_LATENESS_SECONDS):
         super().__init__()
-        self._fn = ProcessGroupsFn(config, dedupe_window)
+        self._fn = ProcessGroupsFn(config, dedupe_window, as_of, allowed_lateness)
 
     def expand(self, keyed):
-        results = keyed | "ApplyInEventTimeOrder" >> beam.ParDo(self._fn).with_outputs(*TABLES)
-        return {table: results[table] for table in TABLES}
-
-
-__all__ = ["ProcessGroups", "ProcessGroupsFn", "TABLES"]
+        results = keyed | "ApplyInEventTimeOrder" >> beam.ParDo(self._fn).with_outputs(*TABLES, DEAD_LETTER)
+        return {table: results[table] for table in (*TABLES, DEAD_LETTER)}

@@ -1,8 +1,9 @@
 """ParsePayloads, GateIngest and KeyByGroup: the stateless steps before a group's stateful step."""
 from __future__ import annotations
 
+import logging
 import time
-from typing import Tuple
+from typing import Optional, Tuple
 
 import apache_beam as beam
 import orjson
@@ -15,11 +16,12 @@ from issue_platform.config import PlatformConfig
 from issue_platform.fingerprint import group_key
 from issue_platform.groups import OCCURRENCES, occurrence_row
 from issue_platform.grouptype import registry
-from issue_platform.pending import Display, encode_occurrence, encode_status_change
+from issue_platform.pending import Admission, Display, encode_occurrence, encode_status_change
 from issue_platform.validation import (DEFAULT_MAX_PAYLOAD_BYTES, Occurrence, PayloadValidator, Rejected,
                                        StatusChange, parse)
 
 DEAD_LETTER, EVIDENCE = "dead_letter", "evidence"
+_LOGGER = logging.getLogger(__name__)
 NAMESPACE = "issue_platform"
 
 
@@ -58,6 +60,11 @@ class _ParseFn(beam.DoFn):
         except Rejected as rejected:
             _counter("dead_letter", rejected.reason).inc()
             yield pvalue.TaggedOutput(DEAD_LETTER, dead_letter_row(rejected, raw, self._max_bytes))
+        except Exception as exc:  # a bug of ours must not stall the stream: dead-letter and count it
+            _LOGGER.warning("validation failed unexpectedly: %s", type(exc).__name__)  # never the payload
+            rejected = Rejected(R.INTERNAL_ERROR, "", f"internal error: {type(exc).__name__}")
+            _counter("dead_letter", R.INTERNAL_ERROR).inc()
+            yield pvalue.TaggedOutput(DEAD_LETTER, dead_letter_row(rejected, raw, self._max_bytes))
 
 
 class ParsePayloads(beam.PTransform):
@@ -83,33 +90,57 @@ def _ingest_disabled_row(occ: Occurrence) -> dict:
 
 
 class _GateIngestFn(beam.DoFn):
+    """Decides each payload's `Admission` from the project's settings and flags in `config` (a side
+    input, so a stream picks up flag changes without a restart). Flag results are cached per config
+    version, type and project."""
+
     def __init__(self, config: PlatformConfig):
         self._config = config
         self._dropped = _counter("occurrences", R.INGEST_DISABLED)
 
     def setup(self):
         self._config.install()
+        self._cache, self._cached_for = {}, None
 
-    def process(self, payload):
-        if isinstance(payload, Occurrence) and not registry.get_by_type_id(payload.type).released:
-            # Unreleased types are off until their ingest flag is on (flag configuration: issue #4).
+    def process(self, payload, config: PlatformConfig):
+        if config is not self._cached_for:
+            self._cache, self._cached_for = {}, config
+        project = config.project(payload.project_id)
+        if not isinstance(payload, Occurrence):  # status changes are never gated (as in Sentry)
+            yield payload, Admission(resolve_age_hours=project.resolve_age_hours)
+            return
+        cache_key = (payload.type, payload.project_id)
+        admission = self._cache.get(cache_key)
+        if admission is None:
+            gtype = registry.get_by_type_id(payload.type)
+            admission = self._cache[cache_key] = (
+                config.allows(gtype, "ingest", project.project_id),
+                Admission(config.allows(gtype, "post_process", project.project_id),
+                          config.allows(gtype, "visible", project.project_id), project.resolve_age_hours))
+        if admission[0]:
+            yield payload, admission[1]
+        else:
             self._dropped.inc()
             yield pvalue.TaggedOutput(OCCURRENCES, _ingest_disabled_row(payload))
-        else:
-            yield payload
 
 
 class GateIngest(beam.PTransform):
-    """Sentry's `allow_ingest`: occurrences of types not allowed to ingest become `ingest_disabled`
-    rows (output `occurrences`); status changes are never gated."""
+    """Sentry's `allow_ingest` (occurrences of types whose ingest flag is off for the project's
+    organization become `ingest_disabled` rows in output `occurrences`), plus the post-process and
+    visible flags and the project's resolve_age for the stateful step. Main output:
+    `(payload, Admission)`. `config` is a PCollection holding the current `PlatformConfig` (one
+    element in batch; a refreshing one in a stream); without it the constructor's config is used."""
 
-    def __init__(self, config: PlatformConfig):
+    def __init__(self, config: PlatformConfig, config_updates: Optional[beam.PCollection] = None):
         super().__init__()
-        self._config = config
+        self._config, self._updates = config, config_updates
 
     def expand(self, payloads):
-        return payloads | "AllowIngest" >> beam.ParDo(_GateIngestFn(self._config)).with_outputs(
-            OCCURRENCES, main="allowed")
+        updates = self._updates
+        if updates is None:
+            updates = payloads.pipeline | "Config" >> beam.Create([self._config])
+        return payloads | "AllowIngest" >> beam.ParDo(
+            _GateIngestFn(self._config), beam.pvalue.AsSingleton(updates)).with_outputs(OCCURRENCES, main="allowed")
 
 
 KeyedRecord = Tuple[str, Tuple[bytes, bytes]]
@@ -117,10 +148,14 @@ KeyedRecord = Tuple[str, Tuple[bytes, bytes]]
 
 @beam.typehints.with_output_types(KeyedRecord)
 class _KeyByGroupFn(beam.DoFn):
-    def process(self, payload):
+    def __init__(self, received_at: Optional[float]):
+        self._received_at = received_at
+
+    def process(self, admitted):
+        payload, admission = admitted
         key = group_key(payload.project_id, payload.fingerprint[0])
         if isinstance(payload, Occurrence):
-            record, _, display = encode_occurrence(payload)
+            record, _, display = encode_occurrence(payload, admission)
             yield pvalue.TaggedOutput(EVIDENCE, {
                 "occurrence_id": payload.id, "project_id": payload.project_id,
                 "evidence_data": payload.evidence_data, "evidence_display": payload.evidence_display,
@@ -128,18 +163,24 @@ class _KeyByGroupFn(beam.DoFn):
             yield TimestampedValue((key, (record, display)), payload.detection_time)
         else:
             change: StatusChange = payload
-            received_at = time.time()
-            record = encode_status_change(change, received_at)
+            received_at = self._received_at if self._received_at is not None else time.time()
+            record = encode_status_change(change, received_at, admission)
             yield TimestampedValue((key, (record, b"")), change.update_date or received_at)
 
 
 class KeyByGroup(beam.PTransform):
-    """Keys each payload by `"<project_id>:<md5(fingerprint[0])>"`, stamps its event time
-    (`detection_time`; a status change's `update_date`, else the time we received it) and encodes
-    it compactly for the group's buffer. Output `evidence` carries each occurrence's evidence."""
+    """Keys each payload by `"<project_id>:<md5(fingerprint[0])>"`, stamps its event time and encodes
+    it compactly for the group's buffer. Event time: `detection_time`; a status change's
+    `update_date`, else `received_at` when given (file replays pass their as-of time), else the
+    time we received it. Output `evidence` carries each occurrence's evidence and event."""
 
-    def expand(self, payloads):
-        return (payloads | "EncodeAndKey" >> beam.ParDo(_KeyByGroupFn()).with_outputs(EVIDENCE, main="keyed"))
+    def __init__(self, received_at: Optional[float] = None):
+        super().__init__()
+        self._received_at = received_at
+
+    def expand(self, admitted):
+        return admitted | "EncodeAndKey" >> beam.ParDo(_KeyByGroupFn(self._received_at)).with_outputs(
+            EVIDENCE, main="keyed")
 
 
 __all__ = ["ParsePayloads", "GateIngest", "KeyByGroup", "DEAD_LETTER", "EVIDENCE", "KeyedRecord"]
