@@ -212,6 +212,8 @@ def load_config(path: Optional[str] = None, modules: tuple[str, ...] = (),
         document = _read_document(path, opener) or {}
         if not isinstance(document, dict):
             raise ConfigError(f"--config {path}: the top level must be a mapping")
+        # `createissueflag` output can be appended to the file as it is: top-level `feature.*` keys.
+        pasted = {k: document.pop(k) for k in list(document) if isinstance(k, str) and k.startswith("feature.")}
         unknown = set(document) - _TOP_LEVEL
         if unknown:
             raise ConfigError(f"--config {path}: unknown section(s) {', '.join(sorted(unknown))}")
@@ -223,7 +225,7 @@ def load_config(path: Optional[str] = None, modules: tuple[str, ...] = (),
                  for i, spec in enumerate(entries)]
         projects = _projects(document.get("projects") or {}, f"{name}: projects")
         try:
-            features = parse_features(document.get("features") or {})
+            features = parse_features({**(document.get("features") or {}), **pasted})
         except FeatureConfigError as exc:
             raise ConfigError(f"{name}: features: {exc}") from exc
         return PlatformConfig(tuple(specs), tuple(modules), projects, features, path)

@@ -4,6 +4,8 @@
     issue-platform types [--config FILE]
     issue-platform validate FILE... [--config FILE]
     issue-platform generate --count N [--seed S] [--output FILE]
+    issue-platform createissueflag --slug SLUG --owner TEAM [--config FILE]
+    issue-platform flags --config FILE [--project ID]
 """
 from __future__ import annotations
 
@@ -105,6 +107,41 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_createissueflag(args) -> int:
+    """Sentry's `createissueflag`: flagpole YAML for a type's three flags, every segment at rollout 0."""
+    import datetime
+
+    from issue_platform.flagpole import issue_flag_features, render_createissueflag
+
+    _load(args)
+    if registry.get_by_slug(args.slug) is None:
+        print("Error: Invalid GroupType slug. Valid grouptypes:")
+        for t in registry.all():
+            print(f"  {t.slug}")
+        return 1
+    sys.stdout.write(render_createissueflag(issue_flag_features(args.slug, args.owner, datetime.date.today())))
+    return 0
+
+
+def cmd_flags(args) -> int:
+    """Per unreleased type and configured project: is each of the three flags on?"""
+    config = load_config(args.config, tuple(args.group_types_module))
+    config.install()
+    projects = [config.project(args.project)] if args.project is not None else list(config.projects.values())
+    if not projects:
+        raise ConfigError(f"--config {args.config}: no projects configured (add a `projects:` section)")
+    print(f"{'type':<48} {'project':>8} {'organization':<20} ingest  post-process  visible")
+    for t in registry.all():
+        if t.released:
+            continue
+        for project in projects:
+            org = (project.organization or {}).get("slug", "-")
+            on = ["on" if config.allows(t, flag, project.project_id) else "off"
+                  for flag in ("ingest", "post_process", "visible")]
+            print(f"{t.slug:<48} {project.project_id:>8} {org:<20} {on[0]:<7} {on[1]:<13} {on[2]}")
+    return 0
+
+
 def cmd_run(args, beam_args: Sequence[str]) -> int:
     from pipelines.issue_pipeline import run
     from pipelines.summary import counters, latest_groups, render
@@ -139,6 +176,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     validate_p.add_argument("--max_payload_bytes", type=int, default=1 << 20)
     _config_args(validate_p)
 
+    flag_p = sub.add_parser("createissueflag", help="print flagpole YAML for an issue type's release flags")
+    flag_p.add_argument("--slug", required=True, help="the group type's slug")
+    flag_p.add_argument("--owner", required=True, help="owning team")
+    _config_args(flag_p)
+
+    flags_p = sub.add_parser("flags", help="show which release flags are on for each configured project")
+    flags_p.add_argument("--project", type=int, help="only this project id")
+    _config_args(flags_p)
+
     generate_p = sub.add_parser("generate", help="write realistic synthetic payloads as JSON Lines")
     generate_p.add_argument("--count", type=int, required=True)
     generate_p.add_argument("--seed", type=int, default=0)
@@ -150,7 +196,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if args.command == "run":
             return cmd_run(args, rest)
-        return {"types": cmd_types, "validate": cmd_validate, "generate": cmd_generate}[args.command](args)
+        return {"types": cmd_types, "validate": cmd_validate, "generate": cmd_generate,
+                "createissueflag": cmd_createissueflag, "flags": cmd_flags}[args.command](args)
     except ConfigError as exc:
         print(f"issue-platform: error: {exc}", file=sys.stderr)
         return _EXIT_USAGE
