@@ -144,7 +144,7 @@ def cmd_flags(args) -> int:
 
 def cmd_run(args, beam_args: Sequence[str]) -> int:
     from pipelines.issue_pipeline import run
-    from pipelines.summary import counters, latest_groups, render
+    from pipelines.summary import counters, counts_from_outputs, latest_groups, render
 
     argv = list(beam_args)
     for path in args.input:
@@ -154,7 +154,8 @@ def cmd_run(args, beam_args: Sequence[str]) -> int:
         argv += ["--group_types_module", module]
     config = load_config(args.config, tuple(args.group_types_module))
     result = run(argv, config)
-    print(render(counters(result), latest_groups(args.output)))
+    totals = counts_from_outputs(args.output) if "--streaming" in argv else counters(result)
+    print(render(totals, latest_groups(args.output)))
     print(f"output: {args.output}/")
     return 0
 

@@ -24,7 +24,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from issue_platform.config import ConfigError, PlatformConfig, load_config
 from issue_platform.validation import Rejected, parse_time
-from pipelines.replay import latest_event_time
+from pipelines.replay import latest_event_time, replay_stream
 from issue_platform.groups import OCCURRENCES
 from pipelines.options import IssuePlatformOptions
 from transforms.groups import TABLES, ProcessGroups
@@ -33,6 +33,7 @@ from transforms.read import ReadPayloads
 from transforms.write import WriteTables
 
 BATCH_RUNNER = "FnApiRunner"
+STREAMING_RUNNER = "BundleBasedDirectRunner"
 TABLE_FILES = (*TABLES, EVIDENCE, DEAD_LETTER)
 
 
@@ -70,7 +71,7 @@ def _clear_previous_output(output_dir: str) -> None:
     """A run replaces the tables of the previous run in the same directory (only our own files)."""
     os.makedirs(output_dir, exist_ok=True)
     for table in TABLE_FILES:
-        for path in glob.glob(os.path.join(output_dir, f"{table}-*-of-*.jsonl")):
+        for path in glob.glob(os.path.join(output_dir, f"{table}-*.jsonl")):
             os.remove(path)
 
 
@@ -99,7 +100,7 @@ def _prepare(argv, config: Optional[PlatformConfig]):
     opts = options.view_as(IssuePlatformOptions)
     standard = options.view_as(StandardOptions)
     if standard.runner is None:
-        standard.runner = BATCH_RUNNER
+        standard.runner = STREAMING_RUNNER if standard.streaming else BATCH_RUNNER
     if config is None:
         config = load_config(opts.config, tuple(opts.group_types_module or ()), opener=_open_any)
     config.install()
@@ -108,8 +109,9 @@ def _prepare(argv, config: Optional[PlatformConfig]):
     inputs = opts.input or [sample_path()]
     as_of = resolve_as_of(opts.as_of, inputs)
     pipeline = beam.Pipeline(options=options)
-    tables = build_pipeline(pipeline, opts, config, as_of=as_of, received_at=as_of)
-    tables | "WriteTables" >> WriteTables(opts.output)
+    raw = pipeline | "ReplayInEventTimeOrder" >> replay_stream(inputs) if standard.streaming else None
+    tables = build_pipeline(pipeline, opts, config, raw=raw, as_of=as_of, received_at=as_of)
+    tables | "WriteTables" >> WriteTables(opts.output, streaming=standard.streaming)
     return pipeline, standard.runner
 
 

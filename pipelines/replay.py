@@ -3,6 +3,7 @@ input) and the event-time-ordered stream that `run --streaming` replays."""
 from __future__ import annotations
 
 import gzip
+import math
 from typing import Iterator, Optional, Sequence, Union
 
 import orjson
@@ -45,3 +46,29 @@ def event_time(raw: Raw) -> Optional[float]:
 def latest_event_time(patterns: Sequence[str]) -> Optional[float]:
     times = [t for t in map(event_time, read_raw(patterns)) if t is not None]
     return max(times, default=None)
+
+
+def replay_stream(patterns: Sequence[str], batch_size: int = 200):
+    """The files as a `TestStream` in event-time order: elements in batches, each followed by a
+    watermark advance to just before the next batch's earliest event, then to +infinity. Records
+    without a readable time (they will be dead-lettered, or stamped later) come first.
+    The stream holds its input in memory; it is for replays and tests, not for live traffic."""
+    from apache_beam import coders
+    from apache_beam.testing.test_stream import TestStream
+    from apache_beam.transforms.window import TimestampedValue
+
+    records = [(event_time(raw), raw) for raw in read_raw(patterns)]
+    first = min((t for t, _ in records if t is not None), default=0.0)
+    ordered = sorted(((first if t is None else t, i, raw) for i, (t, raw) in enumerate(records)),
+                     key=lambda r: (r[0], r[1]))
+    stream = TestStream(coder=coders.FastPrimitivesCoder())
+    watermark = -math.inf
+    for start in range(0, len(ordered), batch_size):
+        batch = ordered[start:start + batch_size]
+        stream.add_elements([TimestampedValue(raw, t) for t, _, raw in batch])
+        if start + batch_size < len(ordered):
+            target = ordered[start + batch_size][0] - 0.001
+            if target > watermark:
+                stream.advance_watermark_to(target)
+                watermark = target
+    return stream.advance_watermark_to_infinity()

@@ -2,27 +2,54 @@
 from __future__ import annotations
 
 import os
+import uuid
 
 import apache_beam as beam
 import orjson
 from apache_beam import coders
+from apache_beam.io.filesystems import FileSystems
 
 
 def to_json_line(row: dict) -> bytes:
     return orjson.dumps(row, option=orjson.OPT_NON_STR_KEYS)
 
 
-class WriteTables(beam.PTransform):
-    """Writes `{table: PCollection of dict rows}` as `<output>/<table>-SSSSS-of-NNNNN.jsonl`."""
+class _AppendJsonLinesFn(beam.DoFn):
+    """Streaming: each bundle's rows go to a new `<table>-<uuid>.jsonl` (local replays and tests;
+    a production stream writes to BigQuery and Pub/Sub instead)."""
 
-    def __init__(self, output_dir: str):
+    def __init__(self, prefix: str):
+        self._prefix = prefix
+
+    def start_bundle(self):
+        self._lines = []
+
+    def process(self, row):
+        self._lines.append(to_json_line(row))
+
+    def finish_bundle(self):
+        if self._lines:
+            with FileSystems.create(f"{self._prefix}-{uuid.uuid4().hex}.jsonl") as handle:
+                handle.write(b"\n".join(self._lines) + b"\n")
+        self._lines = []
+
+
+class WriteTables(beam.PTransform):
+    """Writes `{table: PCollection of dict rows}` under `output_dir`: `<table>-SSSSS-of-NNNNN.jsonl`
+    with Beam's transactional text sink in batch, `<table>-<uuid>.jsonl` per bundle when streaming."""
+
+    def __init__(self, output_dir: str, streaming: bool = False):
         super().__init__()
-        self._output_dir = output_dir
+        self._output_dir, self._streaming = output_dir, streaming
 
     def expand(self, tables: dict):
         for table, rows in sorted(tables.items()):
-            (rows
-             | f"Encode{table.title().replace('_', '')}" >> beam.Map(to_json_line)
-             | f"Write{table.title().replace('_', '')}" >> beam.io.WriteToText(
-                 os.path.join(self._output_dir, table), file_name_suffix=".jsonl", coder=coders.BytesCoder()))
-        return beam.pvalue.PDone(next(iter(tables.values())).pipeline) if tables else None
+            label, prefix = table.title().replace("_", ""), os.path.join(self._output_dir, table)
+            if self._streaming:
+                rows | f"Append{label}" >> beam.ParDo(_AppendJsonLinesFn(prefix))
+            else:
+                (rows
+                 | f"Encode{label}" >> beam.Map(to_json_line)
+                 | f"Write{label}" >> beam.io.WriteToText(prefix, file_name_suffix=".jsonl",
+                                                         coder=coders.BytesCoder()))
+        return beam.pvalue.PDone(next(iter(tables.values())).pipeline)
