@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import time
 import os
 import re
 from dataclasses import dataclass, field
@@ -139,6 +140,7 @@ class PlatformConfig:
     projects: dict = field(default_factory=dict)  # project id -> ProjectSettings
     features: dict = field(default_factory=dict)  # flag name -> flagpole Feature
     source: Optional[str] = None
+    loaded_at: float = 0.0  # when the file was read: the newest of several versions wins
 
     def project(self, project_id: int) -> ProjectSettings:
         return self.projects.get(project_id) or ProjectSettings(project_id)
@@ -228,7 +230,7 @@ def load_config(path: Optional[str] = None, modules: tuple[str, ...] = (),
             features = parse_features({**(document.get("features") or {}), **pasted})
         except FeatureConfigError as exc:
             raise ConfigError(f"{name}: features: {exc}") from exc
-        return PlatformConfig(tuple(specs), tuple(modules), projects, features, path)
+        return PlatformConfig(tuple(specs), tuple(modules), projects, features, path, time.time())
     return PlatformConfig(group_types_modules=tuple(modules))
 
 

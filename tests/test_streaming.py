@@ -136,3 +136,4 @@ def test_late_data_within_and_beyond_allowed_lateness(tmp_path):
     assert too_late["id"].replace("-", "") in dead["payload"]
     group = latest_groups(tables["groups"]).popitem()[1]
     assert group["times_seen"] == 2 and group["first_seen"] == "2026-11-01T00:11:40Z"  # moved earlier
+

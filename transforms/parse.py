@@ -100,11 +100,13 @@ class _GateIngestFn(beam.DoFn):
 
     def setup(self):
         self._config.install()
-        self._cache, self._cached_for = {}, None
+        self._cache, self._versions, self._current = {}, None, self._config
 
-    def process(self, payload, config: PlatformConfig):
-        if config is not self._cached_for:
-            self._cache, self._cached_for = {}, config
+    def process(self, payload, versions: list):
+        if versions is not self._versions:  # a new side-input value: pick the newest config
+            self._versions, self._cache = versions, {}
+            self._current = max(versions, key=lambda c: c.loaded_at, default=self._config)
+        config = self._current
         project = config.project(payload.project_id)
         if not isinstance(payload, Occurrence):  # status changes are never gated (as in Sentry)
             yield payload, Admission(resolve_age_hours=project.resolve_age_hours)
@@ -128,8 +130,9 @@ class GateIngest(beam.PTransform):
     """Sentry's `allow_ingest` (occurrences of types whose ingest flag is off for the project's
     organization become `ingest_disabled` rows in output `occurrences`), plus the post-process and
     visible flags and the project's resolve_age for the stateful step. Main output:
-    `(payload, Admission)`. `config` is a PCollection holding the current `PlatformConfig` (one
-    element in batch; a refreshing one in a stream); without it the constructor's config is used."""
+    `(payload, Admission)`. `config_updates` is a PCollection of `PlatformConfig` versions (one
+    element in batch; a refreshing one in a stream, where the newest `loaded_at` wins); without it
+    the constructor's config is used, read once."""
 
     def __init__(self, config: PlatformConfig, config_updates: Optional[beam.PCollection] = None):
         super().__init__()
@@ -140,7 +143,7 @@ class GateIngest(beam.PTransform):
         if updates is None:
             updates = payloads.pipeline | "Config" >> beam.Create([self._config])
         return payloads | "AllowIngest" >> beam.ParDo(
-            _GateIngestFn(self._config), beam.pvalue.AsSingleton(updates)).with_outputs(OCCURRENCES, main="allowed")
+            _GateIngestFn(self._config), beam.pvalue.AsList(updates)).with_outputs(OCCURRENCES, main="allowed")
 
 
 KeyedRecord = Tuple[str, Tuple[bytes, bytes]]
