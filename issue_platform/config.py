@@ -250,8 +250,8 @@ def _projects(section: Any, where: str) -> dict:
         if unknown:
             raise ConfigError(f"{here}: unknown field(s) {', '.join(sorted(unknown))}")
         age = spec.get("resolve_age") or 0
-        if isinstance(age, bool) or not isinstance(age, int) or not 0 <= age < 2**31:
-            raise ConfigError(f"{here}.resolve_age: expected whole hours (an integer >= 0), got {age!r}")
+        if isinstance(age, bool) or not isinstance(age, int) or not 0 <= age <= 0xFFFF:
+            raise ConfigError(f"{here}.resolve_age: expected whole hours (an integer 0..65535), got {age!r}")
         organization = spec.get("organization")
         if organization is not None:
             if not isinstance(organization, dict):

@@ -1,10 +1,11 @@
 """Compact encodings of events waiting in a key's event-time buffer.
 
 A batch run buffers every event of a key until the watermark passes it (see
-transforms/groups.py), so what is buffered must be small: a fixed 65-byte head plus the extra
+transforms/groups.py), so what is buffered must be small: a fixed 57-byte head plus the extra
 fingerprint hashes and the resource id. The strings an occurrence shares with its neighbours
 (title, subtitle, culprit, level, environment) are interned: stored once per key as a
-`Display`, referenced by a 12-byte digest.
+`Display`, referenced by an 8-byte digest (collisions would need two of a key's few displays to
+share 64 bits).
 """
 from __future__ import annotations
 
@@ -16,13 +17,18 @@ import orjson
 
 from issue_platform.validation import Occurrence, StatusChange
 
-OCCURRENCE, STATUS_CHANGE = 0, 1
+OCCURRENCE, STATUS_CHANGE, DISPLAY = 0, 1, 2
 _NONE = 0xFF
-# kind, time, id, event id, type, prio, init prio, display digest, n extra fp, admission flags, resolve age
-_OCC_HEAD = struct.Struct("<Bd16s16sIBB12sBBI")
+# kind | admission flags, time, id, event id, type, priority | initial priority, display digest,
+# n extra fingerprint parts, resolve age (hours)
+_OCC_HEAD = struct.Struct("<Bd16s16sIB8sBH")
 # kind, time, id, new status, new substatus, has update_date, resolve age
-_SC_HEAD = struct.Struct("<Bd16sBBBI")
-_POST_PROCESS, _VISIBLE = 1, 2
+_SC_HEAD = struct.Struct("<Bd16sBBBH")
+_KIND_MASK, _POST_PROCESS, _VISIBLE = 0x0F, 0x10, 0x20
+_PRIORITY_CODES = {None: 0, 25: 1, 50: 2, 75: 3}
+_PRIORITIES = (None, 25, 50, 75)
+DIGEST_SIZE = 8
+MAX_RESOLVE_AGE_HOURS = 0xFFFF
 
 
 class Admission(NamedTuple):
@@ -50,7 +56,7 @@ class Display(NamedTuple):
 
 
 def display_digest(display_bytes: bytes) -> bytes:
-    return hashlib.blake2b(display_bytes, digest_size=12).digest()
+    return hashlib.blake2b(display_bytes, digest_size=DIGEST_SIZE).digest()
 
 
 class PendingOccurrence(NamedTuple):
@@ -89,10 +95,10 @@ def encode_occurrence(occ: Occurrence, admission: Admission = Admission()) -> tu
     display = Display(occ.issue_title, occ.subtitle, occ.culprit, occ.level, occ.environment).encode()
     digest = display_digest(display)
     extra = occ.fingerprint[1:]
-    head = _OCC_HEAD.pack(OCCURRENCE, occ.detection_time, bytes.fromhex(occ.id), bytes.fromhex(occ.event_id),
-                          occ.type, _opt(occ.priority), _opt(occ.initial_priority), digest, len(extra),
-                          _POST_PROCESS * admission.post_process | _VISIBLE * admission.visible,
-                          admission.resolve_age_hours)
+    kind = OCCURRENCE | _POST_PROCESS * admission.post_process | _VISIBLE * admission.visible
+    priorities = _PRIORITY_CODES[occ.priority] | _PRIORITY_CODES[occ.initial_priority] << 2
+    head = _OCC_HEAD.pack(kind, occ.detection_time, bytes.fromhex(occ.id), bytes.fromhex(occ.event_id),
+                          occ.type, priorities, digest, len(extra), admission.resolve_age_hours)
     tail = b"".join(bytes.fromhex(h) for h in extra)
     if occ.resource_id is not None:
         tail += b"\x01" + occ.resource_id.encode("utf-8")
@@ -111,13 +117,13 @@ def encode_status_change(change: StatusChange, received_at: float, admission: Ad
 
 
 def decode(record: bytes) -> Pending:
-    if record[0] == OCCURRENCE:
-        _, t, oid, eid, type_id, prio, init, digest, n_extra, flags, age = _OCC_HEAD.unpack_from(record)
+    if record[0] & _KIND_MASK == OCCURRENCE:
+        flags, t, oid, eid, type_id, priorities, digest, n_extra, age = _OCC_HEAD.unpack_from(record)
         offset = _OCC_HEAD.size + 16 * n_extra
         extra = tuple(record[i:i + 16].hex() for i in range(_OCC_HEAD.size, offset, 16))
         resource = record[offset + 1:].decode("utf-8") if len(record) > offset else None
-        return PendingOccurrence(t, oid.hex(), eid.hex(), type_id, None if prio == _NONE else prio,
-                                 None if init == _NONE else init, digest, extra, resource,
+        return PendingOccurrence(t, oid.hex(), eid.hex(), type_id, _PRIORITIES[priorities & 3],
+                                 _PRIORITIES[priorities >> 2], digest, extra, resource,
                                  Admission(bool(flags & _POST_PROCESS), bool(flags & _VISIBLE), age))
     _, t, cid, status, substatus, explicit, age = _SC_HEAD.unpack_from(record)
     detector_id, activity_data = orjson.loads(record[_SC_HEAD.size:]) if len(record) > _SC_HEAD.size else (None, None)
@@ -130,9 +136,22 @@ def sort_key(event: Pending) -> tuple:
     return (event.time, isinstance(event, PendingStatusChange), event.id)
 
 
-_DISPLAY_AT = slice(47, 59)  # offset of the display digest in an occurrence record's head
+_DISPLAY_AT = slice(46, 46 + DIGEST_SIZE)  # the display digest in an occurrence record's head
 
 
 def record_display_digest(record: bytes) -> Optional[bytes]:
     """The display digest an occurrence record references (None for status changes)."""
-    return record[_DISPLAY_AT] if record[0] == OCCURRENCE else None
+    return record[_DISPLAY_AT] if record[0] & _KIND_MASK == OCCURRENCE else None
+
+
+def display_record(digest: bytes, display: bytes) -> bytes:
+    """An interned display, stored in the same buffer as the events that reference it."""
+    return bytes((DISPLAY,)) + digest + display
+
+
+def is_display_record(record: bytes) -> bool:
+    return record[0] & _KIND_MASK == DISPLAY
+
+
+def split_display_record(record: bytes) -> tuple[bytes, bytes]:
+    return record[1:1 + DIGEST_SIZE], record[1 + DIGEST_SIZE:]

@@ -34,7 +34,7 @@ from transforms.write import WriteTables
 
 BATCH_RUNNER = "FnApiRunner"
 STREAMING_RUNNER = "BundleBasedDirectRunner"
-TABLE_FILES = (*TABLES, EVIDENCE, DEAD_LETTER)
+TABLE_FILES = (*TABLES, EVIDENCE, DEAD_LETTER)  # `<table>-*.jsonl` also covers the -gated/-late parts
 
 
 def sample_path() -> str:
@@ -44,7 +44,10 @@ def sample_path() -> str:
 def build_pipeline(pipeline: beam.Pipeline, opts: IssuePlatformOptions, config: PlatformConfig,
                    raw: Optional[beam.PCollection] = None, as_of: float = math.inf,
                    received_at: Optional[float] = None, config_updates: Optional[beam.PCollection] = None) -> dict:
-    """Builds the graph on `pipeline` and returns every output table as a PCollection by name.
+    """Builds the graph on `pipeline` and returns its outputs by file-set name: each table's rows,
+    where `occurrences-gated` and `dead_letter-late` are further parts of `occurrences` and
+    `dead_letter` (not flattened: the FnApiRunner holds a Flatten of inputs from different stages
+    entirely in memory).
 
     `raw` replaces the file read (tests pass `beam.Create` or a `TestStream`); `as_of` bounds the
     time-driven transitions; `received_at` stamps status changes that carry no `update_date`;
@@ -55,9 +58,11 @@ def build_pipeline(pipeline: beam.Pipeline, opts: IssuePlatformOptions, config: 
     gated = parsed.valid | "GateIngest" >> GateIngest(config, config_updates)
     keyed = gated.allowed | "KeyByGroup" >> KeyByGroup(received_at)
     tables = keyed.keyed | "ProcessGroups" >> ProcessGroups(
-        config, opts.dedupe_window_seconds, as_of, opts.allowed_lateness_seconds)
-    tables[OCCURRENCES] = (tables[OCCURRENCES], gated[OCCURRENCES]) | "AllOccurrenceOutcomes" >> beam.Flatten()
-    tables[DEAD_LETTER] = (parsed[DEAD_LETTER], tables[DEAD_LETTER]) | "AllDeadLetters" >> beam.Flatten()
+        config, opts.dedupe_window_seconds, as_of, opts.allowed_lateness_seconds,
+        streaming=bool(opts.view_as(StandardOptions).streaming))
+    tables[f"{OCCURRENCES}-gated"] = gated[OCCURRENCES]
+    tables[f"{DEAD_LETTER}-late"] = tables[DEAD_LETTER]
+    tables[DEAD_LETTER] = parsed[DEAD_LETTER]
     tables[EVIDENCE] = keyed[EVIDENCE]
     return tables
 

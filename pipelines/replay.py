@@ -44,8 +44,7 @@ def event_time(raw: Raw) -> Optional[float]:
 
 
 def latest_event_time(patterns: Sequence[str]) -> Optional[float]:
-    times = [t for t in map(event_time, read_raw(patterns)) if t is not None]
-    return max(times, default=None)
+    return max((t for t in map(event_time, read_raw(patterns)) if t is not None), default=None)
 
 
 def replay_stream(patterns: Sequence[str], batch_size: int = 200):

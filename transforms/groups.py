@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import math
+import struct
 
 import apache_beam as beam
 import orjson
 from apache_beam import pvalue
-from apache_beam.coders import BytesCoder, FloatCoder
+from apache_beam.coders import BytesCoder
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
@@ -18,7 +19,8 @@ from issue_platform.config import PlatformConfig
 from issue_platform.groups import (ACTIVITY, DEFAULT_DEDUPE_WINDOW_SECONDS, GROUPS, OCCURRENCES, POST_PROCESS,
                                    STATUS_CHANGES, GroupProcessor, KeyState, iso)
 from issue_platform.grouptype import registry
-from issue_platform.pending import Display, PendingOccurrence, decode, record_display_digest, sort_key
+from issue_platform.pending import (Display, PendingOccurrence, decode, display_record, is_display_record,
+                                    record_display_digest, sort_key, split_display_record)
 from transforms.parse import DEAD_LETTER, NAMESPACE
 
 TABLES = (GROUPS, OCCURRENCES, STATUS_CHANGES, POST_PROCESS, ACTIVITY)
@@ -27,7 +29,8 @@ _END_OF_TIME = GlobalWindow().max_timestamp()
 
 
 class ProcessGroupsFn(beam.DoFn):
-    """Buffers each key's events until the watermark passes them, then applies them in order.
+    """Buffers each key's events until the watermark passes them, then applies them in order (the
+    streaming variant; `BatchProcessGroupsFn` below differs only in what `process` arms).
 
     Event time is the occurrence's `detection_time` (a status change's `update_date`). Input arrives
     in any order (a batch run gives none at all), so events wait in EVENTS until the watermark
@@ -46,27 +49,23 @@ class ProcessGroupsFn(beam.DoFn):
         end of input (the watermark jumps to +inf) -> FINAL: apply what is still buffered, and
                               transitions up to `as_of`
 
-    A batch run never advances the watermark before the end, so everything is applied by the FINAL
-    timer in one sorted pass per key. Per key that costs two small state reads per bundle, one bag
-    append per event, and one state read and write per flush; the state cache is not on the
-    per-element path.
+    Per key that costs one small state read per bundle, one bag append per event, and one state read
+    and write per flush; the state cache is not on the per-element path.
 
     Attributes:
-      EVENTS: compact encoded events waiting for the watermark (issue_platform.pending).
-      DISPLAYS: interned display strings the waiting events reference (12-byte digest + JSON).
+      EVENTS: compact encoded events waiting for the watermark, and the interned display strings
+        they reference (issue_platform.pending: event and display records).
       KEY_STATE: the encoded `KeyState` (group, noise counter, recent occurrence ids).
-      WAKE_AT: when FLUSH is set to fire (so a later event never pushes it later).
-      FLUSHED_UNTIL: the key's clock: everything at or before it has been applied.
+      CLOCK: (wake_at, flushed_until): when FLUSH is set to fire (so a later event never pushes it
+        later) and the key's clock (everything at or before it has been applied).
       FLUSH: event-time timer at the earliest waiting event (rounded up to a whole second) or the
         next transition, whichever comes first.
       FINAL: event-time timer at the end of time: the final flush of a bounded input.
     """
 
     EVENTS = BagStateSpec("events", BytesCoder())
-    DISPLAYS = BagStateSpec("displays", BytesCoder())
     KEY_STATE = ReadModifyWriteStateSpec("key_state", BytesCoder())
-    WAKE_AT = ReadModifyWriteStateSpec("wake_at", FloatCoder())
-    FLUSHED_UNTIL = ReadModifyWriteStateSpec("flushed_until", FloatCoder())
+    CLOCK = ReadModifyWriteStateSpec("clock", BytesCoder())
     FLUSH = TimerSpec("flush", TimeDomain.WATERMARK)
     FINAL = TimerSpec("final", TimeDomain.WATERMARK)
 
@@ -84,76 +83,89 @@ class ProcessGroupsFn(beam.DoFn):
         # key -> [wake_at, flushed_until, digests added this bundle]: saves state reads and appends.
         self._seen_in_bundle = {}
 
-    def process(self, element, timestamp=beam.DoFn.TimestampParam,
-                events=beam.DoFn.StateParam(EVENTS), displays=beam.DoFn.StateParam(DISPLAYS),
-                key_state=beam.DoFn.StateParam(KEY_STATE), wake_at=beam.DoFn.StateParam(WAKE_AT),
-                flushed_until=beam.DoFn.StateParam(FLUSHED_UNTIL), flush=beam.DoFn.TimerParam(FLUSH),
-                final=beam.DoFn.TimerParam(FINAL)):
+    def process(self, element, timestamp=beam.DoFn.TimestampParam, events=beam.DoFn.StateParam(EVENTS),
+                key_state=beam.DoFn.StateParam(KEY_STATE), clock=beam.DoFn.StateParam(CLOCK),
+                flush=beam.DoFn.TimerParam(FLUSH), final=beam.DoFn.TimerParam(FINAL)):
         key, (record, display) = element
         seen = self._seen_in_bundle.get(key)
         if seen is None:
-            seen = self._seen_in_bundle[key] = [wake_at.read(), flushed_until.read(), set()]
+            seen = self._seen_in_bundle[key] = [*_read_clock(clock), set()]
             final.set(_END_OF_TIME)
         event_time = timestamp.micros / 1e6
         if seen[1] is not None and event_time <= seen[1]:
-            yield from self._late(key, record, display, event_time, seen[1], key_state, wake_at, flush, seen)
+            yield from self._late(key, record, display, event_time, key_state, clock, flush, seen)
             return
         events.add(record)
         digest = record_display_digest(record)
         if digest is not None and digest not in seen[2]:
-            displays.add(digest + display)
+            events.add(display_record(digest, display))
             seen[2].add(digest)
-        self._wake(float(math.ceil(event_time)), wake_at, flush, seen)
+        self._wake(float(math.ceil(event_time)), clock, flush, seen)
 
     @on_timer(FLUSH)
     def on_flush(self, key=beam.DoFn.KeyParam, timestamp=beam.DoFn.TimestampParam,
-                 events=beam.DoFn.StateParam(EVENTS), displays=beam.DoFn.StateParam(DISPLAYS),
-                 key_state=beam.DoFn.StateParam(KEY_STATE), wake_at=beam.DoFn.StateParam(WAKE_AT),
-                 flushed_until=beam.DoFn.StateParam(FLUSHED_UNTIL), flush=beam.DoFn.TimerParam(FLUSH)):
-        yield from self._flush(key, timestamp.micros / 1e6, events, displays, key_state, wake_at,
-                               flushed_until, flush)
+                 events=beam.DoFn.StateParam(EVENTS), key_state=beam.DoFn.StateParam(KEY_STATE),
+                 clock=beam.DoFn.StateParam(CLOCK), flush=beam.DoFn.TimerParam(FLUSH)):
+        yield from self._flush(key, timestamp.micros / 1e6, events, key_state, clock, flush)
 
     @on_timer(FINAL)
     def on_final(self, key=beam.DoFn.KeyParam, events=beam.DoFn.StateParam(EVENTS),
-                 displays=beam.DoFn.StateParam(DISPLAYS), key_state=beam.DoFn.StateParam(KEY_STATE),
-                 wake_at=beam.DoFn.StateParam(WAKE_AT), flushed_until=beam.DoFn.StateParam(FLUSHED_UNTIL),
+                 key_state=beam.DoFn.StateParam(KEY_STATE), clock=beam.DoFn.StateParam(CLOCK),
                  flush=beam.DoFn.TimerParam(FLUSH)):
-        yield from self._flush(key, math.inf, events, displays, key_state, wake_at, flushed_until, flush)
+        yield from self._flush(key, math.inf, events, key_state, clock, flush)
 
-    def _flush(self, key, horizon, events, displays, key_state, wake_at, flushed_until, flush):
-        """Apply every buffered event and transition at or before `horizon`, in order; keep the rest."""
-        pending = sorted(((decode(r), r) for r in events.read()), key=lambda pair: sort_key(pair[0]))
+    def _flush(self, key, horizon, events, key_state, clock, flush):
+        """Apply every buffered event and transition at or before `horizon`, in order; keep the rest.
+
+        Events at or before the key's previous clock were applied by an earlier flush and are skipped;
+        the buffer is rewritten without them only once they are at least half of it, so a flush that
+        applies a small prefix (as a batch run's FLUSH timers may, before FINAL) copies nothing."""
+        previous = _read_clock(clock)[1]
+        previous = -math.inf if previous is None else previous
+        interned, pending, applied = {}, [], 0
+        for record in events.read():
+            if is_display_record(record):
+                digest, display = split_display_record(record)
+                interned[digest] = display
+                continue
+            event = decode(record)
+            if event.time <= previous:
+                applied += 1
+            else:
+                pending.append((event, record))
+        pending.sort(key=lambda pair: sort_key(pair[0]))
         ready = [event for event, _ in pending if event.time <= horizon]
         waiting = [(event, raw) for event, raw in pending if event.time > horizon]
-        interned = {d[:12]: d[12:] for d in displays.read()} if pending else {}
         state = KeyState.decode(key_state.read())
         processor = GroupProcessor(key, state, _Displays(interned), registry, self._dedupe_window, self._as_of)
         for event in ready:
             yield from self._emit(processor.apply(event))
         yield from self._emit(processor.finish(horizon))
+        if horizon == math.inf:  # the end of time: nothing can follow, so keep nothing
+            for cell in (events, key_state, clock):
+                cell.clear()
+            return
         if state.is_empty():
             key_state.clear()
         else:
             key_state.write(state.encode())
-        flushed_until.write(horizon)
-        if ready:
+        if not waiting:
             events.clear()
-            displays.clear()
+        elif applied + len(ready) >= len(waiting):
+            events.clear()
             for _, raw in waiting:
                 events.add(raw)
             for digest in {record_display_digest(raw) for _, raw in waiting} - {None}:
-                displays.add(digest + interned[digest])
+                events.add(display_record(digest, interned[digest]))
         candidates = [t for t in (waiting[0][0].time if waiting else None, processor.next_wakeup()) if t is not None]
-        if candidates:
-            wake = float(math.ceil(min(candidates)))
+        wake = float(math.ceil(min(candidates))) if candidates else None
+        if wake is not None:
             flush.set(Timestamp(wake))
-            wake_at.write(wake)
-        else:
-            wake_at.clear()
+        clock.write(_encode_clock(wake, horizon))
 
-    def _late(self, key, record, display, event_time, flushed, key_state, wake_at, flush, seen):
+    def _late(self, key, record, display, event_time, key_state, clock, flush, seen):
         """An event behind the key's clock: apply it now (out of order) or dead-letter it."""
-        event = decode(record)
+        event, flushed = decode(record), seen[1]
         if flushed - event_time > self._allowed_lateness:
             self._counter(f"dead_letter.{R.LATE}").inc()
             summary = {"kind": "occurrence" if isinstance(event, PendingOccurrence) else "status_change",
@@ -161,7 +173,8 @@ class ProcessGroupsFn(beam.DoFn):
             yield pvalue.TaggedOutput(DEAD_LETTER, {
                 "stage": R.STAGE_GROUP, "reason": R.LATE, "field": "detection_time",
                 "error": f"{flushed - event_time:.0f}s behind the key's clock; allowed lateness "
-                         f"{self._allowed_lateness:.0f}s", "payload": orjson.dumps(summary).decode(), "payload_truncated": False})
+                         f"{self._allowed_lateness:.0f}s", "payload": orjson.dumps(summary).decode(),
+                "payload_truncated": False})
             return
         interned = {record_display_digest(record): display} if display else {}
         state = KeyState.decode(key_state.read())
@@ -171,14 +184,14 @@ class ProcessGroupsFn(beam.DoFn):
         key_state.write(state.encode())
         wake = processor.next_wakeup()
         if wake is not None:
-            self._wake(float(math.ceil(wake)), wake_at, flush, seen)
+            self._wake(float(math.ceil(wake)), clock, flush, seen)
 
     @staticmethod
-    def _wake(wake, wake_at, flush, seen):
+    def _wake(wake, clock, flush, seen):
         if seen[0] is None or wake < seen[0]:
             flush.set(Timestamp(wake))
-            wake_at.write(wake)
             seen[0] = wake
+            clock.write(_encode_clock(wake, seen[1]))
 
     def _emit(self, rows):
         for table, row in rows:
@@ -197,6 +210,47 @@ class ProcessGroupsFn(beam.DoFn):
         return counter
 
 
+_CLOCK = struct.Struct("<dd")  # wake_at, flushed_until; NaN for "none"
+
+
+def _encode_clock(wake_at, flushed_until) -> bytes:
+    return _CLOCK.pack(math.nan if wake_at is None else wake_at, math.nan if flushed_until is None else flushed_until)
+
+
+def _read_clock(clock) -> list:
+    data = clock.read()
+    if not data:
+        return [None, None]
+    return [None if math.isnan(v) else v for v in _CLOCK.unpack(data)]
+
+
+class BatchProcessGroupsFn(ProcessGroupsFn):
+    """The batch variant: a bounded input's watermark jumps to +infinity only after all input is read,
+    so per-element wake-ups (FLUSH, CLOCK) could only fire at the end anyway. `process` therefore
+    only buffers and arms FINAL, which applies each key's events in one sorted pass through the same
+    `_flush`: results are identical, and a batch run touches two state cells per key instead of five,
+    which is what its memory grows with (every key's buffer lives until the end)."""
+
+    def process(self, element, events=beam.DoFn.StateParam(ProcessGroupsFn.EVENTS),
+                final=beam.DoFn.TimerParam(ProcessGroupsFn.FINAL)):
+        key, (record, display) = element
+        digests = self._seen_in_bundle.get(key)  # the digests added this bundle, concatenated (compact)
+        if digests is None:
+            digests = b""
+            final.set(_END_OF_TIME)
+        events.add(record)
+        digest = record_display_digest(record)
+        if digest is not None and not _has_digest(digests, digest):
+            events.add(display_record(digest, display))
+            digests += digest
+        self._seen_in_bundle[key] = digests
+
+
+def _has_digest(digests: bytes, digest: bytes) -> bool:
+    size = len(digest)
+    return any(digests[i:i + size] == digest for i in range(0, len(digests), size))
+
+
 class _Displays(dict):
     """Decodes interned displays on first use."""
 
@@ -212,12 +266,15 @@ class _Displays(dict):
 class ProcessGroups(beam.PTransform):
     """Keyed, timestamped compact events -> the `groups`, `occurrences`, `status_changes`,
     `post_process` and `activity` outputs, plus `dead_letter` for events too late to apply (a dict
-    of PCollections by table name)."""
+    of PCollections by table name). `streaming` picks the DoFn variant; the results do not depend
+    on it."""
 
     def __init__(self, config: PlatformConfig, dedupe_window: float = DEFAULT_DEDUPE_WINDOW_SECONDS,
-                 as_of: float = math.inf, allowed_lateness: float = DEFAULT_ALLOWED_LATENESS_SECONDS):
+                 as_of: float = math.inf, allowed_lateness: float = DEFAULT_ALLOWED_LATENESS_SECONDS,
+                 streaming: bool = True):
         super().__init__()
-        self._fn = ProcessGroupsFn(config, dedupe_window, as_of, allowed_lateness)
+        fn_class = ProcessGroupsFn if streaming else BatchProcessGroupsFn
+        self._fn = fn_class(config, dedupe_window, as_of, allowed_lateness)
 
     def expand(self, keyed):
         results = keyed | "ApplyInEventTimeOrder" >> beam.ParDo(self._fn).with_outputs(*TABLES, DEAD_LETTER)

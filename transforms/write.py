@@ -35,16 +35,17 @@ class _AppendJsonLinesFn(beam.DoFn):
 
 
 class WriteTables(beam.PTransform):
-    """Writes `{table: PCollection of dict rows}` under `output_dir`: `<table>-SSSSS-of-NNNNN.jsonl`
-    with Beam's transactional text sink in batch, `<table>-<uuid>.jsonl` per bundle when streaming."""
+    """Writes `{name: PCollection of dict rows}` under `output_dir`: `<name>-SSSSS-of-NNNNN.jsonl` with
+    Beam's transactional text sink in batch, `<name>-<uuid>.jsonl` per bundle when streaming. A table
+    may be written in parts (`occurrences`, `occurrences-gated`): read it as `<table>-*.jsonl`."""
 
     def __init__(self, output_dir: str, streaming: bool = False):
         super().__init__()
         self._output_dir, self._streaming = output_dir, streaming
 
     def expand(self, tables: dict):
-        for table, rows in sorted(tables.items()):
-            label, prefix = table.title().replace("_", ""), os.path.join(self._output_dir, table)
+        for name, rows in sorted(tables.items()):
+            label, prefix = name.title().replace("_", "").replace("-", ""), os.path.join(self._output_dir, name)
             if self._streaming:
                 rows | f"Append{label}" >> beam.ParDo(_AppendJsonLinesFn(prefix))
             else:
