@@ -1,0 +1,328 @@
+"""Throughput and memory benchmark: the batch pipeline against a plain Python loop doing the same work.
+
+Generates `--count` payloads (cached as bench/data/payloads-{count}-{seed}.jsonl) and runs each
+measurement in a fresh subprocess, so that its peak RSS (ru_maxrss) belongs to that measurement alone:
+
+  plain     one process, no Beam: read the lines, parse and validate (fast validator), gate occurrences
+            as GateIngest does (config.allows, cached per type and project), encode every event compactly
+            and bucket it by group key with its interned display, taking the default --as_of (the latest
+            event time) in the same pass; then per key decode, sort into event-time order, run
+            GroupProcessor over a fresh KeyState up to as_of and encode the state. Every output row of
+            every table (dead letters, evidence and activity included) is serialised as the pipeline's
+            writer does; bytes are counted, not written.
+  pipeline  pipelines.issue_pipeline.run on FnApiRunner, wall clock from construction to finish (its
+            --as_of pass over the input included), writing to a temporary directory deleted afterwards.
+  streaming `run --streaming` (BundleBasedDirectRunner, TestStream replay) on 5,000 and 20,000 payloads,
+            beside the same replay into a pipeline that only counts, to separate what the replay holds
+            (its whole input) from what the pipeline's state adds as input grows.
+
+Speed is input records per second. As a correctness cross-check the loop's counters and output bytes per
+table must equal the pipeline's Beam counters and output file sizes; a mismatch exits 1. `--scale-check`
+also runs the pipeline on 1,000,000 payloads and compares its peak RSS with the base run's. The last line
+printed is one JSON object: plain_per_s, pipeline_per_s, ratio (pipeline / plain), peak_rss_mb (the
+pipeline's, at the base count), the streaming figures and, with --scale-check, rss_1m_mb and rss_ratio.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter, defaultdict
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+SCALE_COUNT = 1_000_000
+STREAM_COUNTS = (5_000, 20_000)
+TARGET_RATIO, TARGET_RSS_RATIO = 0.25, 2.0
+ALLOWED_LATENESS_SECONDS = 600.0  # transforms.groups.DEFAULT_ALLOWED_LATENESS_SECONDS (a Beam module)
+
+
+def plain(path: str) -> tuple[Counter, Counter]:
+    """The pipeline's work as one loop: (counters named as the pipeline's, output bytes per table)."""
+    import orjson
+
+    from issue_platform import outcomes as R
+    from issue_platform.config import load_config
+    from issue_platform.fingerprint import group_key
+    from issue_platform.groups import ACTIVITY, DEFAULT_DEDUPE_WINDOW_SECONDS, OCCURRENCES, POST_PROCESS, \
+        STATUS_CHANGES, GroupProcessor, KeyState, occurrence_row
+    from issue_platform.grouptype import registry
+    from issue_platform.pending import Admission, Display, decode, encode_occurrence, encode_status_change, sort_key
+    from issue_platform.validation import DEFAULT_MAX_PAYLOAD_BYTES as MAX, Occurrence, PayloadValidator, \
+        Rejected, parse, parse_time
+
+    config = load_config()
+    config.install()
+    counts, sizes, admissions = Counter(), Counter(), {}
+    buckets, displays, unstamped = defaultdict(list), defaultdict(dict), []
+    validator, latest = PayloadValidator("fast", registry), -math.inf
+
+    def emit(table: str, row: dict) -> None:
+        sizes[table] += len(orjson.dumps(row, option=orjson.OPT_NON_STR_KEYS)) + 1
+
+    def emit_counted(rows: list) -> None:  # ProcessGroupsFn._emit's counters
+        for table, row in rows:
+            if table in (OCCURRENCES, STATUS_CHANGES):
+                counts[f"{table}.{row['outcome']}"] += 1
+            elif table == POST_PROCESS:
+                counts["groups.created"] += row["is_new"]
+            elif table == ACTIVITY:
+                counts[f"activity.{row['type']}"] += 1
+            emit(table, row)
+
+    def event_time(payload) -> float:  # pipelines.replay.event_time: what the default --as_of is the max of
+        try:
+            value = payload.get("detection_time", payload.get("update_date"))
+            return -math.inf if value is None else parse_time(value, "time")
+        except (AttributeError, Rejected):
+            return -math.inf
+
+    with open(path, "rb") as handle:
+        for raw in handle:
+            if raw.endswith(b"\n"):  # ReadFromText strips "\n" or "\r\n"
+                raw = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1]
+            if not raw.strip():
+                counts["records.blank_lines"] += 1
+                continue
+            counts["records.in"] += 1
+            try:
+                payload = parse(raw, MAX)
+                latest = max(latest, event_time(payload))
+                p = validator.validate(payload)
+            except Rejected as rej:
+                if rej.reason == R.PAYLOAD_TOO_LARGE:
+                    latest = max(latest, event_time(orjson.loads(raw)))
+                counts[f"dead_letter.{rej.reason}"] += 1
+                text = raw.decode("utf-8", "replace")
+                emit("dead_letter", {"stage": rej.stage, "reason": rej.reason, "field": rej.field,
+                                     "error": rej.message, "payload": text[:MAX], "payload_truncated": len(text) > MAX})
+                continue
+            project = config.project(p.project_id)
+            key = group_key(p.project_id, p.fingerprint[0])
+            if not isinstance(p, Occurrence):  # status changes are never gated; no update_date: stamped as_of
+                admission = Admission(resolve_age_hours=project.resolve_age_hours)
+                if p.update_date is None:
+                    unstamped.append((key, p, admission))
+                else:
+                    buckets[key].append(encode_status_change(p, p.update_date, admission))
+                continue
+            admission = admissions.get((p.type, p.project_id))
+            if admission is None:
+                gtype = registry.get_by_type_id(p.type)
+                admission = admissions[p.type, p.project_id] = (
+                    config.allows(gtype, "ingest", p.project_id),
+                    Admission(config.allows(gtype, "post_process", p.project_id),
+                              config.allows(gtype, "visible", p.project_id), project.resolve_age_hours))
+            if not admission[0]:
+                counts[f"occurrences.{R.INGEST_DISABLED}"] += 1
+                emit(OCCURRENCES, occurrence_row(
+                    occurrence_id=p.id, project_id=p.project_id, fingerprint=p.fingerprint, type_id=p.type,
+                    event_id=p.event_id, display=Display(p.issue_title, p.subtitle, p.culprit, p.level, p.environment),
+                    priority=p.priority if p.priority is not None else p.initial_priority, resource_id=p.resource_id,
+                    detection_time=p.detection_time, group_id=None, outcome=R.INGEST_DISABLED))
+                continue
+            record, digest, display = encode_occurrence(p, admission[1])
+            displays[key][digest] = display
+            buckets[key].append(record)
+            emit("evidence", {"occurrence_id": p.id, "project_id": p.project_id, "evidence_data": p.evidence_data,
+                              "evidence_display": p.evidence_display, "event": p.event})
+    as_of = latest if latest > -math.inf else math.inf
+    for key, change, admission in unstamped:
+        buckets[key].append(encode_status_change(change, as_of, admission))
+    dedupe_window = max(DEFAULT_DEDUPE_WINDOW_SECONDS, ALLOWED_LATENESS_SECONDS)
+    for key, records in buckets.items():
+        state = KeyState()
+        interned = {digest: Display.decode(data) for digest, data in displays.pop(key, {}).items()}
+        processor = GroupProcessor(key, state, interned, registry, dedupe_window, as_of)
+        for event in sorted(map(decode, records), key=sort_key):
+            emit_counted(processor.apply(event))
+        emit_counted(processor.finish(math.inf))
+        if not state.is_empty():
+            state.encode()  # the pipeline writes it to its KEY_STATE
+    return +counts, sizes
+
+
+def pipeline(path: str) -> tuple[dict, Counter]:
+    """The batch pipeline: (its issue_platform counters, output bytes per table)."""
+    import orjson
+    from pipelines.issue_pipeline import run
+    from pipelines.summary import counters, latest_groups
+    from transforms.groups import DEFAULT_ALLOWED_LATENESS_SECONDS
+
+    assert DEFAULT_ALLOWED_LATENESS_SECONDS == ALLOWED_LATENESS_SECONDS, "update ALLOWED_LATENESS_SECONDS"
+
+    out = tempfile.mkdtemp(prefix="bench-out-")
+    try:
+        result = run(["--input", path, "--output", out])
+        sizes = Counter()
+        for name in os.listdir(out):
+            if os.path.isfile(os.path.join(out, name)) and not name.startswith("groups-"):
+                sizes[name.split("-", 1)[0]] += os.path.getsize(os.path.join(out, name))
+        # The groups table holds a snapshot per flush; the loop flushes each key once, so compare the latest.
+        sizes["groups"] = sum(len(orjson.dumps(row)) + 1 for row in latest_groups(out))
+        return {k: v for k, v in counters(result).items() if v}, sizes
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def streaming(path: str) -> tuple[dict, Counter]:
+    """`run --streaming` (BundleBasedDirectRunner, TestStream replay): counts recounted from its output
+    tables (the streaming DirectRunner under-reports metric counters)."""
+    from pipelines.issue_pipeline import run
+    from pipelines.summary import counts_from_outputs
+
+    out = tempfile.mkdtemp(prefix="bench-stream-")
+    try:
+        run(["--input", path, "--output", out, "--streaming"])
+        return counts_from_outputs(out), Counter()
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def replay_only(path: str) -> tuple[dict, Counter]:
+    """The same TestStream replay into a pipeline that only counts: what the replay itself holds."""
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipelines.replay import replay_stream
+
+    seen = Counter()
+    options = PipelineOptions(["--runner=BundleBasedDirectRunner", "--streaming"])
+    with beam.Pipeline(options=options) as p:
+        p | replay_stream([path]) | beam.Map(len)
+    with open(path, "rb") as handle:
+        seen["records.in"] = sum(1 for line in handle if line.strip())
+    return seen, Counter()
+
+
+def child(kind: str, path: str) -> None:
+    # Imports (Beam's, and the schemas compiled by issue_platform.validation) are not timed.
+    if kind in ("pipeline", "streaming", "replay"):
+        import pipelines.issue_pipeline  # noqa: F401
+    else:
+        import issue_platform.groups, issue_platform.pending, issue_platform.validation  # noqa: F401,E401
+    work = {"plain": plain, "pipeline": pipeline, "streaming": streaming, "replay": replay_only}[kind]
+    start = time.perf_counter()
+    counts, sizes = work(path)
+    seconds = time.perf_counter() - start
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    print(json.dumps({"seconds": seconds, "records": counts.get("records.in", 0) + counts.get("records.blank_lines", 0),
+                      "peak_rss_mb": rss, "counters": dict(counts), "bytes": dict(sizes)}))
+
+
+def measure(kind: str, path: str) -> dict:
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", kind, path],
+                          capture_output=True, text=True, cwd=ROOT)
+    if proc.returncode:
+        sys.stderr.write(proc.stderr)
+        raise SystemExit(f"bench: the {kind} run failed (exit {proc.returncode})")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def payload_file(data_dir: str, count: int, seed: int) -> tuple[str, int, int]:
+    """(path, lines, blank lines); generated once per (count, seed)."""
+    path = os.path.join(data_dir, f"payloads-{count}-{seed}.jsonl")
+    if not os.path.exists(path):
+        from issue_platform.generate import generate
+
+        print(f"generating {count:,} payloads (seed {seed}) -> {path}", flush=True)
+        os.makedirs(data_dir, exist_ok=True)
+        with open(path + ".tmp", "wb") as handle:
+            handle.writelines(line + b"\n" for line in generate(count, seed))
+        os.replace(path + ".tmp", path)
+    lines = blank = 0
+    with open(path, "rb") as handle:
+        for line in handle:
+            lines, blank = lines + 1, blank + (not line.strip())
+    return path, lines, blank
+
+
+def row(label: str, m: dict) -> str:
+    per_s = m["records"] / m["seconds"]
+    return f"{label:<22}{m['records']:>10,}{m['seconds']:>10.1f}{per_s:>16,.0f}{m['peak_rss_mb']:>14,.0f}"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--count", type=int, default=200_000)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--scale-check", action="store_true", help=f"also run the pipeline on {SCALE_COUNT:,} payloads")
+    ap.add_argument("--data-dir", default=os.path.join(ROOT, "bench", "data"))
+    ap.add_argument("--child", nargs=2, metavar=("KIND", "PATH"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        child(*args.child)
+        return 0
+
+    path, lines, blank = payload_file(args.data_dir, args.count, args.seed)
+    base = {kind: measure(kind, path) for kind in ("plain", "pipeline")}
+    plain_per_s, pipe_per_s = (base[k]["records"] / base[k]["seconds"] for k in ("plain", "pipeline"))
+    ratio = pipe_per_s / plain_per_s
+    print(f"{'':<22}{'records':>10}{'seconds':>10}{'occurrences/s':>16}{'peak RSS MB':>14}")
+    print(row("plain loop", base["plain"]))
+    print(row("pipeline", base["pipeline"]))
+    print(f"ratio pipeline/plain: {ratio:.3f} (target >= {TARGET_RATIO}: {'pass' if ratio >= TARGET_RATIO else 'MISS'})")
+    summary = {"plain_per_s": round(plain_per_s, 1), "pipeline_per_s": round(pipe_per_s, 1), "ratio": round(ratio, 4),
+               "peak_rss_mb": round(base["pipeline"]["peak_rss_mb"], 1)}
+    pc, qc = base["plain"]["counters"], base["pipeline"]["counters"]
+    ok = qc.get("records.in") == lines - blank and pc == qc
+    print(f"outcomes match: {'yes' if ok else 'no'}")
+    if not ok:
+        print(f"  expected records.in {lines - blank}; differing counters (plain, pipeline): " + ", ".join(
+            f"{k} {pc.get(k)} {qc.get(k)}" for k in sorted(set(pc) | set(qc)) if pc.get(k) != qc.get(k)))
+    same_bytes = base["plain"]["bytes"] == base["pipeline"]["bytes"]
+    print(f"output bytes match: {'yes' if same_bytes else 'no'}")
+    if not same_bytes:
+        print(f"  bytes per table: plain {base['plain']['bytes']}, pipeline {base['pipeline']['bytes']}")
+    if args.scale_check:
+        big, big_lines, big_blank = payload_file(args.data_dir, SCALE_COUNT, args.seed)
+        scaled = measure("pipeline", big)
+        if scaled["counters"].get("records.in") != big_lines - big_blank:
+            ok = False
+            print(f"records.in at {SCALE_COUNT:,}: {scaled['counters'].get('records.in')}, expected {big_lines - big_blank}")
+        rss_ratio = scaled["peak_rss_mb"] / base["pipeline"]["peak_rss_mb"]
+        print(row(f"pipeline @ {SCALE_COUNT:,}", scaled))
+        print(f"peak RSS {SCALE_COUNT:,} / {args.count:,}: {rss_ratio:.2f} "
+              f"(target <= {TARGET_RSS_RATIO}: {'pass' if rss_ratio <= TARGET_RSS_RATIO else 'MISS'})")
+        summary.update(rss_1m_mb=round(scaled["peak_rss_mb"], 1), rss_ratio=round(rss_ratio, 3))
+    summary.update(streaming_figures(args))
+    print(json.dumps(summary))
+    return 0 if ok and same_bytes else 1
+
+
+def streaming_figures(args) -> dict:
+    """Throughput through the streaming runner, and how its RSS grows with the input. The TestStream
+    replay holds its whole input in memory, so the replay alone is measured at the same sizes: the
+    pipeline's growth per record should stay within the replay's own (its state is bounded)."""
+    growth = {}
+    for kind in ("streaming", "replay"):
+        runs = []
+        for count in STREAM_COUNTS:
+            path, lines, blank = payload_file(args.data_dir, count, args.seed)
+            m = measure(kind, path)
+            if m["counters"].get("records.in") != lines - blank:
+                raise SystemExit(f"bench: {kind} records.in {m['counters'].get('records.in')}, expected {lines - blank}")
+            runs.append(m)
+            print(row(f"{kind} @ {count:,}", m))
+        growth[kind] = (runs[1]["peak_rss_mb"] - runs[0]["peak_rss_mb"]) * 2**20 / (STREAM_COUNTS[1] - STREAM_COUNTS[0])
+        if kind == "streaming":
+            stream_runs = runs
+    verdict = "within" if growth["streaming"] <= growth["replay"] else "ABOVE"
+    print(f"RSS growth per extra record: streaming pipeline {growth['streaming']:,.0f} B, the replay alone "
+          f"{growth['replay']:,.0f} B ({verdict} the replay's own growth: the pipeline's state does not grow)")
+    return {"streaming_per_s": round(stream_runs[1]["records"] / stream_runs[1]["seconds"], 1),
+            "streaming_rss_mb": [round(m["peak_rss_mb"], 1) for m in stream_runs],
+            "streaming_rss_growth_bytes_per_record": round(growth["streaming"]),
+            "replay_rss_growth_bytes_per_record": round(growth["replay"])}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
