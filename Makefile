@@ -19,7 +19,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
 bench: $(STAMP)
-	$(BIN)/python bench/bench.py
+	$(BIN)/python bench/bench.py $(ARGS)
 
 clean:
 	rm -rf out bench/data .pytest_cache
