@@ -26,7 +26,7 @@ from issue_platform.enums import GroupStatus as S
 from issue_platform.enums import GroupSubStatus as Sub
 from issue_platform.fingerprint import group_id_for, split_group_key
 from issue_platform.grouptype import GroupTypeRegistry
-from issue_platform.noise import NoiseCounter, should_create_group
+from issue_platform.noise import NoiseCounter, is_expired, should_create_group
 from issue_platform.pending import Display, Pending, PendingOccurrence, PendingStatusChange
 
 # Tables (output names).
@@ -165,8 +165,8 @@ class GroupProcessor:
         limit = min(now, self.as_of)
         while (due := self.next_transition()) is not None and due[0] <= limit:
             rows += self._transition_at(*due)
-        if self.state.noise is not None and limit >= self.state.noise.expires_at:
-            self.state.noise = None  # expired: the next sighting would restart the count anyway
+        if is_expired(self.state.noise, limit):
+            self.state.noise = None  # the next sighting would restart the count anyway
         return rows
 
     def next_wakeup(self) -> Optional[float]:

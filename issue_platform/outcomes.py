@@ -6,7 +6,6 @@ NOISE_SUPPRESSED = "noise_suppressed"
 INGEST_DISABLED = "ingest_disabled"
 TYPE_MISMATCH = "type_mismatch"
 DUPLICATE = "duplicate"
-OCCURRENCE_OUTCOMES = (GROUPED, NOISE_SUPPRESSED, INGEST_DISABLED, TYPE_MISMATCH, DUPLICATE)
 
 # Dead-letter reasons.
 INVALID_JSON = "invalid_json"
