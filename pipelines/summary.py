@@ -62,9 +62,9 @@ def render(totals: dict[str, int], groups: list[dict], top: int = 5) -> str:
         f"groups created:        {totals.get('groups.created', 0)}",
         f"occurrences grouped:   {occ.get('grouped', 0)}",
         f"held back by noise:    {occ.get('noise_suppressed', 0)}",
-        f"other outcomes:        " + (", ".join(f"{k} {v}" for k, v in sorted(occ.items())
+        "other outcomes:        " + (", ".join(f"{k} {v}" for k, v in sorted(occ.items())
                                                if k not in ("grouped", "noise_suppressed")) or "none"),
-        f"status changes:        " + (", ".join(f"{k} {v}" for k, v in sorted(changes.items())) or "none"),
+        "status changes:        " + (", ".join(f"{k} {v}" for k, v in sorted(changes.items())) or "none"),
         f"dead-lettered:         {dead}" + (" (" + ", ".join(
             f"{k.split('.', 1)[1]} {v}" for k, v in sorted(totals.items()) if k.startswith("dead_letter.")) + ")"
             if dead else ""),
