@@ -84,7 +84,7 @@ class Group:
     resolve_age_hours: int = 0  # the project's setting, as of the latest event
     visible: bool = True
     priority_before_escalation: Optional[int] = None
-    hourly: list = field(default_factory=list)  # escalation.HourlyCounts.to_json()
+    hourly: esc.HourlyCounts = field(default_factory=esc.HourlyCounts)  # grouped occurrences per clock hour
     forecast: Optional[dict] = None  # escalation.Forecast.to_json(), while archived until escalating
     forecast_checked_at: float = 0.0  # the last daily forecast run (or archive time)
 
@@ -107,7 +107,11 @@ class KeyState:
     cursor: float = float("-inf")  # latest event time applied
 
     def encode(self) -> bytes:
-        return orjson.dumps({"group": asdict(self.group) if self.group else None,
+        group = None
+        if self.group is not None:
+            group = asdict(self.group)
+            group["hourly"] = self.group.hourly.to_json()
+        return orjson.dumps({"group": group,
                              "noise": tuple(self.noise) if self.noise else None, "seen": self.seen,
                              "cursor": None if self.cursor == float("-inf") else self.cursor})
 
@@ -116,7 +120,10 @@ class KeyState:
         if not data:
             return cls()
         raw = orjson.loads(data)
-        return cls(Group(**raw["group"]) if raw["group"] else None,
+        group = raw["group"]
+        if group is not None:
+            group["hourly"] = esc.HourlyCounts.from_json(group["hourly"])
+        return cls(Group(**group) if group else None,
                    NoiseCounter(*raw["noise"]) if raw["noise"] else None, raw["seen"],
                    float("-inf") if raw["cursor"] is None else raw["cursor"])
 
@@ -184,9 +191,7 @@ class GroupProcessor:
         self.state.seen = {i: t for i, t in self.state.seen.items() if t >= window_start}
         group = self.state.group
         if group is not None and group.hourly:
-            counts = esc.HourlyCounts.from_json(group.hourly)
-            counts.prune(max(self.state.cursor, group.last_seen))
-            group.hourly = counts.to_json()
+            group.hourly.prune(max(self.state.cursor, group.last_seen))
         if group is not None and group.version != self._version_at_start:
             self._version_at_start = group.version
             rows.append((GROUPS, group.row()))
@@ -216,7 +221,7 @@ class GroupProcessor:
         group = self.state.group
         if kind == _FORECAST:
             group.forecast_checked_at = when
-            forecast = esc.forecast_for(esc.HourlyCounts.from_json(group.hourly), when)
+            forecast = esc.forecast_for(group.hourly, when)
             group.forecast = forecast.to_json() if forecast else None
             return []
         if kind == _AUTO_RESOLVE:
@@ -291,9 +296,7 @@ class GroupProcessor:
         group.visible = ev.admission.visible
         gtype = self.types.get_by_type_id(group.type)
         if gtype.enable_escalation_detection:
-            counts = esc.HourlyCounts.from_json(group.hourly)
-            counts.add(ev.time)
-            group.hourly = counts.to_json()
+            group.hourly.add(ev.time)
         if is_regression:
             self._set_status(group, S.UNRESOLVED, Sub.REGRESSED, ev.time)
             rows.append(self._activity(SET_REGRESSION, ev.time, {"event_id": ev.event_id}))
@@ -317,7 +320,7 @@ class GroupProcessor:
             return []
         forecast = esc.Forecast.from_json(group.forecast) if group.forecast else esc.default_forecast(ev.time)
         today = forecast.todays(ev.time)
-        hourly = esc.HourlyCounts.from_json(group.hourly).in_current_hour(ev.time)
+        hourly = group.hourly.in_current_hour(ev.time)
         if not esc.is_escalating(hourly, today):
             return []
         return self._escalate(group, ev.time, {"event_id": ev.event_id, "forecast": today})
@@ -374,7 +377,7 @@ class GroupProcessor:
             self._set_status(group, S.IGNORED, substatus, when)
             if substatus == Sub.UNTIL_ESCALATING and self.types.get_by_type_id(group.type).enable_escalation_detection:
                 group.forecast_checked_at = when  # handle_archived_until_escalating: forecast now
-                forecast = esc.forecast_for(esc.HourlyCounts.from_json(group.hourly), when)
+                forecast = esc.forecast_for(group.hourly, when)
                 group.forecast = forecast.to_json() if forecast else None
             return [self._activity(SET_IGNORED, when, {"substatus": substatus, **extra})]
         if substatus == Sub.ESCALATING:
