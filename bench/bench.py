@@ -192,12 +192,12 @@ def replay_only(path: str) -> tuple[dict, Counter]:
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipelines.replay import replay_stream
+    from pipelines.replay import replay_stream, timed
 
     seen = Counter()
     options = PipelineOptions(["--runner=BundleBasedDirectRunner", "--streaming"])
     with beam.Pipeline(options=options) as p:
-        p | replay_stream([path]) | beam.Map(len)
+        p | replay_stream(list(timed([path]))) | beam.Map(len)
     with open(path, "rb") as handle:
         seen["records.in"] = sum(1 for line in handle if line.strip())
     return seen, Counter()

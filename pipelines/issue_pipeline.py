@@ -16,7 +16,7 @@ import glob
 import math
 import os
 from importlib import resources
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -24,7 +24,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from issue_platform.config import ConfigError, PlatformConfig, load_config
 from issue_platform.validation import Rejected, parse_time
-from pipelines.replay import latest_event_time, replay_stream
+from pipelines.replay import latest_event_time, replay_stream, timed
 from issue_platform.groups import OCCURRENCES
 from pipelines.options import IssuePlatformOptions
 from transforms.groups import TABLES, ProcessGroups
@@ -112,31 +112,29 @@ def _prepare(argv, config: Optional[PlatformConfig]):
     if "://" not in opts.output:
         _clear_previous_output(opts.output)
     inputs = opts.input or [sample_path()]
-    as_of = resolve_as_of(opts.as_of, inputs)
+    # A replay reads its files once, for its own order and for the default as_of.
+    replay = list(timed(inputs)) if standard.streaming else None
+    as_of = resolve_as_of(opts.as_of, lambda: latest_event_time(replay if replay is not None else timed(inputs)))
     pipeline = beam.Pipeline(options=options)
-    raw = pipeline | "ReplayInEventTimeOrder" >> replay_stream(inputs) if standard.streaming else None
+    raw = pipeline | "ReplayInEventTimeOrder" >> replay_stream(replay) if replay is not None else None
     tables = build_pipeline(pipeline, opts, config, raw=raw, as_of=as_of, received_at=as_of)
     tables | "WriteTables" >> WriteTables(opts.output, streaming=standard.streaming)
     return pipeline, standard.runner
 
 
-def resolve_as_of(value: Optional[str], inputs) -> float:
-    """`--as_of` as unix seconds; by default the latest event time in the input files."""
-    if value is not None:
-        try:
-            return parse_time(float(value) if _is_number(value) else value, "--as_of")
-        except Rejected as exc:
-            raise ConfigError(f"--as_of {value!r}: expected RFC 3339 or unix seconds") from exc
-    latest = latest_event_time(inputs)
-    return latest if latest is not None else math.inf
-
-
-def _is_number(text: str) -> bool:
+def resolve_as_of(value: Optional[str], latest: Callable[[], Optional[float]]) -> float:
+    """`--as_of` as unix seconds; by default `latest()`, the latest event time in the input."""
+    if value is None:
+        found = latest()
+        return found if found is not None else math.inf
     try:
-        float(text)
-        return True
+        return float(value)
     except ValueError:
-        return False
+        pass
+    try:
+        return parse_time(value, "--as_of")
+    except Rejected as exc:
+        raise ConfigError(f"--as_of {value!r}: expected RFC 3339 or unix seconds") from exc
 
 
 def submit(argv=None, config: Optional[PlatformConfig] = None):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gzip
 import math
-from typing import Iterator, Optional, Sequence, Union
+from typing import Iterable, Iterator, Optional, Sequence, Union
 
 import orjson
 from apache_beam.io.filesystems import FileSystems
@@ -43,12 +43,17 @@ def event_time(raw: Raw) -> Optional[float]:
         return None
 
 
-def latest_event_time(patterns: Sequence[str]) -> Optional[float]:
-    return max((t for t in map(event_time, read_raw(patterns)) if t is not None), default=None)
+def timed(patterns: Sequence[str]) -> Iterator[tuple[Optional[float], Raw]]:
+    """Every record with its event time (None if unreadable)."""
+    return ((event_time(raw), raw) for raw in read_raw(patterns))
 
 
-def replay_stream(patterns: Sequence[str], batch_size: int = 200):
-    """The files as a `TestStream` in event-time order: elements in batches, each followed by a
+def latest_event_time(records: Iterable[tuple[Optional[float], Raw]]) -> Optional[float]:
+    return max((t for t, _ in records if t is not None), default=None)
+
+
+def replay_stream(records: Sequence[tuple[Optional[float], Raw]], batch_size: int = 200):
+    """Timed records (see `timed`) as a `TestStream` in event-time order: elements in batches, each followed by a
     watermark advance to just before the next batch's earliest event, then to +infinity. Records
     without a readable time (they will be dead-lettered, or stamped later) come first.
     The stream holds its input in memory; it is for replays and tests, not for live traffic."""
@@ -56,7 +61,6 @@ def replay_stream(patterns: Sequence[str], batch_size: int = 200):
     from apache_beam.testing.test_stream import TestStream
     from apache_beam.transforms.window import TimestampedValue
 
-    records = [(event_time(raw), raw) for raw in read_raw(patterns)]
     first = min((t for t, _ in records if t is not None), default=0.0)
     ordered = sorted(((first if t is None else t, i, raw) for i, (t, raw) in enumerate(records)),
                      key=lambda r: (r[0], r[1]))
