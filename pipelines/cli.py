@@ -15,6 +15,7 @@ import sys
 from typing import Optional, Sequence
 
 from issue_platform.config import ConfigError, load_config
+from issue_platform.enums import GroupCategory, PriorityLevel
 from issue_platform.grouptype import registry
 
 _EXIT_USAGE = 2
@@ -37,23 +38,11 @@ def cmd_types(args) -> int:
     for t in registry.all():
         noise = (f"{t.noise_config.ignore_limit}/{_duration(t.noise_config.expiry_seconds)}"
                  if t.noise_config else "-")
-        category = _category_name(t.category)
-        print(f"{t.type_id:>6}  {t.slug:<48} {category:<18} {'yes' if t.released else 'no':<8} {noise:<12} "
-              f"{_priority_name(t.default_priority):<6} {'yes' if t.enable_auto_resolve else 'no':<3} "
+        print(f"{t.type_id:>6}  {t.slug:<48} {GroupCategory(t.category).name:<18} "
+              f"{'yes' if t.released else 'no':<8} {noise:<12} "
+              f"{PriorityLevel(t.default_priority).name.lower():<6} {'yes' if t.enable_auto_resolve else 'no':<3} "
               f"{'yes' if t.enable_escalation_detection else 'no'}")
     return 0
-
-
-def _category_name(value: int) -> str:
-    from issue_platform.enums import GroupCategory
-
-    return GroupCategory(value).name
-
-
-def _priority_name(value: int) -> str:
-    from issue_platform.enums import PriorityLevel
-
-    return PriorityLevel(value).name.lower()
 
 
 def _duration(seconds: int) -> str:

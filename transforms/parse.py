@@ -90,9 +90,9 @@ def _ingest_disabled_row(occ: Occurrence) -> dict:
 
 
 class _GateIngestFn(beam.DoFn):
-    """Decides each payload's `Admission` from the project's settings and flags in `config` (a side
-    input, so a stream picks up flag changes without a restart). Flag results are cached per config
-    version, type and project."""
+    """Decides each payload's `Admission` from the project's settings and flags in the config side
+    input (every version seen so far; the newest `loaded_at` wins). Flag results are cached per
+    config version, type and project."""
 
     def __init__(self, config: PlatformConfig):
         self._config = config
