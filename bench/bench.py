@@ -52,8 +52,8 @@ def plain(path: str) -> tuple[Counter, Counter]:
     from issue_platform import outcomes as R
     from issue_platform.config import load_config
     from issue_platform.fingerprint import group_key
-    from issue_platform.groups import ACTIVITY, DEFAULT_DEDUPE_WINDOW_SECONDS, OCCURRENCES, POST_PROCESS, \
-        STATUS_CHANGES, GroupProcessor, KeyState, occurrence_row
+    from issue_platform.groups import DEFAULT_DEDUPE_WINDOW_SECONDS, GroupProcessor, KeyState
+    from issue_platform.tables import ACTIVITY, OCCURRENCES, POST_PROCESS, STATUS_CHANGES, occurrence_row
     from issue_platform.grouptype import registry
     from issue_platform.pending import Admission, Display, decode, encode_occurrence, encode_status_change, sort_key
     from issue_platform.validation import DEFAULT_MAX_PAYLOAD_BYTES as MAX, Occurrence, PayloadValidator, \

@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
-from typing import Iterable, Mapping, Optional
+from typing import Mapping, Optional
 
 import orjson
 
@@ -28,10 +27,8 @@ from issue_platform.fingerprint import group_id_for, split_group_key
 from issue_platform.grouptype import GroupTypeRegistry
 from issue_platform.noise import NoiseCounter, is_expired, should_create_group
 from issue_platform.pending import Display, Pending, PendingOccurrence, PendingStatusChange
-
-# Tables (output names).
-GROUPS, OCCURRENCES, STATUS_CHANGES, POST_PROCESS, ACTIVITY = (
-    "groups", "occurrences", "status_changes", "post_process", "activity")
+from issue_platform.tables import (ACTIVITY, GROUPS, OCCURRENCES, POST_PROCESS, STATUS_CHANGES, activity_row, group_row,
+                                   occurrence_row, post_process_row, status_change_row)
 
 # An occurrence id seen again within this much event time is a duplicate. Sentry keeps ids 300 s
 # in processing time; ours is event time, so batch and streaming agree (see README).
@@ -51,11 +48,6 @@ AUTO_SET_ONGOING, SET_PRIORITY = "auto_set_ongoing", "set_priority"
 
 # Time-driven transitions, in the order they apply when due at the same instant.
 _AUTO_RESOLVE, _FORECAST, _ONGOING = "auto_resolve", "forecast", "ongoing"
-
-
-def iso(ts: float) -> str:
-    """Event time as an RFC 3339 UTC string (BigQuery TIMESTAMP-compatible)."""
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat().replace("+00:00", "Z")
 
 
 def _next_utc_midnight(ts: float) -> float:
@@ -88,16 +80,6 @@ class Group:
     forecast: Optional[dict] = None  # escalation.Forecast.to_json(), while archived until escalating
     forecast_checked_at: float = 0.0  # the last daily forecast run (or archive time)
 
-    def row(self) -> dict:
-        return {
-            "group_id": self.group_id, "project_id": self.project_id, "type": self.type,
-            "fingerprint": self.primary_hash, "title": self.title, "subtitle": self.subtitle,
-            "culprit": self.culprit, "level": self.level, "priority": self.priority,
-            "status": self.status, "substatus": self.substatus, "first_seen": iso(self.first_seen),
-            "last_seen": iso(self.last_seen), "times_seen": self.times_seen, "version": self.version,
-            "visible": self.visible,
-        }
-
 
 @dataclass
 class KeyState:
@@ -129,19 +111,6 @@ class KeyState:
 
     def is_empty(self) -> bool:
         return self.group is None and self.noise is None and not self.seen
-
-
-def occurrence_row(*, occurrence_id: str, project_id: int, fingerprint: Iterable[str], type_id: int,
-                   event_id: str, display: Display, priority: Optional[int], resource_id: Optional[str],
-                   detection_time: float, group_id: Optional[int], outcome: str) -> dict:
-    """One row of the occurrences table (evidence and the event go to the evidence table)."""
-    return {
-        "occurrence_id": occurrence_id, "project_id": project_id, "group_id": group_id, "outcome": outcome,
-        "type": type_id, "fingerprint": list(fingerprint), "event_id": event_id,
-        "issue_title": display.title, "subtitle": display.subtitle, "culprit": display.culprit,
-        "level": display.level, "environment": display.environment, "priority": priority,
-        "resource_id": resource_id, "detection_time": iso(detection_time),
-    }
 
 
 class GroupProcessor:
@@ -194,7 +163,7 @@ class GroupProcessor:
             group.hourly.prune(max(self.state.cursor, group.last_seen))
         if group is not None and group.version != self._version_at_start:
             self._version_at_start = group.version
-            rows.append((GROUPS, group.row()))
+            rows.append((GROUPS, group_row(group)))
         return rows
 
     # ---- time-driven transitions ---------------------------------------------------------------
@@ -307,11 +276,10 @@ class GroupProcessor:
         if is_new_env:
             group.environments.append(display.environment)
         if ev.admission.post_process:
-            rows.append((POST_PROCESS, {
-                "group_id": group.group_id, "occurrence_id": ev.id, "project_id": self.project_id,
-                "event_id": ev.event_id, "primary_hash": self.primary_hash, "group_type": group.type,
-                "is_new": is_new, "is_regression": is_regression, "is_new_group_environment": is_new_env,
-            }))
+            rows.append((POST_PROCESS, post_process_row(
+                group_id=group.group_id, occurrence_id=ev.id, project_id=self.project_id, event_id=ev.event_id,
+                primary_hash=self.primary_hash, group_type=group.type, is_new=is_new, is_regression=is_regression,
+                is_new_group_environment=is_new_env)))
         return rows
 
     def _check_escalation(self, group: Group, ev: PendingOccurrence) -> list[tuple[str, dict]]:
@@ -360,11 +328,10 @@ class GroupProcessor:
         if outcome == APPLIED:
             group.resolve_age_hours = ev.resolve_age_hours
             rows = self._apply_status(group, ev)
-        return [(STATUS_CHANGES, {
-            "status_change_id": ev.id, "project_id": self.project_id, "fingerprint": self.primary_hash,
-            "group_id": group.group_id if group else None, "new_status": ev.new_status,
-            "new_substatus": ev.new_substatus, "outcome": outcome, "reason": reason, "timestamp": iso(ev.time),
-        })] + rows
+        return [(STATUS_CHANGES, status_change_row(
+            status_change_id=ev.id, project_id=self.project_id, fingerprint=self.primary_hash,
+            group_id=group.group_id if group else None, new_status=ev.new_status, new_substatus=ev.new_substatus,
+            outcome=outcome, reason=reason, timestamp=ev.time))] + rows
 
     def _apply_status(self, group: Group, ev: PendingStatusChange) -> list[tuple[str, dict]]:
         """The effects of an accepted status change (Sentry's `update_status`)."""
@@ -426,5 +393,5 @@ class GroupProcessor:
         group.version += 1
 
     def _activity(self, kind: str, when: float, data: dict) -> tuple[str, dict]:
-        return ACTIVITY, {"group_id": self.state.group.group_id, "project_id": self.project_id, "type": kind,
-                          "timestamp": iso(when), "data": data}
+        return ACTIVITY, activity_row(group_id=self.state.group.group_id, project_id=self.project_id, kind=kind,
+                                      timestamp=when, data=data)

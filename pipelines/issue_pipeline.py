@@ -25,10 +25,10 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from issue_platform.config import ConfigError, PlatformConfig, load_config
 from issue_platform.validation import Rejected, parse_time
 from pipelines.replay import latest_event_time, replay_stream, timed
-from issue_platform.groups import OCCURRENCES
 from pipelines.options import IssuePlatformOptions
 from transforms.groups import TABLES, ProcessGroups
-from transforms.parse import DEAD_LETTER, EVIDENCE, GateIngest, KeyByGroup, ParsePayloads
+from issue_platform.tables import DEAD_LETTER, EVIDENCE, OCCURRENCES
+from transforms.parse import GateIngest, KeyByGroup, ParsePayloads
 from transforms.read import ReadPayloads
 from transforms.write import WriteTables
 

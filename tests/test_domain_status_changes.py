@@ -4,10 +4,11 @@ import pytest
 import issue_platform  # noqa: F401  (registers the built-in types)
 from issue_platform.enums import GroupStatus as S
 from issue_platform.enums import GroupSubStatus as Sub
-from issue_platform.groups import (ACTIVITY, APPLIED, GROUP_NOT_FOUND, INVALID_TRANSITION, NO_OP, STATUS_CHANGES,
-                                   UNSUPPORTED_STATUS, GroupProcessor, KeyState)
+from issue_platform.groups import (APPLIED, GROUP_NOT_FOUND, INVALID_TRANSITION, NO_OP, UNSUPPORTED_STATUS,
+                                   GroupProcessor, KeyState)
 from issue_platform.grouptype import registry
 from issue_platform.pending import Display, PendingOccurrence, PendingStatusChange, display_digest
+from issue_platform.tables import ACTIVITY, STATUS_CHANGES, group_row
 
 T0 = 1_793_491_200.0
 KEY = "42:" + "cd" * 16
@@ -143,8 +144,8 @@ def test_applied_bumps_version_and_others_do_not():
         versions.append(proc.state.group.version)
     #                  applied no_op invalid applied invalid unsupported applied applied
     assert versions == [2, 2, 2, 3, 3, 3, 4, 5]
-    assert proc.finish() == [("groups", proc.state.group.row())]
-    assert proc.state.group.row()["status"] == 0 and proc.state.group.row()["substatus"] == 3
+    assert proc.finish() == [("groups", group_row(proc.state.group))]
+    assert group_row(proc.state.group)["status"] == 0 and group_row(proc.state.group)["substatus"] == 3
 
 
 def test_status_change_row():

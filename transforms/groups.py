@@ -16,12 +16,12 @@ from apache_beam.utils.timestamp import Timestamp
 
 from issue_platform import outcomes as R
 from issue_platform.config import PlatformConfig
-from issue_platform.groups import (ACTIVITY, DEFAULT_DEDUPE_WINDOW_SECONDS, GROUPS, OCCURRENCES, POST_PROCESS,
-                                   STATUS_CHANGES, GroupProcessor, KeyState, iso)
+from issue_platform.groups import DEFAULT_DEDUPE_WINDOW_SECONDS, GroupProcessor, KeyState
+from issue_platform.tables import ACTIVITY, DEAD_LETTER, GROUPS, OCCURRENCES, POST_PROCESS, STATUS_CHANGES, iso
 from issue_platform.grouptype import registry
 from issue_platform.pending import (Display, PendingOccurrence, decode, display_record, is_display_record,
                                     record_display_digest, sort_key, split_display_record)
-from transforms.parse import DEAD_LETTER, NAMESPACE
+from transforms.parse import NAMESPACE
 
 TABLES = (GROUPS, OCCURRENCES, STATUS_CHANGES, POST_PROCESS, ACTIVITY)
 DEFAULT_ALLOWED_LATENESS_SECONDS = 600.0

@@ -14,13 +14,12 @@ from apache_beam.transforms.window import TimestampedValue
 from issue_platform import outcomes as R
 from issue_platform.config import PlatformConfig
 from issue_platform.fingerprint import group_key
-from issue_platform.groups import OCCURRENCES, occurrence_row
+from issue_platform.tables import DEAD_LETTER, EVIDENCE, OCCURRENCES, evidence_row, occurrence_row
 from issue_platform.grouptype import registry
 from issue_platform.pending import Admission, Display, encode_occurrence, encode_status_change
 from issue_platform.validation import (DEFAULT_MAX_PAYLOAD_BYTES, Occurrence, PayloadValidator, Rejected,
                                        StatusChange, parse)
 
-DEAD_LETTER, EVIDENCE = "dead_letter", "evidence"
 _LOGGER = logging.getLogger(__name__)
 NAMESPACE = "issue_platform"
 
@@ -159,10 +158,7 @@ class _KeyByGroupFn(beam.DoFn):
         key = group_key(payload.project_id, payload.fingerprint[0])
         if isinstance(payload, Occurrence):
             record, _, display = encode_occurrence(payload, admission)
-            yield pvalue.TaggedOutput(EVIDENCE, {
-                "occurrence_id": payload.id, "project_id": payload.project_id,
-                "evidence_data": payload.evidence_data, "evidence_display": payload.evidence_display,
-                "event": payload.event})
+            yield pvalue.TaggedOutput(EVIDENCE, evidence_row(payload))
             yield TimestampedValue((key, (record, display)), payload.detection_time)
         else:
             change: StatusChange = payload
@@ -186,4 +182,4 @@ class KeyByGroup(beam.PTransform):
             EVIDENCE, main="keyed")
 
 
-__all__ = ["ParsePayloads", "GateIngest", "KeyByGroup", "DEAD_LETTER", "EVIDENCE", "KeyedRecord"]
+__all__ = ["ParsePayloads", "GateIngest", "KeyByGroup", "KeyedRecord"]
