@@ -17,7 +17,7 @@ import orjson
 
 from issue_platform.validation import Occurrence, StatusChange
 
-OCCURRENCE, STATUS_CHANGE, DISPLAY = 0, 1, 2
+OCCURRENCE, STATUS_CHANGE, DISPLAY, SEED = 0, 1, 2, 3  # SEED: a resumed key's state (issue_platform.snapshot)
 _NONE = 0xFF
 # kind | admission flags, time, id, event id, type, priority | initial priority, display digest,
 # n extra fingerprint parts, resolve age (hours)

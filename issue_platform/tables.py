@@ -8,9 +8,9 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Iterable, Optional
 
-GROUPS, OCCURRENCES, STATUS_CHANGES, POST_PROCESS, ACTIVITY, EVIDENCE, DEAD_LETTER = (
-    "groups", "occurrences", "status_changes", "post_process", "activity", "evidence", "dead_letter")
-ALL_TABLES = (GROUPS, OCCURRENCES, STATUS_CHANGES, POST_PROCESS, ACTIVITY, EVIDENCE, DEAD_LETTER)
+GROUPS, OCCURRENCES, STATUS_CHANGES, POST_PROCESS, ACTIVITY, EVIDENCE, DEAD_LETTER, STATE = (
+    "groups", "occurrences", "status_changes", "post_process", "activity", "evidence", "dead_letter", "state")
+ALL_TABLES = (GROUPS, OCCURRENCES, STATUS_CHANGES, POST_PROCESS, ACTIVITY, EVIDENCE, DEAD_LETTER, STATE)
 
 
 def iso(ts: float) -> str:
@@ -72,3 +72,11 @@ def evidence_row(occurrence) -> dict:
     return {"occurrence_id": occurrence.id, "project_id": occurrence.project_id,
             "evidence_data": occurrence.evidence_data, "evidence_display": occurrence.evidence_display,
             "event": occurrence.event}
+
+
+def state_row(*, key: str, project_id: int, group_id: Optional[int], snapshot_format: int, snapshot_at: float,
+              revision: int, state: str) -> dict:
+    """A key's whole state as of `snapshot_at` (see issue_platform.snapshot); per key, the row with the
+    highest (snapshot_at, revision) is current."""
+    return {"key": key, "project_id": project_id, "group_id": group_id, "format": snapshot_format,
+            "snapshot_at": iso(snapshot_at), "revision": revision, "state": state}

@@ -19,10 +19,12 @@ from importlib import resources
 from typing import Callable, Iterator, Optional
 
 import apache_beam as beam
+import orjson
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from issue_platform.config import ConfigError, PlatformConfig, load_config
+from issue_platform.snapshot import SnapshotError, seed_from_row
 from issue_platform.validation import Rejected, parse_time
 from pipelines.replay import latest_event_time, replay_stream, timed
 from pipelines.options import IssuePlatformOptions
@@ -30,6 +32,7 @@ from transforms.groups import TABLES, ProcessGroups
 from issue_platform.tables import DEAD_LETTER, EVIDENCE, OCCURRENCES
 from transforms.parse import GateIngest, KeyByGroup, ParsePayloads
 from transforms.read import ReadPayloads
+from transforms.snapshot import ReadSnapshot, snapshot_pattern
 from transforms.write import WriteTables
 
 BATCH_RUNNER = "FnApiRunner"
@@ -43,7 +46,8 @@ def sample_path() -> str:
 
 def build_pipeline(pipeline: beam.Pipeline, opts: IssuePlatformOptions, config: PlatformConfig,
                    raw: Optional[beam.PCollection] = None, as_of: float = math.inf,
-                   received_at: Optional[float] = None, config_updates: Optional[beam.PCollection] = None) -> dict:
+                   received_at: Optional[float] = None, config_updates: Optional[beam.PCollection] = None,
+                   seeds: Optional[beam.PCollection] = None) -> dict:
     """Builds the graph on `pipeline` and returns its outputs by file-set name: each table's rows,
     where `occurrences-gated` and `dead_letter-late` are further parts of `occurrences` and
     `dead_letter` (not flattened: the FnApiRunner holds a Flatten of inputs from different stages
@@ -51,13 +55,17 @@ def build_pipeline(pipeline: beam.Pipeline, opts: IssuePlatformOptions, config: 
 
     `raw` replaces the file read (tests pass `beam.Create` or a `TestStream`); `as_of` bounds the
     time-driven transitions; `received_at` stamps status changes that carry no `update_date`;
-    `config_updates` is a PCollection of `PlatformConfig` versions (default: `config`, once)."""
+    `config_updates` is a PCollection of `PlatformConfig` versions (default: `config`, once); `seeds`
+    are a previous run's key states (`ReadSnapshot`), applied ahead of each key's events."""
     if raw is None:
         raw = pipeline | "ReadPayloads" >> ReadPayloads(opts.input or [sample_path()])
     parsed = raw | "ParsePayloads" >> ParsePayloads(config, opts.max_payload_bytes, opts.validator)
     gated = parsed.valid | "GateIngest" >> GateIngest(config, config_updates)
     keyed = gated.allowed | "KeyByGroup" >> KeyByGroup(received_at)
-    tables = keyed.keyed | "ProcessGroups" >> ProcessGroups(
+    events = keyed.keyed
+    if seeds is not None:
+        events = (events, seeds) | "WithSnapshot" >> beam.Flatten()
+    tables = events | "ProcessGroups" >> ProcessGroups(
         config, opts.dedupe_window_seconds, as_of, opts.allowed_lateness_seconds,
         streaming=bool(opts.view_as(StandardOptions).streaming))
     tables[f"{OCCURRENCES}-gated"] = gated[OCCURRENCES]
@@ -117,9 +125,29 @@ def _prepare(argv, config: Optional[PlatformConfig]):
     as_of = resolve_as_of(opts.as_of, lambda: latest_event_time(replay if replay is not None else timed(inputs)))
     pipeline = beam.Pipeline(options=options)
     raw = pipeline | "ReplayInEventTimeOrder" >> replay_stream(replay) if replay is not None else None
-    tables = build_pipeline(pipeline, opts, config, raw=raw, as_of=as_of, received_at=as_of)
+    seeds = None
+    if opts.resume_from:
+        check_snapshot(opts.resume_from)
+        seeds = pipeline | "ReadSnapshot" >> ReadSnapshot(opts.resume_from)
+    tables = build_pipeline(pipeline, opts, config, raw=raw, as_of=as_of, received_at=as_of, seeds=seeds)
     tables | "WriteTables" >> WriteTables(opts.output, streaming=standard.streaming)
     return pipeline, standard.runner
+
+
+def check_snapshot(directory: str) -> None:
+    """Before the job starts: --resume_from names a readable snapshot (the first row of each file)."""
+    paths = sorted(glob.glob(snapshot_pattern(directory)))
+    if not paths:
+        raise ConfigError(f"--resume_from {directory}: no state-*.jsonl files (the output directory of a "
+                          "previous run holds them)")
+    for path in paths:
+        with open(path, "rb") as handle:
+            line = next((line for line in handle if line.strip()), None)
+        try:
+            if line is not None:
+                seed_from_row(orjson.loads(line))
+        except (SnapshotError, orjson.JSONDecodeError) as exc:
+            raise ConfigError(f"--resume_from {path}: {exc}") from exc
 
 
 def resolve_as_of(value: Optional[str], latest: Callable[[], Optional[float]]) -> float:

@@ -46,3 +46,8 @@ class IssuePlatformOptions(PipelineOptions):
                  "time (RFC 3339 or unix seconds) and no further. Default for file inputs: the latest event "
                  "time in the input; for live streams: no limit. Also the time of status changes without "
                  "update_date in file inputs.")
+        parser.add_argument(
+            "--resume_from", default=None,
+            help="Output directory of a previous run: every key starts from the state that run ended with (its "
+                 "`state` table) instead of from nothing, so groups, noise counts, recent ids and forecasts carry "
+                 "over. Events at or before a key's snapshot are handled as late data. Default: start empty.")

@@ -9,7 +9,8 @@ from typing import Iterable
 import orjson
 
 BASE = 1793491200.0  # 2026-11-01T00:00:00Z
-TABLE_NAMES = ("groups", "occurrences", "status_changes", "post_process", "activity", "evidence", "dead_letter")
+TABLE_NAMES = ("groups", "occurrences", "status_changes", "post_process", "activity", "evidence", "dead_letter",
+               "state")
 
 
 def occurrence(fingerprint: str = "fp-1", *, project_id: int = 1, type_id: int = 2001, t: float = BASE,
