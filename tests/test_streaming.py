@@ -6,6 +6,7 @@ late data is applied within the allowed lateness and dead-lettered beyond it.
 """
 from __future__ import annotations
 
+import hashlib
 import random
 
 import apache_beam as beam
@@ -37,15 +38,37 @@ def test_batch_and_streaming_agree_on_a_shuffled_lifecycle(tmp_path):
         assert canonical(batch[table]) == canonical(stream[table]), table
     assert canonical(list(latest_groups(batch["groups"]).values())) == canonical(
         list(latest_groups(stream["groups"]).values()))
-    # The fixture really exercises the lifecycle.
+    # The fixture really exercises the lifecycle, and each rule holds (in both, since they agree).
     kinds = {row["type"] for row in batch["activity"]}
     assert kinds == {"set_resolved_by_age", "set_regression", "auto_set_ongoing", "set_escalating",
                      "set_priority", "set_resolved", "set_ignored", "set_unresolved"}
     outcomes = {row["outcome"] for row in batch["status_changes"]}
-    assert outcomes == {"applied", "no_op", "group_not_found", "invalid_transition", "unsupported_status"}
+    assert outcomes == {"applied", "no_op", "group_not_found", "invalid_transition", "unsupported_status",
+                        "duplicate"}
     assert any(m["is_regression"] for m in batch["post_process"])
-    escalated = [r for r in batch["activity"] if r["type"] == "set_escalating"]
-    assert [r["data"]["forecast"] for r in escalated] == [10]  # 30 quiet hours: max(1) * 10
+    groups = {g["fingerprint"]: g for g in latest_groups(batch["groups"]).values()}
+    by_key = {name: groups[md5(name)] for name in ("escalate", "ppoff", "ttl", "guard", "times", "noauto", "prio")}
+    escalated = sorted((r["group_id"], r["data"]["forecast"]) for r in batch["activity"] if r["type"] == "set_escalating")
+    # One-event forecast at the first check; the TTL key's 50/day forecast had expired.
+    assert escalated == sorted([(by_key["escalate"]["group_id"], 10), (by_key["ttl"]["group_id"], 10)])
+    assert (by_key["ppoff"]["status"], by_key["ppoff"]["substatus"]) == (2, 1)  # no post-processing
+    guard = [m["is_regression"] for m in batch["post_process"] if m["group_id"] == by_key["guard"]["group_id"]]
+    assert sorted(guard) == [False, False, True] and by_key["guard"]["times_seen"] == 3  # at 2 h, not 3 s
+    assert by_key["noauto"]["substatus"] == 3 and not any(  # ONGOING after 7 days, never regressed
+        m["is_regression"] for m in batch["post_process"] if m["group_id"] == by_key["noauto"]["group_id"])
+    times = by_key["times"]
+    assert (times["first_seen"], times["last_seen"]) == ("2026-11-01T03:00:00Z", "2026-11-01T04:00:00Z")
+    assert len(times["culprit"]) == 200 and times["culprit"].endswith("...")
+    assert {len(r["culprit"]) for r in batch["occurrences"] if r["group_id"] == times["group_id"]} == {len("app.io.load"), 250}
+    assert by_key["prio"]["priority"] == 25
+    prio = [r["data"] for r in sorted(batch["activity"], key=lambda r: r["timestamp"])
+            if r["group_id"] == by_key["prio"]["group_id"] and r["type"] == "set_priority"]
+    assert prio == [{"priority": "medium", "reason": "issue_platform"}, {"priority": "low", "reason": "issue_platform"}]
+    assert {"by": "detector"} in [r["data"] for r in batch["activity"] if r["type"] == "set_resolved"]
+
+
+def md5(text: str) -> str:
+    return hashlib.md5(text.encode("utf-8")).hexdigest()
 
 
 def _run_stream(tmp_path, stream: BeamTestStream, as_of: float = float("inf"), config_text: str = CONFIG,
