@@ -41,7 +41,7 @@ class Group:
     initial_priority: Optional[int]  # Sentry's data.metadata.initial_priority (restored after escalating)
     status: int
     substatus: Optional[int]
-    first_seen: float  # the embedded event's timestamp (ingest_rules.event_datetime)
+    first_seen: float  # the embedded event's timestamp (PendingOccurrence.event_datetime)
     last_seen: float
     active_at: float  # creation or the last regression (Sentry's `active_at`)
     times_seen: int

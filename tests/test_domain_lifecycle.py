@@ -319,3 +319,10 @@ def test_key_state_carries_a_version_byte_and_refuses_others():
         KeyState.decode(bytes((2,)) + data[1:])
     with pytest.raises(StateVersionError):  # the unversioned layout of earlier releases
         KeyState.decode(data[1:])
+
+
+def test_occurrences_and_status_changes_share_one_id_cache():
+    """`process_occurrence_group` caches every item's id under one key space."""
+    key = Key()
+    key.occ(T0, id="d" * 32)
+    assert table(key.change(T0 + 1, S.RESOLVED, id="d" * 32), STATUS_CHANGES)[0]["outcome"] == "duplicate"
