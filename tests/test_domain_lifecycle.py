@@ -1,8 +1,9 @@
 """The lifecycle rules through GroupProcessor, each as Sentry's code has it (issue #8).
 
-Where Sentry has a test for the rule, the case follows it (tests/sentry/issues/
-test_status_change_consumer.py: activity data and the priority restored on ONGOING); the others
-follow the code cited in each docstring.
+Where Sentry has a test for the rule, the case follows it (tests/sentry/issues/test_ingest.py
+test_new_group / test_existing_group: group times from `event.datetime`, display fields following the
+occurrence; test_status_change_consumer.py: activity data, MEDIUM -> HIGH on escalating, the initial
+priority restored on ONGOING); the others follow the code cited in each docstring.
 """
 import itertools
 
