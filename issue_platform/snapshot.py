@@ -26,6 +26,7 @@ from datetime import datetime
 from typing import Optional
 
 from issue_platform.fingerprint import split_group_key
+from issue_platform.group_state import KeyState, StateVersionError
 from issue_platform.pending import SEED
 
 FORMAT = 1  # the row layout; KeyState's own encoding carries its own version
@@ -62,6 +63,12 @@ def seed_from_row(row: dict) -> tuple[str, bytes]:
         encoded = base64.b64decode(state, validate=True)
     except (binascii.Error, TypeError, ValueError) as exc:
         raise SnapshotError("state row field `state`: expected base64") from exc
+    try:
+        KeyState.decode(encoded)
+    except StateVersionError as exc:
+        raise SnapshotError(f"state row field `state`: {exc}") from exc
+    except (ValueError, TypeError, KeyError) as exc:
+        raise SnapshotError("state row field `state`: not an encoded key state") from exc
     return key, seed_record(encoded, at, revision)
 
 

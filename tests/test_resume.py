@@ -2,6 +2,7 @@
 started with --resume_from continues from it as if the two were one run."""
 from __future__ import annotations
 
+import base64
 import random
 
 import orjson
@@ -129,6 +130,9 @@ def _snapshot_dir(tmp_path, row_change) -> str:
     (lambda r: {**r, "format": 99}, "format 99 is not readable by this release"),
     (lambda r: {**r, "state": "not base64!"}, "field `state`: expected base64"),
     (lambda r: {**r, "snapshot_at": 7}, "field `snapshot_at`"),
+    (lambda r: {**r, "state": base64.b64encode(b"\x07" + base64.b64decode(r["state"])[1:]).decode()},
+     "key state encoding version 7 is not readable"),
+    (lambda r: {**r, "state": base64.b64encode(b"\x01{not json").decode()}, "not an encoded key state"),
 ])
 def test_a_snapshot_this_release_cannot_read_is_refused_before_the_job_starts(tmp_path, change, message):
     directory = _snapshot_dir(tmp_path, change)
