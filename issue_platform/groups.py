@@ -71,18 +71,31 @@ class GroupProcessor:
         return None if group is None else lifecycle.next_transition(group, self.types.get_by_type_id(group.type))
 
     def next_wakeup(self) -> Optional[float]:
-        """When this key next needs the clock: its next transition or noise expiry (if ≤ as_of)."""
+        """When this key next needs the clock (if ≤ as_of): its next transition, its noise counter's
+        expiry, or, for a key without a group, the moment its last recent id is forgotten (after which
+        the key holds nothing at all)."""
+        state = self.state
         times = [t for t in ((self.next_transition() or (None,))[0],
-                             self.state.noise.expires_at if self.state.noise else None) if t is not None]
+                             state.noise.expires_at if state.noise else None,
+                             max(state.seen.values()) + self.id_retention if state.group is None and state.seen
+                             else None) if t is not None]
         wake = min(times, default=None)
         return wake if wake is not None and wake <= self.as_of else None
+
+    @property
+    def id_retention(self) -> float:
+        """How long an id is kept behind the key's clock: twice the window, so that an event applied
+        late (at most the allowed lateness, which never exceeds the window, behind the clock) still
+        meets every id within the window of it."""
+        return 2 * self.dedupe_window
 
     def finish(self, horizon: Optional[float] = None) -> Rows:
         """End of a flush at `horizon` (default: the latest event applied): due transitions, bounded
         state, and a snapshot row if the group changed."""
-        rows = self.advance_to(self.state.cursor if horizon is None else horizon)
-        window_start = self.state.cursor - self.dedupe_window
-        self.state.seen = {i: t for i, t in self.state.seen.items() if t >= window_start}
+        now = self.state.cursor if horizon is None else max(horizon, self.state.cursor)
+        rows = self.advance_to(now)
+        forget_before = min(now, self.as_of) - self.id_retention
+        self.state.seen = {i: t for i, t in self.state.seen.items() if t > forget_before}
         group = self.state.group
         if group is not None:
             lifecycle.prune(group, self.state.cursor)

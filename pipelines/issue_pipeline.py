@@ -47,7 +47,7 @@ def sample_path() -> str:
 def build_pipeline(pipeline: beam.Pipeline, opts: IssuePlatformOptions, config: PlatformConfig,
                    raw: Optional[beam.PCollection] = None, as_of: float = math.inf,
                    received_at: Optional[float] = None, config_updates: Optional[beam.PCollection] = None,
-                   seeds: Optional[beam.PCollection] = None) -> dict:
+                   seeds: Optional[beam.PCollection] = None, bounded: bool = True) -> dict:
     """Builds the graph on `pipeline` and returns its outputs by file-set name: each table's rows,
     where `occurrences-gated` and `dead_letter-late` are further parts of `occurrences` and
     `dead_letter` (not flattened: the FnApiRunner holds a Flatten of inputs from different stages
@@ -56,7 +56,8 @@ def build_pipeline(pipeline: beam.Pipeline, opts: IssuePlatformOptions, config: 
     `raw` replaces the file read (tests pass `beam.Create` or a `TestStream`); `as_of` bounds the
     time-driven transitions; `received_at` stamps status changes that carry no `update_date`;
     `config_updates` is a PCollection of `PlatformConfig` versions (default: `config`, once); `seeds`
-    are a previous run's key states (`ReadSnapshot`), applied ahead of each key's events."""
+    are a previous run's key states (`ReadSnapshot`), applied ahead of each key's events; `bounded`
+    is False for a live stream (no end of time)."""
     if raw is None:
         raw = pipeline | "ReadPayloads" >> ReadPayloads(opts.input or [sample_path()])
     parsed = raw | "ParsePayloads" >> ParsePayloads(config, opts.max_payload_bytes, opts.validator)
@@ -67,7 +68,7 @@ def build_pipeline(pipeline: beam.Pipeline, opts: IssuePlatformOptions, config: 
         events = (events, seeds) | "WithSnapshot" >> beam.Flatten()
     tables = events | "ProcessGroups" >> ProcessGroups(
         config, opts.dedupe_window_seconds, as_of, opts.allowed_lateness_seconds,
-        streaming=bool(opts.view_as(StandardOptions).streaming))
+        streaming=bool(opts.view_as(StandardOptions).streaming), bounded=bounded)
     tables[f"{OCCURRENCES}-gated"] = gated[OCCURRENCES]
     tables[f"{DEAD_LETTER}-late"] = tables[DEAD_LETTER]
     tables[DEAD_LETTER] = parsed[DEAD_LETTER]

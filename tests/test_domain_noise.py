@@ -358,13 +358,26 @@ def test_finish_after_only_duplicates_or_mismatches_emits_nothing():
     assert follow.proc.finish() == []
 
 
-def test_finish_forgets_ids_older_than_the_window():
+def test_finish_forgets_ids_older_than_twice_the_window():
+    """Ids are kept 2 x 300 s behind the key's clock, so a late event still meets those within 300 s of it."""
     key = Key()
     key.occ(T0, type=QUIET, id="3" * 32)
-    key.occ(T0 + 250, type=QUIET, id="4" * 32)
-    key.occ(T0 + 400, type=QUIET, id="5" * 32)
+    key.occ(T0 + 550, type=QUIET, id="4" * 32)
+    key.occ(T0 + 700, type=QUIET, id="5" * 32)
     key.proc.finish()
     assert set(key.state.seen) == {"4" * 32, "5" * 32}
+
+
+def test_a_one_off_noisy_fingerprint_ends_holding_nothing():
+    """What a live stream keeps of a fingerprint seen once: its id until 600 s, its count until 24 h."""
+    key = Key()
+    key.occ(T0, type=NOISY, id="6" * 32)
+    assert key.proc.next_wakeup() == T0 + 600
+    key.proc.finish(T0 + 600)
+    assert not key.state.seen and key.state.noise is not None
+    assert key.proc.next_wakeup() == T0 + 24 * 3600
+    key.proc.finish(T0 + 24 * 3600)
+    assert key.state.is_empty() and key.proc.next_wakeup() is None
 
 
 # --- order independence --------------------------------------------------------------------------

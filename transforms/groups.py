@@ -68,7 +68,8 @@ class ProcessGroupsFn(beam.DoFn):
         snapshots of the key were written (orders a stream's snapshots at the same clock).
       FLUSH: event-time timer at the earliest waiting event (rounded up to a whole second) or the
         next transition, whichever comes first.
-      FINAL: event-time timer at the end of time: the final flush of a bounded input.
+      FINAL: event-time timer at the end of time: the final flush of a bounded input (never armed for
+        a live stream, where a key that holds nothing keeps no state and no timer: `keys.released`).
     """
 
     EVENTS = BagStateSpec("events", BytesCoder())
@@ -78,8 +79,10 @@ class ProcessGroupsFn(beam.DoFn):
     FINAL = TimerSpec("final", TimeDomain.WATERMARK)
 
     def __init__(self, config: PlatformConfig, dedupe_window: float = DEFAULT_DEDUPE_WINDOW_SECONDS,
-                 as_of: float = math.inf, allowed_lateness: float = DEFAULT_ALLOWED_LATENESS_SECONDS):
+                 as_of: float = math.inf, allowed_lateness: float = DEFAULT_ALLOWED_LATENESS_SECONDS,
+                 bounded: bool = True):
         self._config, self._as_of, self._allowed_lateness = config, as_of, allowed_lateness
+        self._bounded = bounded  # only a bounded input has an end of time to arm FINAL for
         # A redelivery inside the allowed lateness must still be recognised as a duplicate.
         self._dedupe_window = max(dedupe_window, allowed_lateness)
         self._counters = {}
@@ -98,7 +101,8 @@ class ProcessGroupsFn(beam.DoFn):
         seen = self._seen_in_bundle.get(key)  # [wake_at, flushed_until, revision, digests added]
         if seen is None:
             seen = self._seen_in_bundle[key] = [*_read_clock(clock), set()]
-            final.set(_END_OF_TIME)
+            if self._bounded:
+                final.set(_END_OF_TIME)
         event_time = timestamp.micros / 1e6
         if seen[1] is not None and event_time <= seen[1] and not is_seed_record(record):
             yield from self._late(key, record, display, event_time, key_state, clock, flush, seen)
@@ -165,6 +169,9 @@ class ProcessGroupsFn(beam.DoFn):
             return
         if encoded is None:
             key_state.clear()
+            if start:  # the key's snapshot is now "nothing", so that a resume does not bring back the old one
+                revision += 1
+                yield self._snapshot(key, state, b"", horizon, revision)
         elif encoded != stored:
             key_state.write(encoded)
             revision += 1
@@ -181,7 +188,12 @@ class ProcessGroupsFn(beam.DoFn):
         wake = float(math.ceil(min(candidates))) if candidates else None
         if wake is not None:
             flush.set(Timestamp(wake))
-        clock.write(_encode_clock(wake, horizon, revision))
+            clock.write(_encode_clock(wake, horizon, revision))
+        elif encoded is None:  # nothing waits, nothing is due, nothing is held: the key keeps no state at all
+            clock.clear()
+            self._counter("keys.released").inc()
+        else:
+            clock.write(_encode_clock(None, horizon, revision))
 
     def _adopt(self, key, seed, stored, previous, pending):
         """A resumed key's first flush: the snapshot becomes its state, and buffered events at or before
@@ -319,14 +331,15 @@ class ProcessGroups(beam.PTransform):
     """Keyed, timestamped compact events -> the `groups`, `occurrences`, `status_changes`,
     `post_process` and `activity` outputs, plus `dead_letter` for events too late to apply (a dict
     of PCollections by table name). `streaming` picks the DoFn variant; the results do not depend
-    on it."""
+    on it. `bounded=False` (a live stream) arms no end-of-time timer, so a key that holds nothing
+    (no group, no noise count, no recent id) keeps no state and no timer."""
 
     def __init__(self, config: PlatformConfig, dedupe_window: float = DEFAULT_DEDUPE_WINDOW_SECONDS,
                  as_of: float = math.inf, allowed_lateness: float = DEFAULT_ALLOWED_LATENESS_SECONDS,
-                 streaming: bool = True):
+                 streaming: bool = True, bounded: bool = True):
         super().__init__()
         fn_class = ProcessGroupsFn if streaming else BatchProcessGroupsFn
-        self._fn = fn_class(config, dedupe_window, as_of, allowed_lateness)
+        self._fn = fn_class(config, dedupe_window, as_of, allowed_lateness, bounded or not streaming)
 
     def expand(self, keyed):
         results = keyed | "ApplyInEventTimeOrder" >> beam.ParDo(self._fn).with_outputs(*TABLES, DEAD_LETTER)
