@@ -46,3 +46,27 @@ class IssuePlatformOptions(PipelineOptions):
                  "time (RFC 3339 or unix seconds) and no further. Default for file inputs: the latest event "
                  "time in the input; for live streams: no limit. Also the time of status changes without "
                  "update_date in file inputs.")
+
+
+class SinkOptions(PipelineOptions):
+    """Where the outputs go (transforms/sinks.py)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument(
+            "--sink", choices=("jsonl", "bigquery"), default="jsonl",
+            help="jsonl: JSON Lines files under --output (default); bigquery: the tables in --bigquery_dataset.")
+        parser.add_argument(
+            "--bigquery_dataset", default=None,
+            help="PROJECT:DATASET for --sink bigquery; absent tables and the groups_current view are created.")
+        parser.add_argument(
+            "--bigquery_table_prefix", default="",
+            help="Prefix of every BigQuery table name (e.g. staging_). Default: none.")
+        parser.add_argument(
+            "--bigquery_endpoint", default=None,
+            help="BigQuery API root URL, e.g. http://127.0.0.1:9050 for an emulator (anonymous). "
+                 "Default: Google's API with application-default credentials.")
+        parser.add_argument(
+            "--post_process_topic", default=None,
+            help="Also send each post_process row as a message: pubsub:projects/P/topics/T or "
+                 "kafka:HOST:PORT/TOPIC. Default: none.")

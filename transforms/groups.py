@@ -17,8 +17,9 @@ from apache_beam.utils.timestamp import Timestamp
 from issue_platform import outcomes as R
 from issue_platform.config import PlatformConfig
 from issue_platform.groups import DEFAULT_DEDUPE_WINDOW_SECONDS, GroupProcessor, KeyState
-from issue_platform.tables import ACTIVITY, DEAD_LETTER, GROUPS, OCCURRENCES, POST_PROCESS, STATUS_CHANGES, iso
-from issue_platform.grouptype import registry
+from issue_platform.tables import (ACTIVITY, DEAD_LETTER, GROUPS, OCCURRENCES, POST_PROCESS, STATUS_CHANGES,
+                                   counter_name, dead_letter_row, iso)
+from issue_platform.validation import Rejected
 from issue_platform.pending import (Display, PendingOccurrence, decode, display_record, is_display_record,
                                     record_display_digest, sort_key, split_display_record)
 from transforms.parse import NAMESPACE
@@ -26,6 +27,7 @@ from transforms.parse import NAMESPACE
 TABLES = (GROUPS, OCCURRENCES, STATUS_CHANGES, POST_PROCESS, ACTIVITY)
 DEFAULT_ALLOWED_LATENESS_SECONDS = 600.0
 _END_OF_TIME = GlobalWindow().max_timestamp()
+_SUMMARY_BYTES = 1024  # a late event's dead-letter payload is its summary (kind, key, id, time)
 
 
 class ProcessGroupsFn(beam.DoFn):
@@ -77,7 +79,7 @@ class ProcessGroupsFn(beam.DoFn):
         self._counters = {}
 
     def setup(self):
-        self._config.install()
+        self._types = self._config.registry()
 
     def start_bundle(self):
         # key -> [wake_at, flushed_until, digests added this bundle]: saves state reads and appends.
@@ -137,7 +139,7 @@ class ProcessGroupsFn(beam.DoFn):
         ready = [event for event, _ in pending if event.time <= horizon]
         waiting = [(event, raw) for event, raw in pending if event.time > horizon]
         state = KeyState.decode(key_state.read())
-        processor = GroupProcessor(key, state, _Displays(interned), registry, self._dedupe_window, self._as_of)
+        processor = GroupProcessor(key, state, _Displays(interned), self._types, self._dedupe_window, self._as_of)
         for event in ready:
             yield from self._emit(processor.apply(event))
         yield from self._emit(processor.finish(horizon))
@@ -170,15 +172,13 @@ class ProcessGroupsFn(beam.DoFn):
             self._counter(f"dead_letter.{R.LATE}").inc()
             summary = {"kind": "occurrence" if isinstance(event, PendingOccurrence) else "status_change",
                        "key": key, "id": event.id, "time": iso(event_time)}
-            yield pvalue.TaggedOutput(DEAD_LETTER, {
-                "stage": R.STAGE_GROUP, "reason": R.LATE, "field": "detection_time",
-                "error": f"{flushed - event_time:.0f}s behind the key's clock; allowed lateness "
-                         f"{self._allowed_lateness:.0f}s", "payload": orjson.dumps(summary).decode(),
-                "payload_truncated": False})
+            late = Rejected(R.LATE, "detection_time", f"{flushed - event_time:.0f}s behind the key's clock; "
+                            f"allowed lateness {self._allowed_lateness:.0f}s", stage=R.STAGE_GROUP)
+            yield pvalue.TaggedOutput(DEAD_LETTER, dead_letter_row(late, orjson.dumps(summary), _SUMMARY_BYTES))
             return
         interned = {record_display_digest(record): display} if display else {}
         state = KeyState.decode(key_state.read())
-        processor = GroupProcessor(key, state, _Displays(interned), registry, self._dedupe_window, self._as_of)
+        processor = GroupProcessor(key, state, _Displays(interned), self._types, self._dedupe_window, self._as_of)
         yield from self._emit(processor.apply(event))
         yield from self._emit(processor.finish(flushed))
         key_state.write(state.encode())
@@ -195,12 +195,9 @@ class ProcessGroupsFn(beam.DoFn):
 
     def _emit(self, rows):
         for table, row in rows:
-            if table in (OCCURRENCES, STATUS_CHANGES):
-                self._counter(f"{table}.{row['outcome']}").inc()
-            elif table == POST_PROCESS and row["is_new"]:
-                self._counter("groups.created").inc()
-            elif table == ACTIVITY:
-                self._counter(f"activity.{row['type']}").inc()
+            name = counter_name(table, row)
+            if name is not None:
+                self._counter(name).inc()
             yield pvalue.TaggedOutput(table, row)
 
     def _counter(self, name):
