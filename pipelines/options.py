@@ -67,6 +67,6 @@ class SinkOptions(PipelineOptions):
             help="BigQuery API root URL, e.g. http://127.0.0.1:9050 for an emulator (anonymous). "
                  "Default: Google's API with application-default credentials.")
         parser.add_argument(
-            "--post_process_topic", default=None,
-            help="Also send each post_process row as a message: pubsub:projects/P/topics/T or "
-                 "kafka:HOST:PORT/TOPIC. Default: none.")
+            "--post_process_topic", action="append", default=None,
+            help="Also send each post_process row as a message to pubsub:projects/P/topics/T or "
+                 "kafka:HOST:PORT/TOPIC. Repeatable. Default: none.")

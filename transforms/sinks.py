@@ -13,6 +13,7 @@ them: the FnApiRunner holds a Flatten of inputs from different stages entirely i
 from __future__ import annotations
 
 import collections
+import functools
 import hashlib
 import logging
 import threading
@@ -123,12 +124,35 @@ def bigquery_client(project: str, endpoint: Optional[str]):
                            client_options=ClientOptions(api_endpoint=endpoint))
 
 
-def beam_bigquery_client(endpoint: str):
-    """Beam's own (apitools) BigQuery client pointed at `endpoint`, anonymous: the `test_client`
-    that `WriteToBigQuery` and `BigQueryWriteFn` document for another server. It pickles."""
-    from apache_beam.io.gcp.internal.clients.bigquery import bigquery_v2_client
+class EndpointClient:
+    """Beam's BigQuery client for another server (an emulator), anonymous: what `WriteToBigQuery`'s
+    and `BigQueryWriteFn`'s documented `test_client` argument takes. That one object stands for both
+    clients Beam uses: the apitools services (tables, jobs, ...) and google-cloud-bigquery's
+    `insert_rows_json` (streaming inserts). Built on first use in each process; it pickles."""
 
-    return bigquery_v2_client.BigqueryV2(url=f"{endpoint.rstrip('/')}/bigquery/v2/", get_credentials=False)
+    def __init__(self, project: str, endpoint: str):
+        self._project, self._endpoint = project, endpoint.rstrip("/")
+
+    def __getstate__(self):
+        return {"_project": self._project, "_endpoint": self._endpoint}
+
+    @functools.cached_property
+    def _apitools(self):
+        from apache_beam.io.gcp.internal.clients.bigquery import bigquery_v2_client
+
+        return bigquery_v2_client.BigqueryV2(url=f"{self._endpoint}/bigquery/v2/", get_credentials=False)
+
+    @functools.cached_property
+    def _cloud(self):
+        return bigquery_client(self._project, self._endpoint)
+
+    def insert_rows_json(self, *args, **kwargs):
+        return self._cloud.insert_rows_json(*args, **kwargs)
+
+    def __getattr__(self, name):  # datasets, tables, jobs, tabledata: apitools
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._apitools, name)
 
 
 def _table_definition(bigquery, ref: str, table: str):
@@ -274,7 +298,7 @@ class WriteBigQuery(beam.PTransform):
         pipeline = tables_pipeline(tables)
         streaming = bool(pipeline.options.view_as(StandardOptions).streaming)
         ensure_tables(bigquery_client(self._project, self._endpoint), self._project, self._dataset, self._prefix)
-        test_client = beam_bigquery_client(self._endpoint) if self._endpoint else None
+        test_client = EndpointClient(self._project, self._endpoint) if self._endpoint else None
         rejected = []
         for table, parts in sorted(tables.items()):
             for part, rows in sorted(parts.items()):
@@ -430,7 +454,7 @@ class WritePostProcessTopic(beam.PTransform):
 
 class WriteOutputs(beam.PTransform):
     """The tables to the sink `--sink` names (JSON Lines under `--output`, or BigQuery), and the
-    post-process rows to `--post_process_topic` when given."""
+    post-process rows to each `--post_process_topic`."""
 
     def __init__(self, options, output_dir: str, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES):
         super().__init__()
@@ -442,11 +466,11 @@ class WriteOutputs(beam.PTransform):
                                          sink.bigquery_endpoint, max_bytes)
         else:
             self._tables = WriteJsonLines(output_dir)
-        self._topic = WritePostProcessTopic(sink.post_process_topic) if sink.post_process_topic else None
+        self._topics = [WritePostProcessTopic(topic) for topic in sink.post_process_topic or ()]
 
     def expand(self, tables: dict):
-        if self._topic is not None:
-            tables[POST_PROCESS] | "PostProcessTopic" >> self._topic
+        for i, topic in enumerate(self._topics):
+            tables[POST_PROCESS] | f"PostProcessTopic{i}" >> topic
         return tables | ("WriteBigQuery" if isinstance(self._tables, WriteBigQuery) else "WriteTables") >> self._tables
 
 
