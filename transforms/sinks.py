@@ -370,15 +370,15 @@ _PRODUCERS: dict = {}
 _PRODUCERS_LOCK = threading.Lock()
 
 
-def _producer(servers: str):
-    """One idempotent producer per process and brokers: runners may call `setup` once per bundle."""
+def _producer(config: dict):
+    """One producer per process and config: runners may call `setup` once per bundle."""
+    key = tuple(sorted(config.items()))
     with _PRODUCERS_LOCK:
-        if servers not in _PRODUCERS:
+        if key not in _PRODUCERS:
             from confluent_kafka import Producer
 
-            _PRODUCERS[servers] = Producer({"bootstrap.servers": servers, "enable.idempotence": True,
-                                            "acks": "all", "linger.ms": 20, "compression.type": "lz4"})
-        return _PRODUCERS[servers]
+            _PRODUCERS[key] = Producer(config)
+        return _PRODUCERS[key]
 
 
 class KafkaProduceFn(beam.DoFn):
@@ -388,11 +388,14 @@ class KafkaProduceFn(beam.DoFn):
 
     FLUSH_TIMEOUT_SECONDS = 60.0
 
-    def __init__(self, servers: str, topic: str):
-        self._servers, self._topic = servers, topic
+    def __init__(self, servers: str, topic: str, **producer_config):
+        self._topic = topic
+        # A message not delivered within message.timeout.ms fails its delivery before the flush gives up.
+        self._config = {"bootstrap.servers": servers, "enable.idempotence": True, "acks": "all", "linger.ms": 20,
+                        "compression.type": "lz4", "message.timeout.ms": 30_000, **producer_config}
 
     def setup(self):
-        self._producer = _producer(self._servers)
+        self._producer = _producer(self._config)
 
     def start_bundle(self):
         self._failures = []
