@@ -1,6 +1,6 @@
 """The BigQuery sink against a real BigQuery server (bqemulator on loopback): rejected rows become
-dead letters without stalling the job, existing tables are never altered, and the contract's schemas
-accept every row the pipeline builds."""
+dead letters without stalling the job, existing tables are never altered, and the schema check
+names the field at fault."""
 from __future__ import annotations
 
 import uuid
@@ -12,7 +12,6 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from bigquery_server import PROJECT, bigquery_client
 from issue_platform import outcomes as R
 from issue_platform.tables import ACTIVITY, ALL_TABLES, DEAD_LETTER, GROUPS, PART_GROUP, schema_problem
-from tests.pipeline_support import read_tables
 from transforms.sinks import SinkError, WriteBigQuery, _failed_insert, ensure_tables
 
 pytestmark = pytest.mark.timeout(300)
@@ -59,17 +58,6 @@ def test_an_existing_table_that_differs_is_never_altered(bigquery_emulator):
     ensure_tables(client, PROJECT, dataset, prefix="v2_")  # a prefix gives a fresh set beside it
     assert {t.table_id for t in client.list_tables(f"{PROJECT}.{dataset}")} >= {f"v2_{t}" for t in ALL_TABLES}
     ensure_tables(client, PROJECT, dataset, prefix="v2_")  # idempotent once created
-
-
-def test_every_row_the_pipeline_writes_fits_its_schema(tmp_path):
-    """The sample run's rows, table by table, against schemas/bigquery/*.json (what the sink checks)."""
-    from pipelines.issue_pipeline import run
-
-    run(["--output", str(tmp_path)])
-    tables = read_tables(tmp_path)
-    assert all(tables[t] for t in ALL_TABLES)
-    for table, rows in tables.items():
-        assert [p for p in map(lambda row: schema_problem(table, row), rows) if p] == [], table
 
 
 def test_schema_problem_names_the_field():
