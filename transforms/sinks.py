@@ -84,7 +84,7 @@ class WriteJsonLines(beam.PTransform):
         self._output_dir = output_dir
 
     def expand(self, tables: dict):
-        streaming = tables_pipeline(tables).options.view_as(StandardOptions).streaming
+        streaming = _pipeline_of(tables).options.view_as(StandardOptions).streaming
         for table, parts in sorted(tables.items()):
             for part, rows in sorted(parts.items()):
                 label, prefix = _label(table, part), jsonl_prefix(self._output_dir, table, part)
@@ -95,10 +95,10 @@ class WriteJsonLines(beam.PTransform):
                      | f"Encode{label}" >> beam.Map(to_json_line)
                      | f"Write{label}" >> beam.io.WriteToText(prefix, file_name_suffix=JSONL_SUFFIX,
                                                              coder=coders.BytesCoder()))
-        return pvalue.PDone(tables_pipeline(tables))
+        return pvalue.PDone(_pipeline_of(tables))
 
 
-def tables_pipeline(tables: dict) -> beam.Pipeline:
+def _pipeline_of(tables: dict) -> beam.Pipeline:
     return next(iter(next(iter(tables.values())).values())).pipeline
 
 
@@ -212,13 +212,9 @@ def bigquery_row(row: dict, table: str, streaming: bool) -> dict:
     return {k: orjson.dumps(v).decode() if k in json_fields and v is not None else v for k, v in row.items()}
 
 
-_JSON_FIELDS: dict = {}
-
-
+@functools.lru_cache(maxsize=None)
 def _json_fields(table: str) -> frozenset:
-    if table not in _JSON_FIELDS:
-        _JSON_FIELDS[table] = frozenset(f["name"] for f in TABLES[table].schema() if f["type"] == "JSON")
-    return _JSON_FIELDS[table]
+    return frozenset(f["name"] for f in TABLES[table].schema() if f["type"] == "JSON")
 
 
 class _CheckRowsFn(beam.DoFn):
@@ -248,7 +244,8 @@ def _rejected_row(table: str, field: str, message: str, row: dict, max_bytes: in
 class _InsertIdFn(beam.DoFn):
     """(table ref, (row, insert id)) with the id derived from the row itself: a retried bundle sends
     the same ids, so BigQuery's best-effort de-duplication drops the repeat. Identical rows within a
-    bundle are told apart by their ordinal."""
+    bundle are told apart by their ordinal; identical rows in different bundles share an id (see the
+    README)."""
 
     def __init__(self, ref: str, table: str):
         self._ref, self._table = ref, table
@@ -295,7 +292,7 @@ class WriteBigQuery(beam.PTransform):
         return f"{self._project}:{self._dataset}.{self._prefix}{table}"
 
     def expand(self, tables: dict):
-        pipeline = tables_pipeline(tables)
+        pipeline = _pipeline_of(tables)
         streaming = bool(pipeline.options.view_as(StandardOptions).streaming)
         ensure_tables(bigquery_client(self._project, self._endpoint), self._project, self._dataset, self._prefix)
         test_client = EndpointClient(self._project, self._endpoint) if self._endpoint else None
@@ -330,7 +327,7 @@ class WriteBigQuery(beam.PTransform):
         written = (rows
                    | f"InsertIds{label}" >> beam.ParDo(_InsertIdFn(self._ref(table), table))
                    | f"Insert{label}" >> beam.ParDo(BigQueryWriteFn(
-                       batch_size=500, schema=schema, create_disposition=BigQueryDisposition.CREATE_NEVER,
+                       batch_size=None, schema=schema, create_disposition=BigQueryDisposition.CREATE_NEVER,
                        write_disposition=BigQueryDisposition.WRITE_APPEND, test_client=test_client,
                        retry_strategy=RetryStrategy.RETRY_ON_TRANSIENT_ERROR)).with_outputs(
                        BigQueryWriteFn.FAILED_ROWS_WITH_ERRORS, BigQueryWriteFn.FAILED_ROWS, main="written"))
@@ -467,14 +464,15 @@ class WriteOutputs(beam.PTransform):
                 raise SinkError("--sink bigquery needs --bigquery_dataset PROJECT:DATASET")
             self._tables = WriteBigQuery(sink.bigquery_dataset, sink.bigquery_table_prefix or "",
                                          sink.bigquery_endpoint, max_bytes)
+            self._tables_label = "WriteBigQuery"
         else:
-            self._tables = WriteJsonLines(output_dir)
+            self._tables, self._tables_label = WriteJsonLines(output_dir), "WriteTables"
         self._topics = [WritePostProcessTopic(topic) for topic in sink.post_process_topic or ()]
 
     def expand(self, tables: dict):
         for i, topic in enumerate(self._topics):
             tables[POST_PROCESS] | f"PostProcessTopic{i}" >> topic
-        return tables | ("WriteBigQuery" if isinstance(self._tables, WriteBigQuery) else "WriteTables") >> self._tables
+        return tables | self._tables_label >> self._tables
 
 
 __all__ = ["WriteOutputs", "WriteJsonLines", "WriteBigQuery", "WritePostProcessTopic", "KafkaProduceFn",
