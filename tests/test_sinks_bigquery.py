@@ -45,6 +45,14 @@ def test_rejected_rows_go_to_dead_letter_and_the_rest_is_written(streaming, bigq
     assert "many" not in dead["error"]  # the message names the field, never the content
 
 
+def test_the_emulator_listens_on_loopback_only(bigquery_emulator):
+    import psutil
+
+    listening = {c.laddr.ip.removeprefix("::ffff:") for c in psutil.net_connections("tcp")  # gRPC: v4-mapped
+                 if c.pid == bigquery_emulator.process.pid and c.status == psutil.CONN_LISTEN}
+    assert listening == {"127.0.0.1"}
+
+
 def test_an_existing_table_that_differs_is_never_altered(bigquery_emulator):
     from google.cloud import bigquery
 
