@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections import Counter
 
 import orjson
 import pytest
@@ -15,17 +16,25 @@ from issue_platform.tables import (ALL_TABLES, EXAMPLE_QUERIES, GROUPS, GROUPS_C
                                    post_process_message)
 from pipelines.issue_pipeline import run
 from bigquery_server import PROJECT, bigquery_client
-from tests.lifecycle_fixture import CONFIG, lifecycle_payloads
-from tests.pipeline_support import BASE, canonical, latest_groups, occurrence, read_tables, write_jsonl
+from tests.lifecycle_fixture import CONFIG, H, lifecycle_payloads
+from tests.pipeline_support import (BASE, canonical, latest_groups, occurrence, read_tables, status_change,
+                                    write_jsonl)
 from servers import KAFKA_CONSUMER_DEFAULTS, create_kafka_topic, create_pubsub_topic
 
 pytestmark = pytest.mark.timeout(600)
 
 
 def _payloads() -> list:
-    duplicate = occurrence("dup", project_id=1, t=BASE + 5)
-    return [*lifecycle_payloads(), duplicate, duplicate, b"{not json",
-            occurrence("gated", project_id=1, type_id=1906, t=BASE + 7)]  # an unreleased type: ingest_disabled
+    """The lifecycle fixture, plus a group still escalating at its end (the fixture's escalation
+    shifted to end an hour before its last event), a duplicate, a bad record, and an occurrence of
+    an unreleased type (ingest_disabled)."""
+    shift, duplicate = 174 * H, occurrence("dup", project_id=1, t=BASE + 5)
+    escalating = [occurrence("escalating", project_id=2, type_id=2003, t=BASE + shift + h * H + 60) for h in range(30)]
+    escalating.append(status_change("escalating", project_id=2, status=2, substatus=1, t=BASE + shift + 30.5 * H))
+    escalating += [occurrence("escalating", project_id=2, type_id=2003, t=BASE + shift + 40 * H + 60 * i)
+                   for i in range(12)]
+    return [*lifecycle_payloads(), *escalating, duplicate, duplicate, b"{not json",
+            occurrence("gated", project_id=1, type_id=1906, t=BASE + 7)]
 
 
 @pytest.fixture(scope="module")
@@ -139,10 +148,14 @@ def test_every_table_and_message_reaches_bigquery_pubsub_and_kafka(
     current = _bigquery_rows(client, dataset, GROUPS_CURRENT)
     assert canonical(current) == canonical(list(latest_groups(files[GROUPS]).values()))
     assert canonical(list(latest_groups(written[GROUPS]).values())) == canonical(current)
-    top = [dict(r) for r in client.query(EXAMPLE_QUERIES["top_issues"].format(
-        view=f"{PROJECT}.{dataset}.{GROUPS_CURRENT}")).result()]
-    assert [r["group_id"] for r in top] == [g["group_id"] for g in sorted(
+    answers = {name: [dict(r) for r in client.query(query.format(
+        view=f"{PROJECT}.{dataset}.{GROUPS_CURRENT}")).result()] for name, query in EXAMPLE_QUERIES.items()}
+    assert [r["group_id"] for r in answers["top_issues"]] == [g["group_id"] for g in sorted(
         current, key=lambda g: (-g["times_seen"], g["group_id"]))[:10]]
+    unresolved = Counter(g["project_id"] for g in current if g["status"] == 0)
+    assert {r["project_id"]: r["unresolved"] for r in answers["unresolved_per_project"]} == unresolved
+    escalating = {g["group_id"] for g in current if (g["status"], g["substatus"]) == (0, 2)}
+    assert escalating and {r["group_id"] for r in answers["escalating"]} == escalating
 
     expected = files[POST_PROCESS]
     assert expected
