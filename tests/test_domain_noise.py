@@ -265,18 +265,18 @@ def test_priority_on_creation(type_id, priority, initial, expected):
     assert group_row(key.state.group)["priority"] == expected
 
 
-def test_later_priority_updates_the_group_but_initial_priority_does_not():
+def test_priority_follows_every_occurrence():
+    """`save_issue_from_occurrence`: `priority or type default` on every occurrence
+    (`initial_issue_priority` is the older name of the same field)."""
     key = Key()
     key.occ(T0, type=QUIET)
     assert key.state.group.priority == 25
     key.occ(T0 + 1, type=QUIET, initial=75)
-    assert key.state.group.priority == 25
-    key.occ(T0 + 2, type=QUIET, priority=75)
     assert key.state.group.priority == 75
-    key.occ(T0 + 3, type=QUIET)
-    assert key.state.group.priority == 75
-    key.occ(T0 + 4, type=QUIET, priority=50)
+    key.occ(T0 + 2, type=QUIET, priority=50)
     assert key.state.group.priority == 50
+    key.occ(T0 + 3, type=QUIET)  # none given: back to the type default
+    assert key.state.group.priority == 25
 
 
 def test_counters_and_times():
