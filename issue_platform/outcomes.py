@@ -35,3 +35,8 @@ DEAD_LETTER_REASONS = (
 STAGE_PARSE = "parse"
 STAGE_VALIDATE = "validate"
 STAGE_GROUP = "group"
+
+# A row a sink could not write (stage "sink"; the payload column holds the row). Not an input
+# record's reason: the record's own outcome was already counted.
+STAGE_SINK = "sink"
+BIGQUERY_REJECTED = "bigquery_rejected"

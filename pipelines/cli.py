@@ -132,7 +132,10 @@ def cmd_flags(args) -> int:
 
 
 def cmd_run(args, beam_args: Sequence[str]) -> int:
+    from apache_beam.options.pipeline_options import PipelineOptions
+
     from pipelines.issue_pipeline import run
+    from pipelines.options import SinkOptions
     from pipelines.summary import counters, counts_from_outputs, latest_groups, render
 
     argv = list(beam_args)
@@ -143,9 +146,11 @@ def cmd_run(args, beam_args: Sequence[str]) -> int:
         argv += ["--group_types_module", module]
     config = load_config(args.config, tuple(args.group_types_module))
     result = run(argv, config)
-    totals = counts_from_outputs(args.output) if "--streaming" in argv else counters(result)
-    print(render(totals, latest_groups(args.output)))
-    print(f"output: {args.output}/")
+    sink = PipelineOptions(argv).view_as(SinkOptions)
+    files = sink.sink == "jsonl"
+    totals = counts_from_outputs(args.output) if "--streaming" in argv and files else counters(result)
+    print(render(totals, latest_groups(args.output) if files else []))
+    print(f"output: {args.output}/" if files else f"output: BigQuery {sink.bigquery_dataset} (see its groups_current view)")
     return 0
 
 

@@ -27,17 +27,17 @@ from issue_platform.config import ConfigError, PlatformConfig, load_config
 from issue_platform.snapshot import SnapshotError, seed_from_row
 from issue_platform.validation import Rejected, parse_time
 from pipelines.replay import latest_event_time, replay_stream, timed
-from pipelines.options import IssuePlatformOptions
-from transforms.groups import TABLES, ProcessGroups
-from issue_platform.tables import DEAD_LETTER, EVIDENCE, OCCURRENCES
+from pipelines.options import IssuePlatformOptions, SinkOptions
+from transforms.groups import ProcessGroups
+from issue_platform.tables import (ALL_TABLES, DEAD_LETTER, EVIDENCE, OCCURRENCES, PART_GATE, PART_GROUP, PART_KEY,
+                                   PART_PARSE, STATE, jsonl_glob)
 from transforms.parse import GateIngest, KeyByGroup, ParsePayloads
 from transforms.read import ReadPayloads
-from transforms.snapshot import ReadSnapshot, snapshot_pattern
-from transforms.write import WriteTables
+from transforms.sinks import WriteOutputs
+from transforms.snapshot import ReadSnapshot
 
 BATCH_RUNNER = "FnApiRunner"
 STREAMING_RUNNER = "BundleBasedDirectRunner"
-TABLE_FILES = (*TABLES, EVIDENCE, DEAD_LETTER)  # `<table>-*.jsonl` also covers the -gated/-late parts
 
 
 def sample_path() -> str:
@@ -48,10 +48,9 @@ def build_pipeline(pipeline: beam.Pipeline, opts: IssuePlatformOptions, config: 
                    raw: Optional[beam.PCollection] = None, as_of: float = math.inf,
                    received_at: Optional[float] = None, config_updates: Optional[beam.PCollection] = None,
                    seeds: Optional[beam.PCollection] = None, bounded: bool = True) -> dict:
-    """Builds the graph on `pipeline` and returns its outputs by file-set name: each table's rows,
-    where `occurrences-gated` and `dead_letter-late` are further parts of `occurrences` and
-    `dead_letter` (not flattened: the FnApiRunner holds a Flatten of inputs from different stages
-    entirely in memory).
+    """Builds the graph on `pipeline` (writing nothing) and returns every table as
+    its parts, `{table: {part: PCollection of rows}}`, a part per step that produces the table's
+    rows (`issue_platform.tables.PART_*`); the sinks (transforms/sinks.py) decide how to combine them.
 
     `raw` replaces the file read (tests pass `beam.Create` or a `TestStream`); `as_of` bounds the
     time-driven transitions; `received_at` stamps status changes that carry no `update_date`;
@@ -69,11 +68,11 @@ def build_pipeline(pipeline: beam.Pipeline, opts: IssuePlatformOptions, config: 
     tables = events | "ProcessGroups" >> ProcessGroups(
         config, opts.dedupe_window_seconds, as_of, opts.allowed_lateness_seconds,
         streaming=bool(opts.view_as(StandardOptions).streaming), bounded=bounded)
-    tables[f"{OCCURRENCES}-gated"] = gated[OCCURRENCES]
-    tables[f"{DEAD_LETTER}-late"] = tables[DEAD_LETTER]
-    tables[DEAD_LETTER] = parsed[DEAD_LETTER]
-    tables[EVIDENCE] = keyed[EVIDENCE]
-    return tables
+    parts = {table: {PART_GROUP: rows} for table, rows in tables.items()}
+    parts[OCCURRENCES][PART_GATE] = gated[OCCURRENCES]
+    parts[DEAD_LETTER][PART_PARSE] = parsed[DEAD_LETTER]
+    parts[EVIDENCE] = {PART_KEY: keyed[EVIDENCE]}
+    return parts
 
 
 def _open_any(path: str):
@@ -84,8 +83,8 @@ def _open_any(path: str):
 def _clear_previous_output(output_dir: str) -> None:
     """A run replaces the tables of the previous run in the same directory (only our own files)."""
     os.makedirs(output_dir, exist_ok=True)
-    for table in TABLE_FILES:
-        for path in glob.glob(os.path.join(output_dir, f"{table}-*.jsonl")):
+    for table in ALL_TABLES:
+        for path in glob.glob(jsonl_glob(output_dir, table)):
             os.remove(path)
 
 
@@ -117,8 +116,9 @@ def _prepare(argv, config: Optional[PlatformConfig]):
         standard.runner = STREAMING_RUNNER if standard.streaming else BATCH_RUNNER
     if config is None:
         config = load_config(opts.config, tuple(opts.group_types_module or ()), opener=_open_any)
-    config.install()
-    if "://" not in opts.output:
+    config.registry()  # a bad type definition fails here, before the job starts
+    sinks = WriteOutputs(options, opts.output, opts.max_payload_bytes)
+    if "://" not in opts.output and options.view_as(SinkOptions).sink == "jsonl":
         _clear_previous_output(opts.output)
     inputs = opts.input or [sample_path()]
     # A replay reads its files once, for its own order and for the default as_of.
@@ -131,15 +131,15 @@ def _prepare(argv, config: Optional[PlatformConfig]):
         check_snapshot(opts.resume_from)
         seeds = pipeline | "ReadSnapshot" >> ReadSnapshot(opts.resume_from)
     tables = build_pipeline(pipeline, opts, config, raw=raw, as_of=as_of, received_at=as_of, seeds=seeds)
-    tables | "WriteTables" >> WriteTables(opts.output, streaming=standard.streaming)
+    tables | "WriteOutputs" >> sinks
     return pipeline, standard.runner
 
 
 def check_snapshot(directory: str) -> None:
     """Before the job starts: --resume_from names a readable snapshot (the first row of each file)."""
-    paths = sorted(glob.glob(snapshot_pattern(directory)))
+    paths = sorted(glob.glob(jsonl_glob(directory, STATE)))
     if not paths:
-        raise ConfigError(f"--resume_from {directory}: no state-*.jsonl files (the output directory of a "
+        raise ConfigError(f"--resume_from {directory}: no {STATE} table files (the output directory of a "
                           "previous run holds them)")
     for path in paths:
         with open(path, "rb") as handle:

@@ -1,12 +1,10 @@
 """The end-of-run summary: outcome counts from Beam metrics, top groups from the groups table."""
 from __future__ import annotations
 
-import glob
-import os
-
-import orjson
 from apache_beam.metrics.metric import MetricsFilter
 
+from issue_platform import outcomes as R
+from issue_platform.tables import ALL_TABLES, DEAD_LETTER, GROUPS, OCCURRENCES, STATUS_CHANGES, counter_name, read_jsonl
 from transforms.parse import NAMESPACE
 
 
@@ -27,27 +25,22 @@ def counts_from_outputs(output_dir: str) -> dict[str, int]:
     def bump(name: str) -> None:
         totals[name] = totals.get(name, 0) + 1
 
-    for table, field in (("occurrences", "outcome"), ("status_changes", "outcome"), ("dead_letter", "reason")):
-        for row in _rows(output_dir, table):
-            bump(f"{table}.{row[field]}")
-            if table != "dead_letter" or row["stage"] != "group":
+    for table in ALL_TABLES:
+        for row in read_jsonl(output_dir, table):
+            name = counter_name(table, row)
+            if name is not None:
+                bump(name)
+            # Every input record ends in one of these; a late event's record was counted when it came in.
+            if table in (OCCURRENCES, STATUS_CHANGES) or (table == DEAD_LETTER and row["stage"] in (
+                    R.STAGE_PARSE, R.STAGE_VALIDATE)):
                 bump("records.in")
-    for row in _rows(output_dir, "post_process"):
-        if row["is_new"]:
-            bump("groups.created")
     return totals
-
-
-def _rows(output_dir: str, table: str):
-    for path in glob.glob(os.path.join(output_dir, f"{table}-*.jsonl")):
-        with open(path, "rb") as handle:
-            yield from (orjson.loads(line) for line in handle if line.strip())
 
 
 def latest_groups(output_dir: str) -> list[dict]:
     """The current state of every group: its row with the highest version."""
     latest: dict[int, dict] = {}
-    for row in _rows(output_dir, "groups"):
+    for row in read_jsonl(output_dir, GROUPS):
         if row["version"] >= latest.get(row["group_id"], {"version": -1})["version"]:
             latest[row["group_id"]] = row
     return list(latest.values())

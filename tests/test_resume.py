@@ -11,7 +11,8 @@ import pytest
 from issue_platform.config import ConfigError, load_config
 from pipelines.issue_pipeline import run
 from tests.lifecycle_fixture import CONFIG, H, lifecycle_payloads
-from tests.pipeline_support import BASE, canonical, latest_groups, occurrence, read_tables, write_jsonl
+from tests.pipeline_support import (BASE, canonical, latest_groups, latest_states, occurrence, read_tables,
+                                    write_jsonl)
 
 SPLIT = BASE + 100 * H
 COMPARED = ("occurrences", "status_changes", "post_process", "activity", "evidence", "dead_letter")
@@ -90,12 +91,7 @@ def test_snapshots_of_batch_and_stream_agree(runs):
     tables, _ = runs
 
     def current(rows):
-        best = {}
-        for row in rows:
-            if row["key"] not in best or (row["snapshot_at"], row["revision"]) > (
-                    best[row["key"]]["snapshot_at"], best[row["key"]]["revision"]):
-                best[row["key"]] = row
-        return {key: (row["snapshot_at"], row["state"]) for key, row in best.items()}
+        return {key: (row["snapshot_at"], row["state"]) for key, row in latest_states(rows).items()}
 
     assert current(tables["second"]["state"]) == current(tables["second-stream"]["state"])
 
@@ -120,7 +116,7 @@ def _snapshot_dir(tmp_path, row_change) -> str:
     config = load_config(None)
     run(["--input", write_jsonl(tmp_path / "a.jsonl", [occurrence("x", t=BASE)]), "--output", str(tmp_path / "a")],
         config)
-    (path,) = (tmp_path / "a").glob("state-*.jsonl")
+    (path,) = (tmp_path / "a").glob("state.*.jsonl")
     rows = [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
     path.write_bytes(b"".join(orjson.dumps(row_change(r)) + b"\n" for r in rows))
     return str(tmp_path / "a")
@@ -142,6 +138,6 @@ def test_a_snapshot_this_release_cannot_read_is_refused_before_the_job_starts(tm
 
 
 def test_resume_from_a_directory_without_a_snapshot_is_an_error(tmp_path):
-    with pytest.raises(ConfigError, match="no state-\\*.jsonl files"):
+    with pytest.raises(ConfigError, match="no state table files"):
         run(["--input", write_jsonl(tmp_path / "b.jsonl", [occurrence("x", t=BASE)]),
              "--output", str(tmp_path / "b"), "--resume_from", str(tmp_path)], load_config(None))

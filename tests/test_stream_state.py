@@ -18,20 +18,11 @@ from issue_platform.config import load_config
 from issue_platform.tables import iso
 from pipelines.issue_pipeline import build_pipeline
 from pipelines.options import IssuePlatformOptions
-from tests.pipeline_support import BASE, occurrence, read_tables
-from transforms.write import WriteTables
+from tests.pipeline_support import BASE, latest_states, occurrence, read_tables
+from transforms.sinks import WriteJsonLines
 
 H = 3600.0
 NOISY, QUIET = 1006, 2001  # NoiseConfig(3, 24 h) / none: a sighting creates a group
-
-
-def _current_state(rows):
-    best = {}
-    for row in rows:
-        if row["key"] not in best or (row["snapshot_at"], row["revision"]) > (
-                best[row["key"]]["snapshot_at"], best[row["key"]]["revision"]):
-            best[row["key"]] = row
-    return best
 
 
 def _live(tmp_path, payloads, watermarks, bounded):
@@ -44,7 +35,7 @@ def _live(tmp_path, payloads, watermarks, bounded):
     with beam.Pipeline(options=options) as p:
         tables = build_pipeline(p, options.view_as(IssuePlatformOptions), config, raw=p | stream,
                                 bounded=bounded)
-        tables | WriteTables(str(tmp_path), streaming=True)
+        tables | WriteJsonLines(str(tmp_path))
     return read_tables(tmp_path)
 
 
@@ -53,7 +44,7 @@ def test_one_off_fingerprints_leave_nothing_behind_in_a_live_stream(tmp_path):
     grouped = [occurrence(f"group-{i}", type_id=QUIET, t=BASE + i) for i in range(5)]
     # No end of time: the watermark only moves past the ids' retention and the noise counters' expiry.
     tables = _live(tmp_path, noisy + grouped, [BASE + 30 * H], bounded=False)
-    current = _current_state(tables["state"])
+    current = latest_states(tables["state"])
     assert len(current) == 65
     held = {key: row for key, row in current.items() if row["state"]}
     # Only the groups are held (bounded: their recent ids were pruned); every noise-only key is released.

@@ -20,7 +20,7 @@ from pipelines.issue_pipeline import build_pipeline, run
 from pipelines.options import IssuePlatformOptions
 from tests.lifecycle_fixture import CONFIG, D, H, lifecycle_payloads
 from tests.pipeline_support import BASE, canonical, latest_groups, occurrence, read_tables, write_jsonl
-from transforms.write import WriteTables
+from transforms.sinks import WriteJsonLines
 
 COMPARED = ("occurrences", "status_changes", "post_process", "activity", "evidence", "dead_letter")
 
@@ -91,10 +91,10 @@ def _run_stream(tmp_path, stream: BeamTestStream, as_of: float = float("inf"), c
     opts = options.view_as(IssuePlatformOptions)
     with beam.Pipeline(options=options) as p:
         tables = build_pipeline(p, opts, config, raw=p | stream, as_of=as_of, received_at=as_of)
-        stamped = {name: rows | f"Stamp{name}" >> beam.Map(
+        stamped = {name: {part: rows | f"Stamp{name}{part}" >> beam.Map(
             lambda row, ts=beam.DoFn.TimestampParam: {**row, "_emitted_at": float(ts.micros) / 1e6})
-            for name, rows in tables.items()}
-        stamped | WriteTables(str(tmp_path / "out"), streaming=True)
+            for part, rows in parts.items()} for name, parts in tables.items()}
+        stamped | WriteJsonLines(str(tmp_path / "out"))
     return read_tables(tmp_path / "out")
 
 

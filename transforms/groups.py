@@ -18,8 +18,9 @@ from issue_platform import outcomes as R
 from issue_platform.config import PlatformConfig
 from issue_platform.groups import DEFAULT_DEDUPE_WINDOW_SECONDS, GroupProcessor, KeyState
 from issue_platform.snapshot import is_seed_record, newer_seed, snapshot_row, split_seed_record
-from issue_platform.tables import ACTIVITY, DEAD_LETTER, GROUPS, OCCURRENCES, POST_PROCESS, STATE, STATUS_CHANGES, iso
-from issue_platform.grouptype import registry
+from issue_platform.tables import (ACTIVITY, DEAD_LETTER, GROUPS, OCCURRENCES, POST_PROCESS, STATE, STATUS_CHANGES,
+                                   counter_name, dead_letter_row, iso)
+from issue_platform.validation import Rejected
 from issue_platform.pending import (Display, PendingOccurrence, decode, display_record, is_display_record,
                                     record_display_digest, sort_key, split_display_record)
 from transforms.parse import NAMESPACE
@@ -27,6 +28,7 @@ from transforms.parse import NAMESPACE
 TABLES = (GROUPS, OCCURRENCES, STATUS_CHANGES, POST_PROCESS, ACTIVITY, STATE)
 DEFAULT_ALLOWED_LATENESS_SECONDS = 600.0
 _END_OF_TIME = GlobalWindow().max_timestamp()
+_SUMMARY_BYTES = 1024  # a late event's dead-letter payload is its summary (kind, key, id, time)
 
 
 class ProcessGroupsFn(beam.DoFn):
@@ -88,7 +90,7 @@ class ProcessGroupsFn(beam.DoFn):
         self._counters = {}
 
     def setup(self):
-        self._config.install()
+        self._types = self._config.registry()
 
     def start_bundle(self):
         # key -> [wake_at, flushed_until, digests added this bundle]: saves state reads and appends.
@@ -155,7 +157,7 @@ class ProcessGroupsFn(beam.DoFn):
         ready = [event for event, _ in pending if event.time <= horizon]
         waiting = [(event, raw) for event, raw in pending if event.time > horizon]
         state = KeyState.decode(start)
-        processor = GroupProcessor(key, state, _Displays(interned), registry, self._dedupe_window, self._as_of)
+        processor = GroupProcessor(key, state, _Displays(interned), self._types, self._dedupe_window, self._as_of)
         for event in ready:
             yield from self._emit(processor.apply(event))
         yield from self._emit(processor.finish(horizon))
@@ -219,7 +221,7 @@ class ProcessGroupsFn(beam.DoFn):
         interned = {record_display_digest(record): display} if display else {}
         stored = key_state.read()
         state = KeyState.decode(stored)
-        processor = GroupProcessor(key, state, _Displays(interned), registry, self._dedupe_window, self._as_of)
+        processor = GroupProcessor(key, state, _Displays(interned), self._types, self._dedupe_window, self._as_of)
         yield from self._emit(processor.apply(event))
         yield from self._emit(processor.finish(flushed))
         encoded = state.encode()
@@ -237,16 +239,15 @@ class ProcessGroupsFn(beam.DoFn):
         self._counter(f"dead_letter.{R.LATE}").inc()
         summary = {"kind": "occurrence" if isinstance(event, PendingOccurrence) else "status_change",
                    "key": key, "id": event.id, "time": iso(event.time)}
-        return pvalue.TaggedOutput(DEAD_LETTER, {
-            "stage": R.STAGE_GROUP, "reason": R.LATE, "field": "detection_time",
-            "error": f"{clock_at - event.time:.0f}s behind the key's clock; allowed lateness "
-                     f"{self._allowed_lateness:.0f}s", "payload": orjson.dumps(summary).decode(),
-            "payload_truncated": False})
+        late = Rejected(R.LATE, "detection_time", f"{clock_at - event.time:.0f}s behind the key's clock; "
+                        f"allowed lateness {self._allowed_lateness:.0f}s", stage=R.STAGE_GROUP)
+        return pvalue.TaggedOutput(DEAD_LETTER, dead_letter_row(late, orjson.dumps(summary), _SUMMARY_BYTES))
 
     def _snapshot(self, key, state, encoded, at, revision):
-        self._counter("snapshot.rows").inc()
         group_id = state.group.group_id if state.group is not None else None
-        return pvalue.TaggedOutput(STATE, snapshot_row(key, encoded, at, revision, group_id))
+        row = snapshot_row(key, encoded, at, revision, group_id)
+        self._counter(counter_name(STATE, row)).inc()
+        return pvalue.TaggedOutput(STATE, row)
 
     @staticmethod
     def _wake(wake, clock, flush, seen):
@@ -257,12 +258,9 @@ class ProcessGroupsFn(beam.DoFn):
 
     def _emit(self, rows):
         for table, row in rows:
-            if table in (OCCURRENCES, STATUS_CHANGES):
-                self._counter(f"{table}.{row['outcome']}").inc()
-            elif table == POST_PROCESS and row["is_new"]:
-                self._counter("groups.created").inc()
-            elif table == ACTIVITY:
-                self._counter(f"activity.{row['type']}").inc()
+            name = counter_name(table, row)
+            if name is not None:
+                self._counter(name).inc()
             yield pvalue.TaggedOutput(table, row)
 
     def _counter(self, name):

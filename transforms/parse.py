@@ -6,7 +6,6 @@ import time
 from typing import Optional, Tuple
 
 import apache_beam as beam
-import orjson
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import TimestampedValue
@@ -14,8 +13,7 @@ from apache_beam.transforms.window import TimestampedValue
 from issue_platform import outcomes as R
 from issue_platform.config import PlatformConfig
 from issue_platform.fingerprint import group_key
-from issue_platform.tables import DEAD_LETTER, EVIDENCE, OCCURRENCES, evidence_row, occurrence_row
-from issue_platform.grouptype import registry
+from issue_platform.tables import DEAD_LETTER, EVIDENCE, OCCURRENCES, dead_letter_row, evidence_row, occurrence_row
 from issue_platform.pending import Admission, Display, encode_occurrence, encode_status_change
 from issue_platform.validation import (DEFAULT_MAX_PAYLOAD_BYTES, Occurrence, PayloadValidator, Rejected,
                                        StatusChange, parse)
@@ -28,15 +26,6 @@ def _counter(group: str, name: str):
     return Metrics.counter(NAMESPACE, f"{group}.{name}")
 
 
-def dead_letter_row(rejected: Rejected, raw, max_bytes: int) -> dict:
-    """The dead-letter row: stage, reason, field, message and the raw payload (capped)."""
-    if isinstance(raw, dict):
-        raw = orjson.dumps(raw, default=str)
-    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
-    return {"stage": rejected.stage, "reason": rejected.reason, "field": rejected.field,
-            "error": rejected.message, "payload": text[:max_bytes], "payload_truncated": len(text) > max_bytes}
-
-
 class _ParseFn(beam.DoFn):
     """Raw payload -> Occurrence / StatusChange, or a dead-letter row. Never raises on input."""
 
@@ -46,8 +35,7 @@ class _ParseFn(beam.DoFn):
         self._blank = _counter("records", "blank_lines")
 
     def setup(self):
-        self._config.install()
-        self._validator = PayloadValidator(self._mode, registry)
+        self._validator = PayloadValidator(self._mode, self._config.registry())
 
     def process(self, raw):
         if isinstance(raw, (bytes, str)) and not raw.strip():
@@ -98,7 +86,7 @@ class _GateIngestFn(beam.DoFn):
         self._dropped = _counter("occurrences", R.INGEST_DISABLED)
 
     def setup(self):
-        self._config.install()
+        self._types = self._config.registry()
         self._cache, self._versions, self._current = {}, None, self._config
 
     def process(self, payload, versions: list):
@@ -113,7 +101,7 @@ class _GateIngestFn(beam.DoFn):
         cache_key = (payload.type, payload.project_id)
         admission = self._cache.get(cache_key)
         if admission is None:
-            gtype = registry.get_by_type_id(payload.type)
+            gtype = self._types.get_by_type_id(payload.type)
             admission = self._cache[cache_key] = (
                 config.allows(gtype, "ingest", project.project_id),
                 Admission(config.allows(gtype, "post_process", project.project_id),

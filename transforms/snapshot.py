@@ -1,20 +1,13 @@
 """ReadSnapshot: a previous run's `state` table -> one seed record per key for ProcessGroups."""
 from __future__ import annotations
 
-import os
-
 import apache_beam as beam
 import orjson
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.window import TimestampedValue
 
 from issue_platform.snapshot import seed_from_row, snapshot_time
-from issue_platform.tables import STATE
-
-
-def snapshot_pattern(directory: str) -> str:
-    """The files of the `state` table in a run's output directory."""
-    return os.path.join(directory, f"{STATE}-*.jsonl")
+from issue_platform.tables import STATE, jsonl_glob
 
 
 def _match(pattern: str):
@@ -42,7 +35,7 @@ class ReadSnapshot(beam.PTransform):
 
     def __init__(self, directory: str):
         super().__init__()
-        self._pattern = snapshot_pattern(directory)
+        self._pattern = jsonl_glob(directory, STATE)
 
     def expand(self, pbegin):
         return (pbegin
