@@ -193,3 +193,45 @@ def create_pubsub_topic(project: str, topic: str, subscriptions: tuple[str, ...]
             "name": subscriber.subscription_path(project, name), "topic": topic_path,
             "enable_message_ordering": ordering}, timeout=10)
     subscriber.close()
+
+
+def consume_kafka(bootstrap: str, topic: str, count: int, timeout: float = 20.0) -> list:
+    """The first `count` messages of every partition of `topic`, read from the beginning without a
+    consumer group join (partitions assigned directly)."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"test-{uuid.uuid4().hex[:8]}",
+                         "enable.auto.commit": False, **KAFKA_CONSUMER_DEFAULTS})
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        messages, deadline = [], time.monotonic() + timeout
+        while len(messages) < count and time.monotonic() < deadline:
+            message = consumer.poll(0.5)
+            if message is not None and not message.error():
+                messages.append(message)
+        return messages
+    finally:
+        consumer.close()
+
+
+def pull_pubsub(project: str, subscription: str, count: int, timeout: float = 20.0) -> list:
+    """Pulls and acks until `count` messages arrived or `timeout` passed; returns the messages."""
+    from google.api_core.exceptions import DeadlineExceeded
+    from google.cloud import pubsub_v1
+
+    subscriber = pubsub_v1.SubscriberClient()
+    path = subscriber.subscription_path(project, subscription)
+    messages, deadline = [], time.monotonic() + timeout
+    try:
+        while len(messages) < count and time.monotonic() < deadline:
+            try:
+                received = subscriber.pull(subscription=path, max_messages=1000, timeout=2).received_messages
+            except DeadlineExceeded:  # nothing yet
+                continue
+            if received:
+                subscriber.acknowledge(subscription=path, ack_ids=[m.ack_id for m in received])
+                messages.extend(m.message for m in received)
+        return messages
+    finally:
+        subscriber.close()
