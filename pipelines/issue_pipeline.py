@@ -15,21 +15,23 @@ import contextlib
 import glob
 import math
 import os
+import time
 from importlib import resources
 from typing import Callable, Iterator, Optional
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import KafkaStreamsRunnerOptions, PipelineOptions, StandardOptions
 
 from issue_platform.config import ConfigError, PlatformConfig, load_config
 from issue_platform.validation import Rejected, parse_time
 from pipelines.replay import latest_event_time, replay_stream, timed
 from issue_platform.groups import OCCURRENCES
-from pipelines.options import IssuePlatformOptions
+from pipelines.options import IssuePlatformOptions, SourceOptions
 from transforms.groups import TABLES, ProcessGroups
 from transforms.parse import DEAD_LETTER, EVIDENCE, GateIngest, KeyByGroup, ParsePayloads
 from transforms.read import ReadPayloads
+from transforms.sources import source_transform
 from transforms.write import WriteTables
 
 BATCH_RUNNER = "FnApiRunner"
@@ -112,12 +114,22 @@ def _prepare(argv, config: Optional[PlatformConfig]):
     if "://" not in opts.output:
         _clear_previous_output(opts.output)
     inputs = opts.input or [sample_path()]
-    # A replay reads its files once, for its own order and for the default as_of.
-    replay = list(timed(inputs)) if standard.streaming else None
-    as_of = resolve_as_of(opts.as_of, lambda: latest_event_time(replay if replay is not None else timed(inputs)))
+    source = options.view_as(SourceOptions)
+    live = source.source != "files"
+    # A replay reads its files once, for its own order and for the default as_of. A live stream has
+    # no as_of; a Kafka backfill's default is the time it starts (its input is never read up front).
+    replay = list(timed(inputs)) if standard.streaming and not live else None
+    as_of = resolve_as_of(opts.as_of, (lambda: None if standard.streaming else time.time()) if live else
+                          lambda: latest_event_time(replay if replay is not None else timed(inputs)))
     pipeline = beam.Pipeline(options=options)
-    raw = pipeline | "ReplayInEventTimeOrder" >> replay_stream(replay) if replay is not None else None
-    tables = build_pipeline(pipeline, opts, config, raw=raw, as_of=as_of, received_at=as_of)
+    if replay is not None:
+        raw = pipeline | "ReplayInEventTimeOrder" >> replay_stream(replay)
+    else:
+        kafka = options.view_as(KafkaStreamsRunnerOptions)  # Beam owns --bootstrap_servers
+        raw = pipeline | "ReadPayloads" >> source_transform(source, kafka.bootstrap_servers, standard.streaming,
+                                                             inputs)
+    received_at = None if live and standard.streaming else as_of  # live: status changes take arrival time
+    tables = build_pipeline(pipeline, opts, config, raw=raw, as_of=as_of, received_at=received_at)
     tables | "WriteTables" >> WriteTables(opts.output, streaming=standard.streaming)
     return pipeline, standard.runner
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import apache_beam as beam
 import orjson
@@ -29,13 +29,24 @@ def _counter(group: str, name: str):
     return Metrics.counter(NAMESPACE, f"{group}.{name}")
 
 
-def dead_letter_row(rejected: Rejected, raw, max_bytes: int) -> dict:
-    """The dead-letter row: stage, reason, field, message and the raw payload (capped)."""
+class SourcedPayload(NamedTuple):
+    """A raw payload from a live source and where it came from (`kafka:TOPIC:PARTITION:OFFSET` or
+    `pubsub:SUBSCRIPTION:MESSAGE_ID`), so that its dead-letter row can name it."""
+    payload: bytes
+    source: str
+
+
+def dead_letter_row(rejected: Rejected, raw, max_bytes: int, source: Optional[str] = None) -> dict:
+    """The dead-letter row: stage, reason, field, message and the raw payload (capped); `source`
+    (the message's coordinates) for live sources."""
     if isinstance(raw, dict):
         raw = orjson.dumps(raw, default=str)
     text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
-    return {"stage": rejected.stage, "reason": rejected.reason, "field": rejected.field,
-            "error": rejected.message, "payload": text[:max_bytes], "payload_truncated": len(text) > max_bytes}
+    row = {"stage": rejected.stage, "reason": rejected.reason, "field": rejected.field,
+           "error": rejected.message, "payload": text[:max_bytes], "payload_truncated": len(text) > max_bytes}
+    if source is not None:
+        row["source"] = source
+    return row
 
 
 class _ParseFn(beam.DoFn):
@@ -51,6 +62,9 @@ class _ParseFn(beam.DoFn):
         self._validator = PayloadValidator(self._mode, registry)
 
     def process(self, raw):
+        source = None
+        if isinstance(raw, SourcedPayload):
+            raw, source = raw
         if isinstance(raw, (bytes, str)) and not raw.strip():
             self._blank.inc()
             return
@@ -59,12 +73,12 @@ class _ParseFn(beam.DoFn):
             yield self._validator.validate(parse(raw, self._max_bytes))
         except Rejected as rejected:
             _counter("dead_letter", rejected.reason).inc()
-            yield pvalue.TaggedOutput(DEAD_LETTER, dead_letter_row(rejected, raw, self._max_bytes))
+            yield pvalue.TaggedOutput(DEAD_LETTER, dead_letter_row(rejected, raw, self._max_bytes, source))
         except Exception as exc:  # a bug of ours must not stall the stream: dead-letter and count it
             _LOGGER.warning("validation failed unexpectedly: %s", type(exc).__name__)  # never the payload
             rejected = Rejected(R.INTERNAL_ERROR, "", f"internal error: {type(exc).__name__}")
             _counter("dead_letter", R.INTERNAL_ERROR).inc()
-            yield pvalue.TaggedOutput(DEAD_LETTER, dead_letter_row(rejected, raw, self._max_bytes))
+            yield pvalue.TaggedOutput(DEAD_LETTER, dead_letter_row(rejected, raw, self._max_bytes, source))
 
 
 class ParsePayloads(beam.PTransform):
@@ -186,4 +200,4 @@ class KeyByGroup(beam.PTransform):
             EVIDENCE, main="keyed")
 
 
-__all__ = ["ParsePayloads", "GateIngest", "KeyByGroup", "DEAD_LETTER", "EVIDENCE", "KeyedRecord"]
+__all__ = ["SourcedPayload", "ParsePayloads", "GateIngest", "KeyByGroup", "DEAD_LETTER", "EVIDENCE", "KeyedRecord"]
