@@ -27,7 +27,7 @@ from issue_platform.config import ConfigError, PlatformConfig, load_config
 from issue_platform.validation import Rejected, parse_time
 from pipelines.replay import latest_event_time, replay_stream, timed
 from issue_platform.groups import OCCURRENCES
-from pipelines.options import IssuePlatformOptions, SourceOptions
+from pipelines.options import ConfigRefreshOptions, IssuePlatformOptions, SourceOptions
 from transforms.groups import TABLES, ProcessGroups
 from transforms.parse import DEAD_LETTER, EVIDENCE, GateIngest, KeyByGroup, ParsePayloads
 from transforms.read import ReadPayloads
@@ -57,7 +57,8 @@ def build_pipeline(pipeline: beam.Pipeline, opts: IssuePlatformOptions, config: 
     if raw is None:
         raw = pipeline | "ReadPayloads" >> ReadPayloads(opts.input or [sample_path()])
     parsed = raw | "ParsePayloads" >> ParsePayloads(config, opts.max_payload_bytes, opts.validator)
-    gated = parsed.valid | "GateIngest" >> GateIngest(config, config_updates)
+    refresh = opts.view_as(ConfigRefreshOptions).config_refresh_seconds
+    gated = parsed.valid | "GateIngest" >> GateIngest(config, config_updates, refresh)
     keyed = gated.allowed | "KeyByGroup" >> KeyByGroup(received_at)
     tables = keyed.keyed | "ProcessGroups" >> ProcessGroups(
         config, opts.dedupe_window_seconds, as_of, opts.allowed_lateness_seconds,

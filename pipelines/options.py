@@ -81,3 +81,14 @@ class SourceOptions(PipelineOptions):
         parser.add_argument(
             "--kafka_consumer_config", action="append", default=None, metavar="KEY=VALUE",
             help="Extra Kafka consumer setting (e.g. security.protocol=SASL_SSL). Repeatable.")
+
+
+class ConfigRefreshOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument(
+            "--config_refresh_seconds", type=float, default=None,
+            help="Re-read --config (any Beam filesystem path) when the copy in use is older than this many "
+                 "seconds; only its projects and features may change (checked by modification time and size "
+                 "first; an invalid new version is refused and counted, the last good one stays). "
+                 "Default: read once at start.")

@@ -10,13 +10,14 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.portability.api import external_transforms_pb2
 
-from issue_platform.config import ConfigError, load_config
+from issue_platform.config import ConfigError
 from issue_platform.generate import generate
-from issue_platform.producer import IssueOccurrence, PayloadType, StatusChangeMessage, connect
-from pipelines.issue_pipeline import run, submit
+from issue_platform.producer import IssueOccurrence, PayloadType, StatusChangeMessage
+from pipelines.issue_pipeline import run
 from pipelines.options import SourceOptions
 from pipeline_support import canonical, latest_groups, read_tables, write_jsonl
-from servers import consume_kafka, create_kafka_topic, create_pubsub_topic
+from live_support import live_stream
+from servers import consume_kafka, create_kafka_topic
 from transforms.sources import ReadFromKafkaTopic, ReadKafkaBackfill, source_transform
 
 COMPARED = ("occurrences", "status_changes", "post_process", "activity", "evidence")
@@ -134,57 +135,34 @@ def test_source_option_errors_are_one_line(flags, streaming, message):
         source_transform(PipelineOptions(flags).view_as(SourceOptions), "b:1", streaming, inputs=[])
 
 
-PROJECT = "sources-test"
-
-
 def test_live_pubsub_stream_groups_occurrences_and_applies_status_changes(pubsub_emulator, tmp_path):
     """Publish with the producer, run the streaming pipeline on the Pub/Sub emulator, poll the output
-    files for the expected groups, then cancel. The local reader's watermark is the wall clock at each
-    pull, so events are dated in the past and a filler message keeps pulls coming; redelivery cannot be
-    observed locally (the runner acks each pull before processing)."""
-    topic, sub = f"ingest-{uuid.uuid4().hex[:8]}", f"sub-{uuid.uuid4().hex[:8]}"
-    create_pubsub_topic(PROJECT, topic, (sub,), ordering=True)  # a group's messages arrive in order
-    producer = connect(f"pubsub:projects/{PROJECT}/topics/{topic}")
-    now = time.time()
-    for i, fingerprint in enumerate(["cron-a", "cron-b", "cron-a"]):
-        producer.produce(PayloadType.OCCURRENCE, occurrence=IssueOccurrence(
-            project_id=1, fingerprint=[fingerprint], issue_title="Cron late", subtitle="s", culprit="job",
-            type=4001, detection_time=now - 120 + i))
-    producer.produce(PayloadType.STATUS_CHANGE, status_change=StatusChangeMessage(
-        project_id=1, fingerprint=["cron-b"], new_status=1, update_date=now - 60))
-    producer.flush(10)
+    files for the expected groups, then cancel. Redelivery cannot be observed locally (the runner
+    acks each pull before processing)."""
     from google.cloud import pubsub_v1
 
-    publisher = pubsub_v1.PublisherClient()
-    topic_path = publisher.topic_path(PROJECT, topic)
-    bad_id = publisher.publish(topic_path, b"{not json").result(10)
-
-    def filler():  # another project; keeps the reader pulling so the wall-clock watermark advances
-        producer.produce(PayloadType.OCCURRENCE, occurrence=IssueOccurrence(
-            project_id=99, fingerprint=["filler"], issue_title="f", subtitle="f", culprit="f", type=4001,
-            detection_time=time.time() - 30))
-        producer.flush(10)
-
-    out = tmp_path / "out"
-    result = submit(["--source", "pubsub", "--subscription", f"projects/{PROJECT}/subscriptions/{sub}",
-                     "--streaming", "--output", str(out)], load_config(None))
-    try:
-        deadline, tables = time.monotonic() + 90, {}
-        while time.monotonic() < deadline:
-            tables = read_tables(out)
-            groups = {g["fingerprint"]: g for g in latest_groups(tables["groups"]).values() if g["project_id"] == 1}
-            if len(groups) == 2 and tables["status_changes"] and tables["dead_letter"]:
-                break
-            filler()
-            time.sleep(1.0)
-    finally:
-        filler()  # a pending pull returns at once, so the cancel does not wait out an idle pull (~30 s)
-        result.cancel()
-    groups = {g["fingerprint"]: g for g in latest_groups(tables["groups"]).values() if g["project_id"] == 1}
+    with live_stream(tmp_path) as stream:
+        now = time.time()
+        for i, fingerprint in enumerate(["cron-a", "cron-b", "cron-a"]):
+            stream.producer.produce(PayloadType.OCCURRENCE, occurrence=IssueOccurrence(
+                project_id=1, fingerprint=[fingerprint], issue_title="Cron late", subtitle="s", culprit="job",
+                type=4001, detection_time=now - 120 + i))
+        stream.producer.produce(PayloadType.STATUS_CHANGE, status_change=StatusChangeMessage(
+            project_id=1, fingerprint=["cron-b"], new_status=1, update_date=now - 60))
+        stream.producer.flush(10)
+        publisher = pubsub_v1.PublisherClient()
+        bad_id = publisher.publish(stream.producer.transport.topic, b"{not json").result(10)
+        stream.start()
+        tables = stream.wait_for(lambda t: len(_groups(t)) == 2 and t["status_changes"] and t["dead_letter"])
+    groups = _groups(tables)
     assert sorted(g["times_seen"] for g in groups.values()) == [1, 2]
     assert sorted(g["status"] for g in groups.values()) == [0, 1]  # cron-b resolved by its status change
     assert [r["outcome"] for r in tables["status_changes"]] == ["applied"]
     [dead] = tables["dead_letter"]
     assert (dead["reason"], dead["payload"]) == ("invalid_json", "{not json")
-    assert dead["source"] == f"pubsub:projects/{PROJECT}/subscriptions/{sub}:{bad_id}"
+    assert dead["source"] == f"pubsub:{stream.subscription}:{bad_id}"
     assert len([r for r in tables["post_process"] if r["project_id"] == 1]) == 3
+
+
+def _groups(tables) -> dict:
+    return {g["fingerprint"]: g for g in latest_groups(tables["groups"]).values() if g["project_id"] == 1}

@@ -8,11 +8,13 @@ from typing import NamedTuple, Optional, Tuple
 import apache_beam as beam
 import orjson
 from apache_beam import pvalue
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import TimestampedValue
 
 from issue_platform import outcomes as R
 from issue_platform.config import PlatformConfig
+from issue_platform.config_cache import CACHE as CONFIG_CACHE
 from issue_platform.fingerprint import group_key
 from issue_platform.groups import OCCURRENCES, occurrence_row
 from issue_platform.grouptype import registry
@@ -105,11 +107,12 @@ def _ingest_disabled_row(occ: Occurrence) -> dict:
 
 class _GateIngestFn(beam.DoFn):
     """Decides each payload's `Admission` from the project's settings and flags in the config side
-    input (every version seen so far; the newest `loaded_at` wins). Flag results are cached per
-    config version, type and project."""
+    input (every version seen so far; the newest `loaded_at` wins), or, with `refresh_seconds`,
+    from the process-wide config cache, which re-reads `--config` when its copy is older than that.
+    Flag results are cached per config version, type and project."""
 
-    def __init__(self, config: PlatformConfig):
-        self._config = config
+    def __init__(self, config: PlatformConfig, refresh_seconds: Optional[float] = None):
+        self._config, self._refresh_seconds = config, refresh_seconds
         self._dropped = _counter("occurrences", R.INGEST_DISABLED)
 
     def setup(self):
@@ -120,6 +123,8 @@ class _GateIngestFn(beam.DoFn):
         if versions is not self._versions:  # a new side-input value: pick the newest config
             self._versions, self._cache = versions, {}
             self._current = max(versions, key=lambda c: c.loaded_at, default=self._config)
+        if self._refresh_seconds:
+            self._refresh()
         config = self._current
         project = config.project(payload.project_id)
         if not isinstance(payload, Occurrence):  # status changes are never gated (as in Sentry)
@@ -140,24 +145,40 @@ class _GateIngestFn(beam.DoFn):
             yield pvalue.TaggedOutput(OCCURRENCES, _ingest_disabled_row(payload))
 
 
+    def _refresh(self):
+        config, outcome = CONFIG_CACHE.get(self._current, self._refresh_seconds, FileSystems.open, _file_stamp)
+        if outcome:
+            _counter("config", outcome).inc()
+        if config is not self._current:
+            self._current, self._cache = config, {}
+
+
+def _file_stamp(path: str) -> tuple[float, int]:
+    """(mtime, size) of any Beam filesystem path."""
+    [metadata] = FileSystems.match([path], limits=[1])[0].metadata_list
+    return metadata.last_updated_in_seconds, metadata.size_in_bytes
+
+
 class GateIngest(beam.PTransform):
     """Sentry's `allow_ingest` (occurrences of types whose ingest flag is off for the project's
     organization become `ingest_disabled` rows in output `occurrences`), plus the post-process and
     visible flags and the project's resolve_age for the stateful step. Main output:
     `(payload, Admission)`. `config_updates` is a PCollection of `PlatformConfig` versions (one
     element in batch; a refreshing one in a stream, where the newest `loaded_at` wins); without it
-    the constructor's config is used, read once."""
+    the constructor's config is used, read once, or re-read every `refresh_seconds` (counters
+    `config.reloaded`, `config.refused`)."""
 
-    def __init__(self, config: PlatformConfig, config_updates: Optional[beam.PCollection] = None):
+    def __init__(self, config: PlatformConfig, config_updates: Optional[beam.PCollection] = None,
+                 refresh_seconds: Optional[float] = None):
         super().__init__()
-        self._config, self._updates = config, config_updates
+        self._config, self._updates, self._refresh_seconds = config, config_updates, refresh_seconds
 
     def expand(self, payloads):
         updates = self._updates
         if updates is None:
             updates = payloads.pipeline | "Config" >> beam.Create([self._config])
         return payloads | "AllowIngest" >> beam.ParDo(
-            _GateIngestFn(self._config), beam.pvalue.AsList(updates)).with_outputs(OCCURRENCES, main="allowed")
+            _GateIngestFn(self._config, self._refresh_seconds), beam.pvalue.AsList(updates)).with_outputs(OCCURRENCES, main="allowed")
 
 
 KeyedRecord = Tuple[str, Tuple[bytes, bytes]]
