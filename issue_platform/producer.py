@@ -226,27 +226,29 @@ class PubSubTransport:
         self._publisher = publisher or pubsub_v1.PublisherClient(
             publisher_options=pubsub_v1.types.PublisherOptions(enable_message_ordering=True))
         self._futures: deque = deque()
+        self._errors: list = []  # failures seen before flush(), reported by it
 
     def send(self, message: Message) -> None:
         if len(self._futures) >= _MAX_PENDING:
-            self._settle(self._futures.popleft(), 60.0, [])
+            self._settle(self._futures.popleft(), 60.0)
         self._futures.append((message.key, self._publisher.publish(
             self.topic, message.body, ordering_key=message.key, **message.attributes)))
 
-    def _settle(self, item, timeout: float, errors: list) -> bool:
+    def _settle(self, item, timeout: float) -> bool:
         key, future = item
         try:
             future.result(timeout)
             return True
         except Exception as exc:  # a failed key stays paused until resumed: resume it, report the failure
-            errors.append(f"{type(exc).__name__}: {exc}")
+            self._errors.append(f"{type(exc).__name__}: {exc}")
             self._publisher.resume_publish(self.topic, key)
             return False
 
     def flush(self, timeout: float) -> int:
-        deadline, errors, delivered = time.monotonic() + timeout, [], 0
+        deadline, delivered = time.monotonic() + timeout, 0
         while self._futures:
-            delivered += self._settle(self._futures.popleft(), max(0.0, deadline - time.monotonic()), errors)
+            delivered += self._settle(self._futures.popleft(), max(0.0, deadline - time.monotonic()))
+        errors, self._errors = self._errors, []
         if errors:
             raise ProduceError(f"pubsub topic {self.topic}: {len(errors)} failed; first error: {errors[0][:200]}")
         return delivered
@@ -288,16 +290,17 @@ class IssueProducer:
         self.transport.close()
 
 
-def connect(target: str, types: GroupTypeRegistry = default_registry, **options) -> IssueProducer:
-    """`pubsub:projects/P/topics/T` or `kafka:HOST:PORT[,HOST:PORT...]/TOPIC`; `options` go to the
-    Kafka producer's config (ignored for Pub/Sub)."""
+def connect(target: str, types: GroupTypeRegistry = default_registry,
+            kafka_config: Optional[Mapping[str, Any]] = None) -> IssueProducer:
+    """`pubsub:projects/P/topics/T` or `kafka:HOST:PORT[,HOST:PORT...]/TOPIC`; `kafka_config` adds
+    librdkafka settings (e.g. {"security.protocol": "SASL_SSL"})."""
     scheme, _, rest = target.partition(":")
     if scheme == "pubsub" and rest.startswith("projects/") and "/topics/" in rest:
         return IssueProducer(PubSubTransport(rest), types)
     if scheme == "kafka" and "/" in rest:
         servers, _, topic = rest.rpartition("/")
         if servers and topic:
-            return IssueProducer(KafkaTransport(servers, topic, options), types)
+            return IssueProducer(KafkaTransport(servers, topic, kafka_config), types)
     raise ValueError(f"target {target!r}: expected pubsub:projects/P/topics/T or kafka:HOST:PORT/TOPIC")
 
 
@@ -306,11 +309,12 @@ def connect(target: str, types: GroupTypeRegistry = default_registry, **options)
 _default: Optional[IssueProducer] = None
 
 
-def configure(target: str, types: GroupTypeRegistry = default_registry, **options) -> IssueProducer:
+def configure(target: str, types: GroupTypeRegistry = default_registry,
+              kafka_config: Optional[Mapping[str, Any]] = None) -> IssueProducer:
     """Sets the process-wide producer used by `produce_occurrence_to_kafka` (flushed at exit)."""
     global _default
     shutdown()
-    _default = connect(target, types, **options)
+    _default = connect(target, types, kafka_config)
     return _default
 
 

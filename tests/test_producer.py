@@ -194,3 +194,19 @@ def test_readme_detector_sends_an_occurrence(pubsub_emulator):
     payload = orjson.loads(message.data)
     assert payload["type"] == 4001 and payload["fingerprint"] == ["cron-late:nightly-backup"]
     assert message.attributes["payload_type"] == "occurrence"
+
+
+def test_unconfirmed_sends_raise_produce_error(pubsub_emulator):
+    """Nothing is lost silently: a broker that never answers, a topic that does not exist."""
+    from issue_platform.producer import ProduceError
+    from servers import free_port
+
+    kafka = connect(f"kafka:127.0.0.1:{free_port()}/ingest", kafka_config={"message.timeout.ms": 1000})
+    kafka.produce(PayloadType.OCCURRENCE, occurrence=_occurrence("fp", BASE))
+    with pytest.raises(ProduceError, match="1 failed"):
+        kafka.flush(10)
+    kafka.close()
+    pubsub = connect(f"pubsub:projects/{PROJECT}/topics/{_name('missing')}")
+    pubsub.produce(PayloadType.OCCURRENCE, occurrence=_occurrence("fp", BASE))
+    with pytest.raises(ProduceError, match="1 failed; first error: NotFound"):
+        pubsub.flush(10)

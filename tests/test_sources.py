@@ -18,7 +18,8 @@ from pipelines.options import SourceOptions
 from pipeline_support import canonical, latest_groups, read_tables, write_jsonl
 from live_support import live_stream
 from servers import consume_kafka, create_kafka_topic
-from transforms.sources import ReadFromKafkaTopic, ReadKafkaBackfill, source_transform
+from transforms.parse import SourcedPayload
+from transforms.sources import ReadFromKafkaTopic, ReadKafkaBackfill, kafka_row_payload, source_transform
 
 COMPARED = ("occurrences", "status_changes", "post_process", "activity", "evidence")
 
@@ -120,6 +121,14 @@ def test_live_kafka_read_is_beams_cross_language_read_with_offsets_and_create_ti
     assert row.commit_offset_in_finalize is True
     batch = source_transform(options, "broker:9092", streaming=False, inputs=[])
     assert isinstance(batch, ReadKafkaBackfill)
+
+
+def test_a_kafka_record_keeps_its_coordinates():
+    import apache_beam as beam
+
+    record = beam.Row(topic="ingest-occurrences", partition=3, offset=1200, timestamp=0, key=None, value=None,
+                      headers=None, timestampTypeId=0, timestampTypeName="CreateTime")
+    assert kafka_row_payload(record) == SourcedPayload(b"", "kafka:ingest-occurrences:3:1200")
 
 
 @pytest.mark.parametrize("flags, streaming, message", [

@@ -67,10 +67,13 @@ class ReadFromKafkaTopic(beam.PTransform):
                                   expansion_service=expansion_service)
 
     def expand(self, pbegin):
-        return (pbegin
-                | "ReadFromKafka" >> self.read
-                | "WithOffsets" >> beam.Map(lambda r: SourcedPayload(
-                    r.value, _kafka_coordinates(r.topic, r.partition, r.offset))))
+        return pbegin | "ReadFromKafka" >> self.read | "WithOffsets" >> beam.Map(kafka_row_payload)
+
+
+def kafka_row_payload(row) -> SourcedPayload:
+    """A record of `ReadFromKafka(with_metadata=True)` (Beam's ByteArrayKafkaRecord schema: topic,
+    partition, offset, timestamp, key, value, headers, ...) as a payload with its coordinates."""
+    return SourcedPayload(row.value or b"", _kafka_coordinates(row.topic, row.partition, row.offset))
 
 
 def _consumer(bootstrap_servers: str, config: Mapping[str, str]):
@@ -219,5 +222,5 @@ def source_transform(options, bootstrap_servers: str, streaming: bool, inputs: S
     return ReadKafkaBackfill(bootstrap_servers, options.topic, config, start_time, offsets)
 
 
-__all__ = ["ReadFromPubSubSubscription", "ReadFromKafkaTopic", "ReadKafkaBackfill", "source_transform",
+__all__ = ["ReadFromPubSubSubscription", "ReadFromKafkaTopic", "ReadKafkaBackfill", "kafka_row_payload", "source_transform",
            "EMPTY_POLL_SECONDS"]
