@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import os
 import sys
 from typing import Iterator
 
@@ -47,6 +48,9 @@ def cmd_produce(args: argparse.Namespace) -> int:
     from issue_platform.validation import Rejected
 
     load_config(args.config, tuple(args.group_types_module)).install()
+    for path in args.files:  # before connecting: a typo costs no connection
+        if not os.path.isfile(path):
+            raise ConfigError(f"{path}: no such file")
     try:
         producer = connect(args.to, registry)
     except ValueError as exc:

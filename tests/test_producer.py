@@ -18,7 +18,7 @@ from issue_platform.producer import (EVENT_TIME_ATTRIBUTE, IssueEvidence, IssueO
                                      shutdown)
 from issue_platform.validation import PayloadValidator, Rejected, parse
 from pipelines.cli import main
-from pipeline_support import BASE, occurrence, status_change
+from pipeline_support import BASE, occurrence, status_change, write_jsonl
 from servers import consume_kafka, create_kafka_topic, create_pubsub_topic, pull_pubsub
 
 PROJECT = "producer-test"
@@ -175,8 +175,11 @@ def test_cli_sends_valid_lines_and_lists_refused_ones(kafka_broker, tmp_path, ca
     assert [orjson.loads(m.value()) for m in received] == good
 
 
-def test_cli_usage_errors_exit_2(capsys):
-    assert main(["produce", "missing.jsonl", "--to", "nowhere"]) == 2
+def test_cli_usage_errors_exit_2(tmp_path, capsys):
+    assert main(["produce", str(tmp_path / "missing.jsonl"), "--to", "kafka:127.0.0.1:9/t"]) == 2
+    assert capsys.readouterr().err == f"issue-platform: error: {tmp_path / 'missing.jsonl'}: no such file\n"
+    path = write_jsonl(tmp_path / "in.jsonl", [occurrence()])
+    assert main(["produce", path, "--to", "nowhere"]) == 2
     assert "expected pubsub:projects/P/topics/T or kafka:HOST:PORT/TOPIC" in capsys.readouterr().err
 
 
