@@ -60,7 +60,7 @@ class Server:
             pass
 
 
-def _start(name: str, argv: list[str], port: int, ready: Callable[[str], bool],
+def start_server(name: str, argv: list[str], port: int, ready: Callable[[str], bool],
            timeout: float = READY_TIMEOUT_SECONDS, env: dict | None = None) -> Server:
     """Starts `argv` in its own process group and waits until `ready(address)` holds."""
     log_path = Path(tempfile.mkdtemp(prefix=f"{name}-")) / "server.log"
@@ -106,7 +106,7 @@ def pubsub_emulator_binary() -> str:
 def start_pubsub_emulator() -> Server:
     """The emulator jar started directly (not via `gcloud beta emulators`, which writes gcloud config)."""
     port = free_port()
-    return _start("pubsub-emulator", [pubsub_emulator_binary(), f"--host={HOST}", f"--port={port}"], port,
+    return start_server("pubsub-emulator", [pubsub_emulator_binary(), f"--host={HOST}", f"--port={port}"], port,
                   _http_ok)
 
 
@@ -133,7 +133,7 @@ def start_tansu() -> Server:
     url = f"tcp://{HOST}:{port}"
     argv = [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
             "--storage-engine", "memory://tansu/", "--cluster-id", f"test-{uuid.uuid4().hex[:8]}"]
-    return _start("tansu", argv, port, _kafka_ready)
+    return start_server("tansu", argv, port, _kafka_ready)
 
 
 def create_kafka_topic(bootstrap: str, topic: str, partitions: int = 1, timeout: float = 10.0) -> None:
