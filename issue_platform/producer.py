@@ -126,8 +126,7 @@ class Message:
     attributes: dict  # event_time (RFC 3339) and payload_type: Pub/Sub attributes, Kafka headers
 
 
-def prepare(body: bytes, validator: PayloadValidator, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
-            now: Optional[float] = None) -> Message:
+def prepare(body: bytes, validator: PayloadValidator, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> Message:
     """Validates `body` exactly as the pipeline does (raising `Rejected` with its reason code) and
     wraps it with its key and attributes."""
     payload = validator.validate(parse(body, max_bytes))
@@ -135,7 +134,7 @@ def prepare(body: bytes, validator: PayloadValidator, max_bytes: int = DEFAULT_M
         kind, event_time = PayloadType.OCCURRENCE, payload.detection_time
     else:
         kind = PayloadType.STATUS_CHANGE
-        event_time = payload.update_date if payload.update_date is not None else (now or time.time())
+        event_time = payload.update_date if payload.update_date is not None else time.time()
     return Message(body, group_key(payload.project_id, payload.fingerprint[0]),
                    {EVENT_TIME_ATTRIBUTE: rfc3339(event_time), PAYLOAD_TYPE_ATTRIBUTE: kind.value})
 

@@ -213,3 +213,14 @@ def test_unconfirmed_sends_raise_produce_error(pubsub_emulator):
     pubsub.produce(PayloadType.OCCURRENCE, occurrence=_occurrence("fp", BASE))
     with pytest.raises(ProduceError, match="1 failed; first error: NotFound"):
         pubsub.flush(10)
+
+
+def test_a_status_change_without_update_date_carries_its_send_time():
+    from issue_platform.producer import payload_for, prepare
+
+    before = datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    message = prepare(orjson.dumps(payload_for(PayloadType.STATUS_CHANGE, status_change=StatusChangeMessage(
+        project_id=3, fingerprint=["fp"], new_status=GroupStatus.RESOLVED))), PayloadValidator())
+    after = datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    assert before <= message.attributes[EVENT_TIME_ATTRIBUTE] <= after
+    assert message.key == _key(3, "fp") and orjson.loads(message.body)["update_date"] is None

@@ -153,7 +153,8 @@ class _ReadPartitionFn(beam.DoFn):
 class ReadKafkaBackfill(beam.PTransform):
     """A bounded read of what `topic` retains, from `start_offsets` ({partition: offset}) or records
     appended since `start_time` (unix seconds), else from the earliest retained record, up to the
-    end the topic had when the job started. Partitions are read in parallel (one task each)."""
+    end the topic had when the job started. One task per partition, so runners that parallelise
+    (Dataflow, Flink) read the partitions side by side."""
 
     def __init__(self, bootstrap_servers: str, topic: str, consumer_config: Optional[Mapping[str, str]] = None,
                  start_time: Optional[float] = None, start_offsets: Optional[Mapping[int, int]] = None):
