@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench clean
+.PHONY: run test bench live clean
 
 $(STAMP): setup.py
 	$(PY) -m venv $(VENV)
@@ -17,6 +17,9 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
+
+live: $(STAMP)
+	$(BIN)/issue-platform live $(ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench.py $(ARGS)

@@ -204,11 +204,14 @@ def post_process_message(row: dict) -> tuple[str, bytes, dict[str, str]]:
     return attributes["group_id"], orjson.dumps(row), attributes
 
 
-def dead_letter_row(rejected, raw, max_bytes: int) -> dict:
+def dead_letter_row(rejected, raw, max_bytes: int, source: Optional[str] = None) -> dict:
     """The dead-letter row of a `validation.Rejected` (stage, reason, field, message) and the raw
-    record (bytes, str or dict), capped at `max_bytes` characters."""
+    record (bytes, str or dict), capped at `max_bytes` characters; `source`: a live message's
+    coordinates (`kafka:TOPIC:PARTITION:OFFSET`, `pubsub:SUBSCRIPTION:MESSAGE_ID`), so it can be found
+    again; null for files."""
     if isinstance(raw, dict):
         raw = orjson.dumps(raw, default=str)
     text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
     return {"stage": rejected.stage, "reason": rejected.reason, "field": rejected.field,
-            "error": rejected.message, "payload": text[:max_bytes], "payload_truncated": len(text) > max_bytes}
+            "error": rejected.message, "payload": text[:max_bytes], "payload_truncated": len(text) > max_bytes,
+            "source": source}

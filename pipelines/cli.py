@@ -6,6 +6,8 @@
     issue-platform generate --count N [--seed S] [--output FILE]
     issue-platform createissueflag --slug SLUG --owner TEAM [--config FILE]
     issue-platform flags --config FILE [--project ID]
+    issue-platform produce FILE... --to pubsub:projects/P/topics/T | kafka:HOST:PORT/TOPIC
+    issue-platform live [--count N]
 """
 from __future__ import annotations
 
@@ -185,12 +187,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     generate_p.add_argument("--seed", type=int, default=0)
     generate_p.add_argument("--output", help="file (.jsonl or .jsonl.gz); default stdout")
 
+    from pipelines import live, produce_cli
+    produce_cli.register(sub)
+    live.register(sub)
+
     args, rest = parser.parse_known_args(argv)
     if rest and args.command != "run":
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         if args.command == "run":
             return cmd_run(args, rest)
+        if args.command in ("produce", "live"):
+            return args.handler(args)
         return {"types": cmd_types, "validate": cmd_validate, "generate": cmd_generate,
                 "createissueflag": cmd_createissueflag, "flags": cmd_flags}[args.command](args)
     except ConfigError as exc:

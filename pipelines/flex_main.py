@@ -1,9 +1,16 @@
-"""Dataflow Flex Template entry point: builds and submits the batch pipeline without waiting."""
+"""Dataflow Flex Template entry point (batch template): builds and submits the pipeline without
+waiting. The streaming template runs `flex_streaming_main.py`, which adds `--streaming` (Beam's
+flag takes no value, so a template parameter cannot set it)."""
 import logging
 import sys
 
 from pipelines.issue_pipeline import submit
 
-if __name__ == "__main__":
+
+def main(argv, streaming: bool = False) -> None:
     logging.getLogger().setLevel(logging.INFO)
-    submit(sys.argv[1:])
+    submit([*argv, "--streaming"] if streaming else list(argv))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

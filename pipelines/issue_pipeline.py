@@ -15,19 +15,20 @@ import contextlib
 import glob
 import math
 import os
+import time
 from importlib import resources
 from typing import Callable, Iterator, Optional
 
 import apache_beam as beam
 import orjson
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import KafkaStreamsRunnerOptions, PipelineOptions, StandardOptions
 
 from issue_platform.config import ConfigError, PlatformConfig, load_config
 from issue_platform.snapshot import SnapshotError, seed_from_row
 from issue_platform.validation import Rejected, parse_time
 from pipelines.replay import latest_event_time, replay_stream, timed
-from pipelines.options import IssuePlatformOptions, SinkOptions
+from pipelines.options import ConfigRefreshOptions, IssuePlatformOptions, SinkOptions, SourceOptions
 from transforms.groups import ProcessGroups
 from issue_platform.tables import (ALL_TABLES, DEAD_LETTER, EVIDENCE, OCCURRENCES, PART_GATE, PART_GROUP, PART_KEY,
                                    PART_PARSE, STATE, jsonl_glob)
@@ -35,6 +36,7 @@ from transforms.parse import GateIngest, KeyByGroup, ParsePayloads
 from transforms.read import ReadPayloads
 from transforms.sinks import WriteOutputs
 from transforms.snapshot import ReadSnapshot
+from transforms.sources import source_transform
 
 BATCH_RUNNER = "FnApiRunner"
 STREAMING_RUNNER = "BundleBasedDirectRunner"
@@ -60,7 +62,8 @@ def build_pipeline(pipeline: beam.Pipeline, opts: IssuePlatformOptions, config: 
     if raw is None:
         raw = pipeline | "ReadPayloads" >> ReadPayloads(opts.input or [sample_path()])
     parsed = raw | "ParsePayloads" >> ParsePayloads(config, opts.max_payload_bytes, opts.validator)
-    gated = parsed.valid | "GateIngest" >> GateIngest(config, config_updates)
+    refresh = opts.view_as(ConfigRefreshOptions).config_refresh_seconds
+    gated = parsed.valid | "GateIngest" >> GateIngest(config, config_updates, refresh)
     keyed = gated.allowed | "KeyByGroup" >> KeyByGroup(received_at)
     events = keyed.keyed
     if seeds is not None:
@@ -121,16 +124,27 @@ def _prepare(argv, config: Optional[PlatformConfig]):
     if "://" not in opts.output and options.view_as(SinkOptions).sink == "jsonl":
         _clear_previous_output(opts.output)
     inputs = opts.input or [sample_path()]
-    # A replay reads its files once, for its own order and for the default as_of.
-    replay = list(timed(inputs)) if standard.streaming else None
-    as_of = resolve_as_of(opts.as_of, lambda: latest_event_time(replay if replay is not None else timed(inputs)))
+    source = options.view_as(SourceOptions)
+    live = source.source != "files"
+    # A replay reads its files once, for its own order and for the default as_of. A live stream has
+    # no as_of; a Kafka backfill's default is the time it starts (its input is never read up front).
+    replay = list(timed(inputs)) if standard.streaming and not live else None
+    as_of = resolve_as_of(opts.as_of, (lambda: None if standard.streaming else time.time()) if live else
+                          lambda: latest_event_time(replay if replay is not None else timed(inputs)))
     pipeline = beam.Pipeline(options=options)
-    raw = pipeline | "ReplayInEventTimeOrder" >> replay_stream(replay) if replay is not None else None
+    if replay is not None:
+        raw = pipeline | "ReplayInEventTimeOrder" >> replay_stream(replay)
+    else:
+        kafka = options.view_as(KafkaStreamsRunnerOptions)  # Beam owns --bootstrap_servers
+        raw = pipeline | "ReadPayloads" >> source_transform(source, kafka.bootstrap_servers, standard.streaming,
+                                                             inputs)
+    received_at = None if live and standard.streaming else as_of  # live: status changes take arrival time
     seeds = None
     if opts.resume_from:
         check_snapshot(opts.resume_from)
         seeds = pipeline | "ReadSnapshot" >> ReadSnapshot(opts.resume_from)
-    tables = build_pipeline(pipeline, opts, config, raw=raw, as_of=as_of, received_at=as_of, seeds=seeds)
+    tables = build_pipeline(pipeline, opts, config, raw=raw, as_of=as_of, received_at=received_at, seeds=seeds,
+                            bounded=not (live and standard.streaming))
     tables | "WriteOutputs" >> sinks
     return pipeline, standard.runner
 

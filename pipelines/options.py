@@ -75,3 +75,49 @@ class SinkOptions(PipelineOptions):
             "--post_process_topic", action="append", default=None,
             help="Also send each post_process row as a message to pubsub:projects/P/topics/T or "
                  "kafka:HOST:PORT/TOPIC. Repeatable. Default: none.")
+
+
+class SourceOptions(PipelineOptions):
+    """Where payloads come from: files (default), a Pub/Sub subscription or a Kafka topic."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument(
+            "--source", choices=("files", "pubsub", "kafka"), default="files",
+            help="files: --input (a replay with --streaming); pubsub: --subscription, a live stream; kafka: "
+                 "--bootstrap_servers (Beam's own flag, default localhost:9092) and --topic, a live stream with --streaming (Beam's cross-language "
+                 "ReadFromKafka: needs Java where the pipeline is built and a Dataflow/Flink runner), else "
+                 "a bounded backfill of what the topic retains. Default: files.")
+        parser.add_argument(
+            "--subscription", default=None,
+            help="Pub/Sub subscription to read: projects/P/subscriptions/S (with --source pubsub).")
+        parser.add_argument(
+            "--timestamp_attribute", default="event_time",
+            help="Pub/Sub attribute holding each message's event time (RFC 3339 or unix milliseconds), as "
+                 "issue_platform.producer sets it; messages without it take their publish time. Default: "
+                 "event_time.")
+        parser.add_argument(
+            "--topic", default="ingest-occurrences",
+            help="Kafka topic to read (with --source kafka). Default: ingest-occurrences.")
+        parser.add_argument(
+            "--kafka_start_time", default=None,
+            help="Backfill from the first record appended at or after this time (RFC 3339 or unix "
+                 "seconds). Default: the earliest retained record.")
+        parser.add_argument(
+            "--kafka_start_offsets", default=None,
+            help="Backfill from these offsets, PARTITION:OFFSET[,PARTITION:OFFSET...]; unlisted partitions "
+                 "start at their earliest retained record.")
+        parser.add_argument(
+            "--kafka_consumer_config", action="append", default=None, metavar="KEY=VALUE",
+            help="Extra Kafka consumer setting (e.g. security.protocol=SASL_SSL). Repeatable.")
+
+
+class ConfigRefreshOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument(
+            "--config_refresh_seconds", type=float, default=None,
+            help="Re-read --config (any Beam filesystem path) when the copy in use is older than this many "
+                 "seconds; only its projects and features may change (checked by modification time and size "
+                 "first; an invalid new version is refused and counted, the last good one stays). "
+                 "Default: read once at start.")

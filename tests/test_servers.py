@@ -1,7 +1,7 @@
 """The local servers start on loopback, answer, and stop by process id."""
 import psutil
 
-from servers import HOST, KAFKA_CONSUMER_DEFAULTS, create_kafka_topic, create_pubsub_topic, start_tansu
+from servers import HOST, consume_kafka, create_kafka_topic, create_pubsub_topic, start_tansu
 
 
 def test_servers_listen_on_loopback_only(pubsub_emulator, kafka_broker):
@@ -26,23 +26,16 @@ def test_pubsub_emulator_round_trip(pubsub_emulator):
 
 
 def test_kafka_broker_round_trip_and_stop_by_pid():
-    from confluent_kafka import Consumer, Producer
+    from confluent_kafka import Producer
 
     broker = start_tansu()
     try:
-        create_kafka_topic(broker.address, "t")
+        create_kafka_topic(broker.address, "topic")
         producer = Producer({"bootstrap.servers": broker.address, "enable.idempotence": True})
-        producer.produce("t", b"v", key=b"k")
+        producer.produce("topic", b"v", key=b"k")
         assert producer.flush(10) == 0
-        consumer = Consumer({"bootstrap.servers": broker.address, "group.id": "g",
-                             "auto.offset.reset": "earliest", **KAFKA_CONSUMER_DEFAULTS})
-        consumer.subscribe(["t"])
-        message = None
-        for _ in range(30):
-            message = consumer.poll(1.0)
-            if message is not None and not message.error():
-                break
-        consumer.close()
+        producer.close()
+        [message] = consume_kafka(broker.address, "topic", 1)
         assert (message.key(), message.value()) == (b"k", b"v")
     finally:
         broker.stop()

@@ -3,15 +3,17 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import apache_beam as beam
 from apache_beam import pvalue
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import TimestampedValue
 
 from issue_platform import outcomes as R
 from issue_platform.config import PlatformConfig
+from issue_platform.config_cache import CACHE as CONFIG_CACHE
 from issue_platform.fingerprint import group_key
 from issue_platform.tables import DEAD_LETTER, EVIDENCE, OCCURRENCES, dead_letter_row, evidence_row, occurrence_row
 from issue_platform.pending import Admission, Display, encode_occurrence, encode_status_change
@@ -26,6 +28,13 @@ def _counter(group: str, name: str):
     return Metrics.counter(NAMESPACE, f"{group}.{name}")
 
 
+class SourcedPayload(NamedTuple):
+    """A raw payload from a live source and where it came from (`kafka:TOPIC:PARTITION:OFFSET` or
+    `pubsub:SUBSCRIPTION:MESSAGE_ID`), so that its dead-letter row can name it."""
+    payload: bytes
+    source: str
+
+
 class _ParseFn(beam.DoFn):
     """Raw payload -> Occurrence / StatusChange, or a dead-letter row. Never raises on input."""
 
@@ -38,6 +47,9 @@ class _ParseFn(beam.DoFn):
         self._validator = PayloadValidator(self._mode, self._config.registry())
 
     def process(self, raw):
+        source = None
+        if isinstance(raw, SourcedPayload):
+            raw, source = raw
         if isinstance(raw, (bytes, str)) and not raw.strip():
             self._blank.inc()
             return
@@ -46,12 +58,12 @@ class _ParseFn(beam.DoFn):
             yield self._validator.validate(parse(raw, self._max_bytes))
         except Rejected as rejected:
             _counter("dead_letter", rejected.reason).inc()
-            yield pvalue.TaggedOutput(DEAD_LETTER, dead_letter_row(rejected, raw, self._max_bytes))
+            yield pvalue.TaggedOutput(DEAD_LETTER, dead_letter_row(rejected, raw, self._max_bytes, source))
         except Exception as exc:  # a bug of ours must not stall the stream: dead-letter and count it
             _LOGGER.warning("validation failed unexpectedly: %s", type(exc).__name__)  # never the payload
             rejected = Rejected(R.INTERNAL_ERROR, "", f"internal error: {type(exc).__name__}")
             _counter("dead_letter", R.INTERNAL_ERROR).inc()
-            yield pvalue.TaggedOutput(DEAD_LETTER, dead_letter_row(rejected, raw, self._max_bytes))
+            yield pvalue.TaggedOutput(DEAD_LETTER, dead_letter_row(rejected, raw, self._max_bytes, source))
 
 
 class ParsePayloads(beam.PTransform):
@@ -78,11 +90,12 @@ def _ingest_disabled_row(occ: Occurrence) -> dict:
 
 class _GateIngestFn(beam.DoFn):
     """Decides each payload's `Admission` from the project's settings and flags in the config side
-    input (every version seen so far; the newest `loaded_at` wins). Flag results are cached per
-    config version, type and project."""
+    input (every version seen so far; the newest `loaded_at` wins), or, with `refresh_seconds`,
+    from the process-wide config cache, which re-reads `--config` when its copy is older than that.
+    Flag results are cached per config version, type and project."""
 
-    def __init__(self, config: PlatformConfig):
-        self._config = config
+    def __init__(self, config: PlatformConfig, refresh_seconds: Optional[float] = None):
+        self._config, self._refresh_seconds = config, refresh_seconds
         self._dropped = _counter("occurrences", R.INGEST_DISABLED)
 
     def setup(self):
@@ -93,6 +106,8 @@ class _GateIngestFn(beam.DoFn):
         if versions is not self._versions:  # a new side-input value: pick the newest config
             self._versions, self._cache = versions, {}
             self._current = max(versions, key=lambda c: c.loaded_at, default=self._config)
+        if self._refresh_seconds:
+            self._refresh()
         config = self._current
         project = config.project(payload.project_id)
         if not isinstance(payload, Occurrence):  # status changes are never gated (as in Sentry)
@@ -113,24 +128,40 @@ class _GateIngestFn(beam.DoFn):
             yield pvalue.TaggedOutput(OCCURRENCES, _ingest_disabled_row(payload))
 
 
+    def _refresh(self):
+        config, outcome = CONFIG_CACHE.get(self._current, self._refresh_seconds, FileSystems.open, _file_stamp)
+        if outcome:
+            _counter("config", outcome).inc()
+        if config is not self._current:
+            self._current, self._cache = config, {}
+
+
+def _file_stamp(path: str) -> tuple[float, int]:
+    """(mtime, size) of any Beam filesystem path."""
+    [metadata] = FileSystems.match([path], limits=[1])[0].metadata_list
+    return metadata.last_updated_in_seconds, metadata.size_in_bytes
+
+
 class GateIngest(beam.PTransform):
     """Sentry's `allow_ingest` (occurrences of types whose ingest flag is off for the project's
     organization become `ingest_disabled` rows in output `occurrences`), plus the post-process and
     visible flags and the project's resolve_age for the stateful step. Main output:
     `(payload, Admission)`. `config_updates` is a PCollection of `PlatformConfig` versions (one
     element in batch; a refreshing one in a stream, where the newest `loaded_at` wins); without it
-    the constructor's config is used, read once."""
+    the constructor's config is used, read once, or re-read every `refresh_seconds` (counters
+    `config.reloaded`, `config.refused`)."""
 
-    def __init__(self, config: PlatformConfig, config_updates: Optional[beam.PCollection] = None):
+    def __init__(self, config: PlatformConfig, config_updates: Optional[beam.PCollection] = None,
+                 refresh_seconds: Optional[float] = None):
         super().__init__()
-        self._config, self._updates = config, config_updates
+        self._config, self._updates, self._refresh_seconds = config, config_updates, refresh_seconds
 
     def expand(self, payloads):
         updates = self._updates
         if updates is None:
             updates = payloads.pipeline | "Config" >> beam.Create([self._config])
         return payloads | "AllowIngest" >> beam.ParDo(
-            _GateIngestFn(self._config), beam.pvalue.AsList(updates)).with_outputs(OCCURRENCES, main="allowed")
+            _GateIngestFn(self._config, self._refresh_seconds), beam.pvalue.AsList(updates)).with_outputs(OCCURRENCES, main="allowed")
 
 
 KeyedRecord = Tuple[str, Tuple[bytes, bytes]]
@@ -170,4 +201,4 @@ class KeyByGroup(beam.PTransform):
             EVIDENCE, main="keyed")
 
 
-__all__ = ["ParsePayloads", "GateIngest", "KeyByGroup", "KeyedRecord"]
+__all__ = ["SourcedPayload", "ParsePayloads", "GateIngest", "KeyByGroup", "KeyedRecord"]

@@ -1,0 +1,227 @@
+"""Sources of raw payloads, chosen by `--source`: files (`ReadPayloads`), a Pub/Sub subscription, a
+Kafka topic read live (Beam's cross-language `ReadFromKafka`) or backfilled (a bounded read in Python
+that runs on every runner).
+
+Live sources yield `SourcedPayload(payload, source)`: the message body, unparsed, and its coordinates
+(`pubsub:SUBSCRIPTION:MESSAGE_ID`, `kafka:TOPIC:PARTITION:OFFSET`), so that a message that cannot be
+parsed reaches the dead-letter table naming where it can be found again.
+"""
+from __future__ import annotations
+
+import time
+from typing import Mapping, Optional, Sequence
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+from issue_platform.config import ConfigError
+from issue_platform.validation import Rejected, parse_time
+from transforms.parse import NAMESPACE, SourcedPayload
+from transforms.read import ReadPayloads
+
+# A backfill's end is found by reading until two polls of this long return nothing: Tansu (and any
+# broker whose high watermark lags its log) reports fewer records than it serves.
+EMPTY_POLL_SECONDS = 1.0
+_BATCH = 500
+
+
+class ReadFromPubSubSubscription(beam.PTransform):
+    """Messages of a subscription as `SourcedPayload`s, timestamped from `timestamp_attribute` where
+    the producer set it (issue_platform.producer does), else from the publish time."""
+
+    def __init__(self, subscription: str, timestamp_attribute: Optional[str] = "event_time"):
+        super().__init__()
+        self._subscription, self._timestamp_attribute = subscription, timestamp_attribute or None
+
+    def expand(self, pbegin):
+        subscription = self._subscription
+        return (pbegin
+                | "ReadFromPubSub" >> beam.io.ReadFromPubSub(
+                    subscription=subscription, with_attributes=True,
+                    timestamp_attribute=self._timestamp_attribute)
+                | "WithMessageId" >> beam.Map(
+                    lambda m: SourcedPayload(m.data, f"pubsub:{subscription}:{m.message_id}")))
+
+
+def _kafka_coordinates(topic: str, partition: int, offset: int) -> str:
+    return f"kafka:{topic}:{partition}:{offset}"
+
+
+class ReadFromKafkaTopic(beam.PTransform):
+    """A live read with Beam's standard `ReadFromKafka` (Java, expanded through Beam's IO expansion
+    service: Java must be installed where the pipeline is built, and the runner must run Java
+    transforms: Dataflow or Flink, not the local DirectRunner). Records are timestamped with their
+    Kafka CreateTime; the pipeline re-stamps each payload with its own event time after parsing."""
+
+    def __init__(self, bootstrap_servers: str, topic: str, consumer_config: Optional[Mapping[str, str]] = None,
+                 expansion_service=None):
+        super().__init__()
+        from apache_beam.io.kafka import ReadFromKafka
+
+        self.consumer_config = {"bootstrap.servers": bootstrap_servers, "auto.offset.reset": "earliest",
+                                **(consumer_config or {})}
+        self.topic = topic
+        self.read = ReadFromKafka(consumer_config=self.consumer_config, topics=[topic], with_metadata=True,
+                                  timestamp_policy=ReadFromKafka.create_time_policy,
+                                  commit_offset_in_finalize="group.id" in self.consumer_config,
+                                  expansion_service=expansion_service)
+
+    def expand(self, pbegin):
+        return pbegin | "ReadFromKafka" >> self.read | "WithOffsets" >> beam.Map(kafka_row_payload)
+
+
+def kafka_row_payload(row) -> SourcedPayload:
+    """A record of `ReadFromKafka(with_metadata=True)` (Beam's ByteArrayKafkaRecord schema: topic,
+    partition, offset, timestamp, key, value, headers, ...) as a payload with its coordinates."""
+    return SourcedPayload(row.value or b"", _kafka_coordinates(row.topic, row.partition, row.offset))
+
+
+def _consumer(bootstrap_servers: str, config: Mapping[str, str]):
+    from confluent_kafka import Consumer
+
+    return Consumer({"bootstrap.servers": bootstrap_servers, "group.id": "issue-platform-backfill",
+                     "enable.auto.commit": False, "enable.partition.eof": False, **config})
+
+
+class _PlanPartitionsFn(beam.DoFn):
+    """One task per partition: (partition, start offset, reported end offset, stop time in ms). Runs
+    inside the job, so nothing is read before it is submitted."""
+
+    def __init__(self, servers, topic, config, start_time, start_offsets):
+        self._servers, self._topic, self._config = servers, topic, config
+        self._start_time, self._start_offsets = start_time, start_offsets
+
+    def process(self, _):
+        from confluent_kafka import TopicPartition
+
+        stop_ms = int(time.time() * 1000)
+        consumer = _consumer(self._servers, self._config)
+        try:
+            topic = consumer.list_topics(self._topic, timeout=30).topics.get(self._topic)
+            if topic is None or topic.error is not None:
+                raise RuntimeError(f"kafka topic {self._topic}: not found ({topic.error if topic else 'no metadata'})")
+            partitions = sorted(topic.partitions)
+            starts = {}
+            if self._start_time is not None:
+                found = consumer.offsets_for_times(
+                    [TopicPartition(self._topic, p, int(self._start_time * 1000)) for p in partitions], timeout=30)
+                starts = {tp.partition: tp.offset for tp in found}
+            for partition in partitions:
+                low, high = consumer.get_watermark_offsets(TopicPartition(self._topic, partition), timeout=30,
+                                                           cached=False)
+                start = self._start_offsets.get(partition, starts.get(partition, low))
+                yield partition, high if start < 0 else max(start, low), high, stop_ms
+        finally:
+            consumer.close()
+
+
+class _ReadPartitionFn(beam.DoFn):
+    """Reads one partition from its start offset to the end it had when the job started. Records
+    below the reported high watermark are all read; past it (a lagging watermark), records are read
+    while they are older than the job's start, until two polls return nothing."""
+
+    def __init__(self, servers, topic, config, start_time):
+        self._servers, self._topic, self._config = servers, topic, config
+        self._start_ms = None if start_time is None else int(start_time * 1000)
+        self._read = Metrics.counter(NAMESPACE, "kafka.records_read")
+
+    def process(self, task):
+        from confluent_kafka import KafkaException, TopicPartition
+
+        partition, start, reported_end, stop_ms = task
+        consumer = _consumer(self._servers, self._config)
+        try:
+            consumer.assign([TopicPartition(self._topic, partition, start)])
+            empty = 0
+            while empty < 2:
+                batch = consumer.consume(_BATCH, timeout=EMPTY_POLL_SECONDS)
+                empty = 0 if batch else empty + 1
+                for message in batch:
+                    if message.error():
+                        raise KafkaException(message.error())
+                    offset, (_, timestamp) = message.offset(), message.timestamp()
+                    if offset >= reported_end and timestamp > stop_ms:
+                        return  # appended after the job started
+                    if self._start_ms is not None and 0 <= timestamp < self._start_ms:
+                        continue  # before --kafka_start_time (a lagging watermark can return these)
+                    self._read.inc()
+                    yield SourcedPayload(message.value() or b"", _kafka_coordinates(self._topic, partition, offset))
+        finally:
+            consumer.close()
+
+
+class ReadKafkaBackfill(beam.PTransform):
+    """A bounded read of what `topic` retains, from `start_offsets` ({partition: offset}) or records
+    appended since `start_time` (unix seconds), else from the earliest retained record, up to the
+    end the topic had when the job started. One task per partition, so runners that parallelise
+    (Dataflow, Flink) read the partitions side by side."""
+
+    def __init__(self, bootstrap_servers: str, topic: str, consumer_config: Optional[Mapping[str, str]] = None,
+                 start_time: Optional[float] = None, start_offsets: Optional[Mapping[int, int]] = None):
+        super().__init__()
+        self._args = (bootstrap_servers, topic, dict(consumer_config or {}))
+        self._start_time, self._start_offsets = start_time, dict(start_offsets or {})
+
+    def expand(self, pbegin):
+        return (pbegin
+                | "Start" >> beam.Impulse()
+                | "PlanPartitions" >> beam.ParDo(_PlanPartitionsFn(*self._args, self._start_time,
+                                                                   self._start_offsets))
+                | "SpreadPartitions" >> beam.Reshuffle()
+                | "ReadPartitions" >> beam.ParDo(_ReadPartitionFn(*self._args, self._start_time)))
+
+
+def _key_values(items: Optional[Sequence[str]], flag: str) -> dict:
+    pairs = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{flag} {item!r}: expected KEY=VALUE")
+        pairs[key] = value
+    return pairs
+
+
+def _start_offsets(value: Optional[str]) -> dict:
+    try:
+        return {int(p): int(o) for p, o in (item.split(":") for item in value.split(","))} if value else {}
+    except ValueError:
+        raise ConfigError(f"--kafka_start_offsets {value!r}: expected PARTITION:OFFSET[,PARTITION:OFFSET...]") \
+            from None
+
+
+def _time(value: Optional[str], flag: str) -> Optional[float]:
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        return parse_time(value, flag)
+    except Rejected:
+        raise ConfigError(f"{flag} {value!r}: expected RFC 3339 or unix seconds") from None
+
+
+def source_transform(options, bootstrap_servers: str, streaming: bool, inputs: Sequence[str]) -> beam.PTransform:
+    """The read transform for `options` (a `SourceOptions` view) and Beam's `--bootstrap_servers`;
+    errors in the options raise `ConfigError` (one line)."""
+    if options.source == "files":
+        return ReadPayloads(inputs)
+    if options.source == "pubsub":
+        if not options.subscription or "/subscriptions/" not in options.subscription:
+            raise ConfigError("--source pubsub needs --subscription projects/P/subscriptions/S")
+        if not streaming:
+            raise ConfigError("--source pubsub is unbounded: add --streaming")
+        return ReadFromPubSubSubscription(options.subscription, options.timestamp_attribute)
+    config = _key_values(options.kafka_consumer_config, "--kafka_consumer_config")
+    if streaming:
+        return ReadFromKafkaTopic(bootstrap_servers, options.topic, config)
+    start_time = _time(options.kafka_start_time, "--kafka_start_time")
+    offsets = _start_offsets(options.kafka_start_offsets)
+    if start_time is not None and offsets:
+        raise ConfigError("--kafka_start_time and --kafka_start_offsets: give one of them")
+    return ReadKafkaBackfill(bootstrap_servers, options.topic, config, start_time, offsets)
+
+
+__all__ = ["ReadFromPubSubSubscription", "ReadFromKafkaTopic", "ReadKafkaBackfill", "kafka_row_payload", "source_transform",
+           "EMPTY_POLL_SECONDS"]
