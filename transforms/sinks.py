@@ -378,6 +378,15 @@ def _producer(config: dict):
         return _PRODUCERS[key]
 
 
+def close_producers() -> None:
+    """Flush and close the process's cached producers (when the brokers they talk to go away)."""
+    with _PRODUCERS_LOCK:
+        for producer in _PRODUCERS.values():
+            producer.flush(5)
+            producer.close()
+        _PRODUCERS.clear()
+
+
 class KafkaProduceFn(beam.DoFn):
     """Produces each `(key, value, headers)` to `topic`: an idempotent producer (no duplicates from
     its own retries), batching (`linger.ms`), a flush at the end of every bundle, and a delivery
