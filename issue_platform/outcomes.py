@@ -34,4 +34,6 @@ DEAD_LETTER_REASONS = (
 # Dead-letter stages.
 STAGE_PARSE = "parse"
 STAGE_VALIDATE = "validate"
+STAGE_GATE = "gate"
+STAGE_KEY = "key"
 STAGE_GROUP = "group"

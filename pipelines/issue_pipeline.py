@@ -15,21 +15,24 @@ import contextlib
 import glob
 import math
 import os
+import shutil
+import tempfile
 from importlib import resources
-from typing import Callable, Iterator, Optional
+from typing import Iterator, Optional
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from issue_platform.config import ConfigError, PlatformConfig, load_config
-from issue_platform.validation import Rejected, parse_time
-from pipelines.replay import latest_event_time, replay_stream, timed
 from issue_platform.groups import OCCURRENCES
+from issue_platform.grouptype import registry
+from issue_platform.validation import TIME_EXPECTED, PayloadValidator, Rejected, bounded_time
 from pipelines.options import IssuePlatformOptions
+from pipelines.replay import event_time_range, replay_stream, timed
 from transforms.groups import TABLES, ProcessGroups
 from transforms.parse import DEAD_LETTER, EVIDENCE, GateIngest, KeyByGroup, ParsePayloads
-from transforms.read import ReadPayloads
+from transforms.read import ReadPayloads, input_files
 from transforms.write import WriteTables
 
 BATCH_RUNNER = "FnApiRunner"
@@ -62,7 +65,8 @@ def build_pipeline(pipeline: beam.Pipeline, opts: IssuePlatformOptions, config: 
         streaming=bool(opts.view_as(StandardOptions).streaming))
     tables[f"{OCCURRENCES}-gated"] = gated[OCCURRENCES]
     tables[f"{DEAD_LETTER}-late"] = tables[DEAD_LETTER]
-    tables[DEAD_LETTER] = parsed[DEAD_LETTER]
+    # The stateless steps are fused into one stage, so this Flatten costs nothing.
+    tables[DEAD_LETTER] = (parsed[DEAD_LETTER], gated[DEAD_LETTER], keyed[DEAD_LETTER]) | "DeadLetters" >> beam.Flatten()
     tables[EVIDENCE] = keyed[EVIDENCE]
     return tables
 
@@ -72,12 +76,52 @@ def _open_any(path: str):
     return FileSystems.open(path) if "://" in path else open(path, "rb")
 
 
-def _clear_previous_output(output_dir: str) -> None:
-    """A run replaces the tables of the previous run in the same directory (only our own files)."""
-    os.makedirs(output_dir, exist_ok=True)
-    for table in TABLE_FILES:
-        for path in glob.glob(os.path.join(output_dir, f"{table}-*.jsonl")):
-            os.remove(path)
+def check_output(output_dir: str) -> None:
+    """`--output` must be a directory or creatable as one (not a file, nor under a file)."""
+    if "://" in output_dir:
+        return
+    path = os.path.abspath(output_dir)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ConfigError(f"--output {output_dir}: is a file, not a directory")
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    if not os.path.isdir(path):
+        raise ConfigError(f"--output {output_dir}: {path} is a file, so no directory can be made under it")
+
+
+@contextlib.contextmanager
+def replacing_output(output_dir: str) -> Iterator[str]:
+    """Yields a fresh staging directory beside `output_dir` for the run to write into. Only when the
+    run succeeds do its tables replace the previous run's (our table files only; other files stay);
+    a failure or Ctrl-C leaves the previous results as they were, and no staging or beam-temp files.
+    Remote outputs (gs://...) are written in place."""
+    if "://" in output_dir:
+        yield output_dir
+        return
+    check_output(output_dir)
+    target = os.path.abspath(output_dir)
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.staging-", dir=os.path.dirname(target))
+    try:
+        yield staging
+        os.makedirs(target, exist_ok=True)
+        for table in TABLE_FILES:
+            for path in glob.glob(os.path.join(target, f"{table}-*.jsonl")):
+                os.remove(path)
+        for path in glob.glob(os.path.join(staging, "*.jsonl")):
+            os.replace(path, os.path.join(target, os.path.basename(path)))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def check_options(opts: IssuePlatformOptions) -> None:
+    """Refuse values that make no sense, each with one line."""
+    if opts.max_payload_bytes <= 0:
+        raise ConfigError(f"--max_payload_bytes must be a positive number of bytes, got {opts.max_payload_bytes}")
+    for name in ("allowed_lateness_seconds", "dedupe_window_seconds"):
+        value = getattr(opts, name)
+        if not (math.isfinite(value) and value >= 0):
+            raise ConfigError(f"--{name} must be a number of seconds >= 0, got {value:g}")
 
 
 @contextlib.contextmanager
@@ -100,53 +144,77 @@ def fnapi_state_cache_off(runner: Optional[str]) -> Iterator[None]:
         worker_handlers.STATE_CACHE_SIZE_MB = saved
 
 
-def _prepare(argv, config: Optional[PlatformConfig]):
+def _prepare(argv, config: Optional[PlatformConfig], output_dir: Optional[str] = None,
+             facts: Optional[dict] = None):
+    """Checks options and inputs, installs the config, resolves `as_of` and builds the pipeline writing
+    to `output_dir` (default: `--output`). `facts` (if given) receives `as_of`, the valid events'
+    `earliest` time when the input was scanned, and `blank_lines` of a replay."""
     options = PipelineOptions(argv)
     opts = options.view_as(IssuePlatformOptions)
     standard = options.view_as(StandardOptions)
+    check_options(opts)
     if standard.runner is None:
         standard.runner = STREAMING_RUNNER if standard.streaming else BATCH_RUNNER
     if config is None:
         config = load_config(opts.config, tuple(opts.group_types_module or ()), opener=_open_any)
     config.install()
-    if "://" not in opts.output:
-        _clear_previous_output(opts.output)
-    inputs = opts.input or [sample_path()]
-    # A replay reads its files once, for its own order and for the default as_of.
-    replay = list(timed(inputs)) if standard.streaming else None
-    as_of = resolve_as_of(opts.as_of, lambda: latest_event_time(replay if replay is not None else timed(inputs)))
+    inputs = input_files(opts.input or [sample_path()])  # a missing input fails here, before anything
+    as_of = parse_as_of(opts.as_of)
+    facts = {} if facts is None else facts
+    replay = None
+    if standard.streaming or as_of is None:
+        # A replay reads its files once, for its own order and for the default as_of.
+        blank = [0]
+        timed_records = timed(inputs, PayloadValidator(opts.validator, registry), opts.max_payload_bytes,
+                              opts.progress, lambda: blank.__setitem__(0, blank[0] + 1))
+        replay = list(timed_records) if standard.streaming else None
+        earliest, latest = event_time_range(replay if replay is not None else timed_records)
+        facts.update(earliest=earliest, blank_lines=blank[0])
+        as_of = latest if as_of is None else as_of
+    as_of = math.inf if as_of is None else as_of
+    facts["as_of"] = as_of
     pipeline = beam.Pipeline(options=options)
     raw = pipeline | "ReplayInEventTimeOrder" >> replay_stream(replay) if replay is not None else None
+    if raw is None:
+        raw = pipeline | "ReadPayloads" >> ReadPayloads(inputs, opts.progress)
     tables = build_pipeline(pipeline, opts, config, raw=raw, as_of=as_of, received_at=as_of)
-    tables | "WriteTables" >> WriteTables(opts.output, streaming=standard.streaming)
+    tables | "WriteTables" >> WriteTables(output_dir or opts.output, streaming=standard.streaming)
     return pipeline, standard.runner
 
 
-def resolve_as_of(value: Optional[str], latest: Callable[[], Optional[float]]) -> float:
-    """`--as_of` as unix seconds; by default `latest()`, the latest event time in the input."""
+def parse_as_of(value: Optional[str]) -> Optional[float]:
+    """`--as_of` (RFC 3339 or unix seconds, inside the range every event time must lie in) as unix
+    seconds; None when not given."""
     if value is None:
-        found = latest()
-        return found if found is not None else math.inf
+        return None
     try:
-        return float(value)
-    except ValueError:
-        pass
-    try:
-        return parse_time(value, "--as_of")
+        return bounded_time(float(value) if _is_number(value) else value, "--as_of")
     except Rejected as exc:
-        raise ConfigError(f"--as_of {value!r}: expected RFC 3339 or unix seconds") from exc
+        raise ConfigError(f"--as_of {value!r}: expected an RFC 3339 time or {TIME_EXPECTED}") from exc
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
 
 
 def submit(argv=None, config: Optional[PlatformConfig] = None):
-    """Builds and submits the pipeline and returns at once (Flex Template launchers must not wait)."""
+    """Builds and submits the pipeline and returns at once (Flex Template launchers must not wait);
+    it writes into `--output` directly (a remote location: nothing there to replace)."""
     pipeline, _ = _prepare(argv, config)
     return pipeline.run()
 
 
-def run(argv=None, config: Optional[PlatformConfig] = None):
-    """Runs the batch pipeline to completion and returns its `PipelineResult`."""
-    pipeline, runner = _prepare(argv, config)
-    with fnapi_state_cache_off(runner):
-        result = pipeline.run()
-        result.wait_until_finish()
+def run(argv=None, config: Optional[PlatformConfig] = None, facts: Optional[dict] = None):
+    """Runs the pipeline to completion and returns its `PipelineResult`. Its tables replace those of
+    the previous run in `--output` only if it succeeds (see `replacing_output`)."""
+    output = PipelineOptions(argv).view_as(IssuePlatformOptions).output
+    with replacing_output(output) as staging:
+        pipeline, runner = _prepare(argv, config, staging, facts)
+        with fnapi_state_cache_off(runner):
+            result = pipeline.run()
+            result.wait_until_finish()
     return result

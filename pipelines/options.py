@@ -46,3 +46,7 @@ class IssuePlatformOptions(PipelineOptions):
                  "time (RFC 3339 or unix seconds) and no further. Default for file inputs: the latest event "
                  "time in the input; for live streams: no limit. Also the time of status changes without "
                  "update_date in file inputs.")
+        parser.add_argument(
+            "--progress", action="store_true", default=False,
+            help="Report records read, rate and elapsed time on stderr every few seconds. The command "
+                 "line turns this on by itself when stderr is a terminal.")

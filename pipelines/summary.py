@@ -28,13 +28,10 @@ def counts_from_outputs(output_dir: str) -> dict[str, int]:
         totals[name] = totals.get(name, 0) + 1
 
     for table, field in (("occurrences", "outcome"), ("status_changes", "outcome"), ("dead_letter", "reason")):
-        for row in _rows(output_dir, table):
+        for row in _rows(output_dir, table):  # every record lands in exactly one of these
             bump(f"{table}.{row[field]}")
-            if table != "dead_letter" or row["stage"] != "group":
-                bump("records.in")
-    for row in _rows(output_dir, "post_process"):
-        if row["is_new"]:
-            bump("groups.created")
+            bump("records.in")
+    totals["groups.created"] = len({row["group_id"] for row in _rows(output_dir, "groups")})
     return totals
 
 

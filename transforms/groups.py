@@ -21,7 +21,7 @@ from issue_platform.groups import (ACTIVITY, DEFAULT_DEDUPE_WINDOW_SECONDS, GROU
 from issue_platform.grouptype import registry
 from issue_platform.pending import (Display, PendingOccurrence, decode, display_record, is_display_record,
                                     record_display_digest, sort_key, split_display_record)
-from transforms.parse import DEAD_LETTER, NAMESPACE
+from transforms.parse import DEAD_LETTER, NAMESPACE, internal_error_row
 
 TABLES = (GROUPS, OCCURRENCES, STATUS_CHANGES, POST_PROCESS, ACTIVITY)
 DEFAULT_ALLOWED_LATENESS_SECONDS = 600.0
@@ -136,11 +136,8 @@ class ProcessGroupsFn(beam.DoFn):
         pending.sort(key=lambda pair: sort_key(pair[0]))
         ready = [event for event, _ in pending if event.time <= horizon]
         waiting = [(event, raw) for event, raw in pending if event.time > horizon]
-        state = KeyState.decode(key_state.read())
-        processor = GroupProcessor(key, state, _Displays(interned), registry, self._dedupe_window, self._as_of)
-        for event in ready:
-            yield from self._emit(processor.apply(event))
-        yield from self._emit(processor.finish(horizon))
+        state, rows, wakeup = self._apply(key, key_state, interned, ready, horizon)
+        yield from self._emit(rows)
         if horizon == math.inf:  # the end of time: nothing can follow, so keep nothing
             for cell in (events, key_state, clock):
                 cell.clear()
@@ -157,7 +154,7 @@ class ProcessGroupsFn(beam.DoFn):
                 events.add(raw)
             for digest in {record_display_digest(raw) for _, raw in waiting} - {None}:
                 events.add(display_record(digest, interned[digest]))
-        candidates = [t for t in (waiting[0][0].time if waiting else None, processor.next_wakeup()) if t is not None]
+        candidates = [t for t in (waiting[0][0].time if waiting else None, wakeup) if t is not None]
         wake = float(math.ceil(min(candidates))) if candidates else None
         if wake is not None:
             flush.set(Timestamp(wake))
@@ -168,23 +165,40 @@ class ProcessGroupsFn(beam.DoFn):
         event, flushed = decode(record), seen[1]
         if flushed - event_time > self._allowed_lateness:
             self._counter(f"dead_letter.{R.LATE}").inc()
-            summary = {"kind": "occurrence" if isinstance(event, PendingOccurrence) else "status_change",
-                       "key": key, "id": event.id, "time": iso(event_time)}
             yield pvalue.TaggedOutput(DEAD_LETTER, {
                 "stage": R.STAGE_GROUP, "reason": R.LATE, "field": "detection_time",
                 "error": f"{flushed - event_time:.0f}s behind the key's clock; allowed lateness "
-                         f"{self._allowed_lateness:.0f}s", "payload": orjson.dumps(summary).decode(),
+                         f"{self._allowed_lateness:.0f}s", "payload": orjson.dumps(_summary(key, event)).decode(),
                 "payload_truncated": False})
             return
         interned = {record_display_digest(record): display} if display else {}
-        state = KeyState.decode(key_state.read())
-        processor = GroupProcessor(key, state, _Displays(interned), registry, self._dedupe_window, self._as_of)
-        yield from self._emit(processor.apply(event))
-        yield from self._emit(processor.finish(flushed))
+        state, rows, wake = self._apply(key, key_state, interned, [event], flushed)
+        yield from self._emit(rows)
         key_state.write(state.encode())
-        wake = processor.next_wakeup()
         if wake is not None:
             self._wake(float(math.ceil(wake)), clock, flush, seen)
+
+    def _apply(self, key, key_state, interned, events, horizon):
+        """(state, rows, next wake-up) after applying `events` and the transitions up to `horizon`.
+
+        A failure of ours on any of them must not stop the pipeline nor leave the group half-updated:
+        the key keeps its state from before, the events of this flush are dead-lettered as
+        `internal_error` (stage `group`) instead, and the key's time-driven transitions wait until its
+        next event (retrying at once would fail again, forever)."""
+        state = KeyState.decode(key_state.read())
+        processor = GroupProcessor(key, state, _Displays(interned), registry, self._dedupe_window, self._as_of)
+        had_group = state.group is not None
+        try:
+            rows = [row for event in events for row in processor.apply(event)]
+            rows += processor.finish(horizon)
+            wakeup = processor.next_wakeup()
+        except Exception as exc:
+            rows = [(DEAD_LETTER, internal_error_row(R.STAGE_GROUP, exc, orjson.dumps(_summary(key, event))))
+                    for event in events]
+            return KeyState.decode(key_state.read()), rows, None
+        if not had_group and state.group is not None:  # whether or not post-process messages are on
+            self._counter("groups.created").inc()
+        return state, rows, wakeup
 
     @staticmethod
     def _wake(wake, clock, flush, seen):
@@ -197,8 +211,6 @@ class ProcessGroupsFn(beam.DoFn):
         for table, row in rows:
             if table in (OCCURRENCES, STATUS_CHANGES):
                 self._counter(f"{table}.{row['outcome']}").inc()
-            elif table == POST_PROCESS and row["is_new"]:
-                self._counter("groups.created").inc()
             elif table == ACTIVITY:
                 self._counter(f"activity.{row['type']}").inc()
             yield pvalue.TaggedOutput(table, row)
@@ -208,6 +220,12 @@ class ProcessGroupsFn(beam.DoFn):
         if counter is None:
             counter = self._counters[name] = Metrics.counter(NAMESPACE, name)
         return counter
+
+
+def _summary(key: str, event) -> dict:
+    """What a dead-letter row of this step keeps of an event (the raw payload is long gone)."""
+    return {"kind": "occurrence" if isinstance(event, PendingOccurrence) else "status_change",
+            "key": key, "id": event.id, "time": iso(event.time)}
 
 
 _CLOCK = struct.Struct("<dd")  # wake_at, flushed_until; NaN for "none"

@@ -1,6 +1,7 @@
 """ParsePayloads, GateIngest and KeyByGroup: the stateless steps before a group's stateful step."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from typing import Optional, Tuple
@@ -21,6 +22,7 @@ from issue_platform.validation import (DEFAULT_MAX_PAYLOAD_BYTES, Occurrence, Pa
                                        StatusChange, parse)
 
 DEAD_LETTER, EVIDENCE = "dead_letter", "evidence"
+EVENT_TIMES = "events.time"  # a distribution of the valid events' times (unix seconds)
 _LOGGER = logging.getLogger(__name__)
 NAMESPACE = "issue_platform"
 
@@ -38,33 +40,41 @@ def dead_letter_row(rejected: Rejected, raw, max_bytes: int) -> dict:
             "error": rejected.message, "payload": text[:max_bytes], "payload_truncated": len(text) > max_bytes}
 
 
+def internal_error_row(stage: str, exc: Exception, payload, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> dict:
+    """The dead-letter row for an element a step of ours failed on: a bug must not stop the pipeline
+    (a stream would retry the element forever). The log names the exception type, never the payload."""
+    _LOGGER.warning("%s step failed unexpectedly on one element: %s", stage, type(exc).__name__)
+    _counter("dead_letter", R.INTERNAL_ERROR).inc()
+    if dataclasses.is_dataclass(payload):
+        try:
+            payload = orjson.dumps(dataclasses.asdict(payload), default=str, option=orjson.OPT_NON_STR_KEYS)
+        except (TypeError, orjson.JSONEncodeError):
+            payload = orjson.dumps({"id": payload.id})
+    rejected = Rejected(R.INTERNAL_ERROR, "", f"internal error in the {stage} step: {type(exc).__name__}", stage)
+    return dead_letter_row(rejected, payload, max_bytes)
+
+
 class _ParseFn(beam.DoFn):
-    """Raw payload -> Occurrence / StatusChange, or a dead-letter row. Never raises on input."""
+    """Raw payload -> Occurrence / StatusChange, or a dead-letter row. Never raises on input. Every
+    element is a record (blank JSON lines never get here: the reader counts them)."""
 
     def __init__(self, config: PlatformConfig, max_bytes: int, validator: str):
         self._config, self._max_bytes, self._mode = config, max_bytes, validator
         self._records_in = _counter("records", "in")
-        self._blank = _counter("records", "blank_lines")
 
     def setup(self):
         self._config.install()
         self._validator = PayloadValidator(self._mode, registry)
 
     def process(self, raw):
-        if isinstance(raw, (bytes, str)) and not raw.strip():
-            self._blank.inc()
-            return
         self._records_in.inc()
         try:
             yield self._validator.validate(parse(raw, self._max_bytes))
         except Rejected as rejected:
             _counter("dead_letter", rejected.reason).inc()
             yield pvalue.TaggedOutput(DEAD_LETTER, dead_letter_row(rejected, raw, self._max_bytes))
-        except Exception as exc:  # a bug of ours must not stall the stream: dead-letter and count it
-            _LOGGER.warning("validation failed unexpectedly: %s", type(exc).__name__)  # never the payload
-            rejected = Rejected(R.INTERNAL_ERROR, "", f"internal error: {type(exc).__name__}")
-            _counter("dead_letter", R.INTERNAL_ERROR).inc()
-            yield pvalue.TaggedOutput(DEAD_LETTER, dead_letter_row(rejected, raw, self._max_bytes))
+        except Exception as exc:
+            yield pvalue.TaggedOutput(DEAD_LETTER, internal_error_row(R.STAGE_PARSE, exc, raw, self._max_bytes))
 
 
 class ParsePayloads(beam.PTransform):
@@ -103,6 +113,12 @@ class _GateIngestFn(beam.DoFn):
         self._cache, self._versions, self._current = {}, None, self._config
 
     def process(self, payload, versions: list):
+        try:
+            yield from self._admit(payload, versions)
+        except Exception as exc:
+            yield pvalue.TaggedOutput(DEAD_LETTER, internal_error_row(R.STAGE_GATE, exc, payload))
+
+    def _admit(self, payload, versions: list):
         if versions is not self._versions:  # a new side-input value: pick the newest config
             self._versions, self._cache = versions, {}
             self._current = max(versions, key=lambda c: c.loaded_at, default=self._config)
@@ -143,7 +159,8 @@ class GateIngest(beam.PTransform):
         if updates is None:
             updates = payloads.pipeline | "Config" >> beam.Create([self._config])
         return payloads | "AllowIngest" >> beam.ParDo(
-            _GateIngestFn(self._config), beam.pvalue.AsList(updates)).with_outputs(OCCURRENCES, main="allowed")
+            _GateIngestFn(self._config), beam.pvalue.AsList(updates)).with_outputs(
+                OCCURRENCES, DEAD_LETTER, main="allowed")
 
 
 KeyedRecord = Tuple[str, Tuple[bytes, bytes]]
@@ -153,22 +170,32 @@ KeyedRecord = Tuple[str, Tuple[bytes, bytes]]
 class _KeyByGroupFn(beam.DoFn):
     def __init__(self, received_at: Optional[float]):
         self._received_at = received_at
+        self._times = Metrics.distribution(NAMESPACE, EVENT_TIMES)  # its min warns of an --as_of before all data
 
     def process(self, admitted):
         payload, admission = admitted
+        try:
+            outputs = self._encode(payload, admission)
+        except Exception as exc:
+            outputs = [pvalue.TaggedOutput(DEAD_LETTER, internal_error_row(R.STAGE_KEY, exc, payload))]
+        yield from outputs
+
+    def _encode(self, payload, admission) -> list:
         key = group_key(payload.project_id, payload.fingerprint[0])
         if isinstance(payload, Occurrence):
             record, _, display = encode_occurrence(payload, admission)
-            yield pvalue.TaggedOutput(EVIDENCE, {
-                "occurrence_id": payload.id, "project_id": payload.project_id,
-                "evidence_data": payload.evidence_data, "evidence_display": payload.evidence_display,
-                "event": payload.event})
-            yield TimestampedValue((key, (record, display)), payload.detection_time)
-        else:
-            change: StatusChange = payload
-            received_at = self._received_at if self._received_at is not None else time.time()
-            record = encode_status_change(change, received_at, admission)
-            yield TimestampedValue((key, (record, b"")), change.update_date or received_at)
+            self._times.update(int(payload.detection_time))
+            return [pvalue.TaggedOutput(EVIDENCE, {
+                        "occurrence_id": payload.id, "project_id": payload.project_id,
+                        "evidence_data": payload.evidence_data, "evidence_display": payload.evidence_display,
+                        "event": payload.event}),
+                    TimestampedValue((key, (record, display)), payload.detection_time)]
+        change: StatusChange = payload
+        received_at = self._received_at if self._received_at is not None else time.time()
+        record = encode_status_change(change, received_at, admission)
+        if change.update_date is not None:
+            self._times.update(int(change.update_date))
+        return [TimestampedValue((key, (record, b"")), change.update_date or received_at)]
 
 
 class KeyByGroup(beam.PTransform):
@@ -183,7 +210,7 @@ class KeyByGroup(beam.PTransform):
 
     def expand(self, admitted):
         return admitted | "EncodeAndKey" >> beam.ParDo(_KeyByGroupFn(self._received_at)).with_outputs(
-            EVIDENCE, main="keyed")
+            EVIDENCE, DEAD_LETTER, main="keyed")
 
 
 __all__ = ["ParsePayloads", "GateIngest", "KeyByGroup", "DEAD_LETTER", "EVIDENCE", "KeyedRecord"]
