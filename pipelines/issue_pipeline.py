@@ -48,9 +48,8 @@ def build_pipeline(pipeline: beam.Pipeline, opts: IssuePlatformOptions, config: 
                    raw: Optional[beam.PCollection] = None, as_of: float = math.inf,
                    received_at: Optional[float] = None, config_updates: Optional[beam.PCollection] = None) -> dict:
     """Builds the graph on `pipeline` and returns its outputs by file-set name: each table's rows,
-    where `occurrences-gated` and `dead_letter-late` are further parts of `occurrences` and
-    `dead_letter` (not flattened: the FnApiRunner holds a Flatten of inputs from different stages
-    entirely in memory).
+    where `occurrences-gated` is a further part of `occurrences` (not flattened: the FnApiRunner
+    holds a Flatten of inputs from different stages entirely in memory).
 
     `raw` replaces the file read (tests pass `beam.Create` or a `TestStream`); `as_of` bounds the
     time-driven transitions; `received_at` stamps status changes that carry no `update_date`;
@@ -64,9 +63,10 @@ def build_pipeline(pipeline: beam.Pipeline, opts: IssuePlatformOptions, config: 
         config, opts.dedupe_window_seconds, as_of, opts.allowed_lateness_seconds,
         streaming=bool(opts.view_as(StandardOptions).streaming))
     tables[f"{OCCURRENCES}-gated"] = gated[OCCURRENCES]
-    tables[f"{DEAD_LETTER}-late"] = tables[DEAD_LETTER]
-    # The stateless steps are fused into one stage, so this Flatten costs nothing.
-    tables[DEAD_LETTER] = (parsed[DEAD_LETTER], gated[DEAD_LETTER], keyed[DEAD_LETTER]) | "DeadLetters" >> beam.Flatten()
+    # One file set for every step's dead letters (few rows, so the Flatten holds little): a second
+    # `dead_letter-*` set would be deleted by the first one's batch sink, whose glob matches it.
+    tables[DEAD_LETTER] = (parsed[DEAD_LETTER], gated[DEAD_LETTER], keyed[DEAD_LETTER], tables[DEAD_LETTER]) \
+        | "DeadLetters" >> beam.Flatten()
     tables[EVIDENCE] = keyed[EVIDENCE]
     return tables
 

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import glob
 import os
+from typing import Optional
 
 import orjson
 from apache_beam.metrics.metric import MetricsFilter
 
-from transforms.parse import NAMESPACE
+from transforms.parse import EVENT_TIMES, NAMESPACE
 
 
 def counters(result) -> dict[str, int]:
@@ -50,12 +51,33 @@ def latest_groups(output_dir: str) -> list[dict]:
     return list(latest.values())
 
 
-def render(totals: dict[str, int], groups: list[dict], top: int = 5) -> str:
+def earliest_event_time(result) -> Optional[float]:
+    """The earliest valid event time of a finished run (from the `events.time` distribution)."""
+    for dist in result.metrics().query(MetricsFilter().with_namespace(NAMESPACE).with_name(EVENT_TIMES))[
+            "distributions"]:
+        value = dist.committed if dist.committed is not None else dist.attempted
+        if value is not None and value.count:
+            return float(value.min)
+    return None
+
+
+def tables_written(output_dir: str) -> dict[str, int]:
+    """Rows per table file set in `output_dir` (`occurrences-gated` counts as `occurrences`)."""
+    rows: dict[str, int] = {}
+    for path in sorted(glob.glob(os.path.join(output_dir, "*.jsonl"))):
+        table = os.path.basename(path).split("-", 1)[0]
+        with open(path, "rb") as handle:
+            rows[table] = rows.get(table, 0) + sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b""))
+    return rows
+
+
+def render(totals: dict[str, int], groups: list[dict], output_dir: str, elapsed: float, top: int = 5) -> str:
     dead = sum(v for k, v in totals.items() if k.startswith("dead_letter."))
     occ = {k.split(".", 1)[1]: v for k, v in totals.items() if k.startswith("occurrences.")}
     changes = {k.split(".", 1)[1]: v for k, v in totals.items() if k.startswith("status_changes.")}
     lines = [
         f"records in:            {totals.get('records.in', 0)}",
+        f"blank lines skipped:   {totals.get('records.blank_lines', 0)} (JSON Lines; not records)",
         f"groups created:        {totals.get('groups.created', 0)}",
         f"occurrences grouped:   {occ.get('grouped', 0)}",
         f"held back by noise:    {occ.get('noise_suppressed', 0)}",
@@ -70,4 +92,7 @@ def render(totals: dict[str, int], groups: list[dict], top: int = 5) -> str:
     for row in sorted(groups, key=lambda r: (-r["times_seen"], r["group_id"]))[:top]:
         lines.append(f"  {row['times_seen']:>7}  project {row['project_id']:<5} type {row['type']:<6} "
                      f"{row['title'][:40]} — {row['culprit'][:40]}")
+    written = tables_written(output_dir)
+    lines.append(f"tables written to {output_dir}/: " + ", ".join(f"{t} ({n} rows)" for t, n in written.items()))
+    lines.append(f"elapsed:               {elapsed:.1f} s")
     return "\n".join(lines)

@@ -28,18 +28,18 @@ class InputError(Exception):
     """An input that is missing or cannot be read completely; the message is one line naming it."""
 
 
-def input_files(patterns: Sequence[str]) -> list[str]:
+def input_files(patterns: Sequence[str], option: str = "--input ") -> list[str]:
     """The files the paths or globs name, in order; `InputError` if one names nothing or a directory."""
     files = []
     for pattern in patterns:
         if "://" not in pattern and os.path.isdir(pattern):
-            raise InputError(f"--input {pattern}: is a directory; name its files, e.g. '{pattern.rstrip('/')}/*.jsonl'")
+            raise InputError(f"{option}{pattern}: is a directory; name its files, e.g. '{pattern.rstrip('/')}/*.jsonl'")
         try:
             found = [m.path for m in FileSystems.match([pattern])[0].metadata_list]
         except Exception as exc:  # Beam wraps every filesystem failure in BeamIOError
-            raise InputError(f"--input {pattern}: cannot list it ({type(exc).__name__})") from exc
+            raise InputError(f"{option}{pattern}: cannot list it ({type(exc).__name__})") from exc
         if not found:
-            raise InputError(f"--input {pattern}: no such file")
+            raise InputError(f"{option}{pattern}: no such file")
         files += sorted(found)
     return files
 
