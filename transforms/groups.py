@@ -1,6 +1,7 @@
 """ProcessGroups: the stateful step that owns each group and applies its events in event-time order."""
 from __future__ import annotations
 
+import logging
 import math
 import struct
 
@@ -26,6 +27,7 @@ from transforms.parse import DEAD_LETTER, NAMESPACE, internal_error_row
 TABLES = (GROUPS, OCCURRENCES, STATUS_CHANGES, POST_PROCESS, ACTIVITY)
 DEFAULT_ALLOWED_LATENESS_SECONDS = 600.0
 _END_OF_TIME = GlobalWindow().max_timestamp()
+_LOGGER = logging.getLogger(__name__)
 
 
 class ProcessGroupsFn(beam.DoFn):
@@ -181,24 +183,44 @@ class ProcessGroupsFn(beam.DoFn):
     def _apply(self, key, key_state, interned, events, horizon):
         """(state, rows, next wake-up) after applying `events` and the transitions up to `horizon`.
 
-        A failure of ours on any of them must not stop the pipeline nor leave the group half-updated:
-        the key keeps its state from before, the events of this flush are dead-lettered as
-        `internal_error` (stage `group`) instead, and the key's time-driven transitions wait until its
-        next event (retrying at once would fail again, forever)."""
+        A failure of ours must neither stop the pipeline nor leave a group half-updated. If anything
+        fails, the flush is redone event by event from the state before it: an event that fails is
+        dead-lettered as `internal_error` (stage `group`) and the group keeps its state from just
+        before that event, so the other events count exactly as they would have. If the
+        transitions due at the end fail, the state from before them is kept and the key's next
+        transitions wait for its next event (retrying at once would fail again, forever)."""
         state = KeyState.decode(key_state.read())
-        processor = GroupProcessor(key, state, _Displays(interned), registry, self._dedupe_window, self._as_of)
         had_group = state.group is not None
+        processor = GroupProcessor(key, state, _Displays(interned), registry, self._dedupe_window, self._as_of)
         try:
             rows = [row for event in events for row in processor.apply(event)]
             rows += processor.finish(horizon)
             wakeup = processor.next_wakeup()
-        except Exception as exc:
-            rows = [(DEAD_LETTER, internal_error_row(R.STAGE_GROUP, exc, orjson.dumps(_summary(key, event))))
-                    for event in events]
-            return KeyState.decode(key_state.read()), rows, None
-        if not had_group and state.group is not None:  # whether or not post-process messages are on
+        except Exception:
+            processor.state = KeyState.decode(key_state.read())
+            rows, wakeup = self._apply_one_by_one(key, processor, events, horizon)
+        if not had_group and processor.state.group is not None:  # whether or not post-process messages are on
             self._counter("groups.created").inc()
-        return state, rows, wakeup
+        return processor.state, rows, wakeup
+
+    @staticmethod
+    def _apply_one_by_one(key, processor, events, horizon):
+        rows = []
+        for event in events:
+            before = processor.state.encode()
+            try:
+                rows += processor.apply(event)
+            except Exception as exc:
+                processor.state = KeyState.decode(before)
+                rows.append((DEAD_LETTER, internal_error_row(R.STAGE_GROUP, exc, orjson.dumps(_summary(key, event)))))
+        before = processor.state.encode()
+        try:
+            rows += processor.finish(horizon)
+            return rows, processor.next_wakeup()
+        except Exception as exc:
+            _LOGGER.warning("group step: time-driven transitions failed: %s", type(exc).__name__)
+            processor.state = KeyState.decode(before)
+            return rows, None
 
     @staticmethod
     def _wake(wake, clock, flush, seen):
