@@ -32,7 +32,7 @@ from pipelines.options import IssuePlatformOptions
 from pipelines.replay import event_time_range, replay_stream, timed
 from transforms.groups import TABLES, ProcessGroups
 from transforms.parse import DEAD_LETTER, EVIDENCE, GateIngest, KeyByGroup, ParsePayloads
-from transforms.read import ReadPayloads, input_files
+from transforms.read import Progress, ReadPayloads, input_files
 from transforms.write import WriteTables
 
 BATCH_RUNNER = "FnApiRunner"
@@ -171,6 +171,8 @@ def _prepare(argv, config: Optional[PlatformConfig], output_dir: Optional[str] =
         earliest, latest = event_time_range(replay if replay is not None else timed_records)
         facts.update(earliest=earliest, blank_lines=blank[0])
         as_of = latest if as_of is None else as_of
+        if replay is None:
+            Progress.start()  # the job reads the files again: count that reading
     as_of = math.inf if as_of is None else as_of
     facts["as_of"] = as_of
     pipeline = beam.Pipeline(options=options)
