@@ -29,7 +29,7 @@ from issue_platform.groups import OCCURRENCES
 from issue_platform.grouptype import registry
 from issue_platform.validation import TIME_EXPECTED, PayloadValidator, Rejected, bounded_time
 from pipelines.options import IssuePlatformOptions
-from pipelines.replay import event_time_range, replay_stream, timed
+from pipelines.replay import event_time_range, latest_valid_time, replay_stream, timed
 from transforms.groups import TABLES, ProcessGroups
 from transforms.parse import DEAD_LETTER, EVIDENCE, GateIngest, KeyByGroup, ParsePayloads
 from transforms.read import Progress, ReadPayloads, input_files
@@ -162,22 +162,23 @@ def _prepare(argv, config: Optional[PlatformConfig], output_dir: Optional[str] =
     as_of = parse_as_of(opts.as_of)
     facts = {} if facts is None else facts
     replay = None
-    if standard.streaming or as_of is None:
-        # A replay reads its files once, for its own order and for the default as_of.
+    validator = PayloadValidator(opts.validator, registry)
+    if standard.streaming:  # a replay reads its files once, for its own order and for the default as_of
         blank = [0]
-        timed_records = timed(inputs, PayloadValidator(opts.validator, registry), opts.max_payload_bytes,
-                              opts.progress, lambda: blank.__setitem__(0, blank[0] + 1))
-        replay = list(timed_records) if standard.streaming else None
-        earliest, latest = event_time_range(replay if replay is not None else timed_records)
+        replay = list(timed(inputs, validator, opts.max_payload_bytes, opts.progress,
+                            lambda: blank.__setitem__(0, blank[0] + 1)))
+        earliest, latest = event_time_range(replay)
         facts.update(earliest=earliest, blank_lines=blank[0])
         as_of = latest if as_of is None else as_of
-        if replay is None:
-            Progress.start()  # the job reads the files again: count that reading
+    elif as_of is None:
+        as_of = latest_valid_time(inputs, validator, opts.max_payload_bytes, opts.progress)
+        Progress.start()  # the job reads the files again: count that reading
     as_of = math.inf if as_of is None else as_of
     facts["as_of"] = as_of
     pipeline = beam.Pipeline(options=options)
-    raw = pipeline | "ReplayInEventTimeOrder" >> replay_stream(replay) if replay is not None else None
-    if raw is None:
+    if replay is not None:
+        raw = pipeline | "ReplayInEventTimeOrder" >> replay_stream(replay)
+    else:
         raw = pipeline | "ReadPayloads" >> ReadPayloads(inputs, opts.progress)
     tables = build_pipeline(pipeline, opts, config, raw=raw, as_of=as_of, received_at=as_of)
     tables | "WriteTables" >> WriteTables(output_dir or opts.output, streaming=standard.streaming)

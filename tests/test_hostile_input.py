@@ -121,6 +121,22 @@ def test_rejected_and_far_future_records_do_not_move_the_default_as_of(tmp_path)
     assert dead_by_field(tables) == [("invalid_type", "issue_title"), ("invalid_value", "update_date")]
 
 
+def test_the_batch_scan_for_as_of_equals_the_latest_valid_event(tmp_path):
+    """`latest_valid_time` validates only records that would raise the maximum; it must equal the max
+    over every valid record, whatever the invalid ones claim."""
+    from issue_platform.generate import generate
+    from issue_platform.validation import PayloadValidator
+    from pipelines.replay import event_time_range, latest_valid_time, timed
+
+    lines = [*generate(3000, seed=8, invalid_share=0.05, status_change_share=0.02), *HOSTILE_LINES,
+             orjson.dumps({**occurrence("late-but-bad", t=BASE + 10 * 86400), "level": 3}),
+             orjson.dumps({**status_change("sc-extra", t=BASE + 9 * 86400), "detection_time": BASE + 11 * 86400})]
+    path = write_jsonl(tmp_path / "mixed.jsonl", lines)
+    validator = PayloadValidator()
+    latest = latest_valid_time([path], validator, 1 << 20)
+    assert latest == event_time_range(timed([path], validator, 1 << 20))[1] == BASE + 9 * 86400
+
+
 def test_dead_letter_errors_never_echo_payload_content(tmp_path):
     secret = 987654321987
     mismatch = occurrence("echo", project_id=secret, event={
