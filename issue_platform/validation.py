@@ -36,6 +36,7 @@ TIME_EXPECTED = (f"a number of unix seconds greater than {EARLIEST_TIME:.0f} and
                  "(3000-01-01T00:00:00Z)")
 # Integers inside a payload must fit a signed 64-bit integer (our coders and BigQuery's INT64).
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+_JSON_SCALARS = (str, int, float, type(None))  # bool is an int
 
 
 class Rejected(Exception):
@@ -222,9 +223,10 @@ def parse(raw: Union[bytes, str, dict], max_bytes: int = DEFAULT_MAX_PAYLOAD_BYT
 
 
 def check_depth(value: Any, limit: int = DEFAULT_MAX_DEPTH) -> None:
-    """Reject containers nested deeper than `limit` and integers beyond 64 bits anywhere (iteratively:
-    no recursion to exhaust). Free-form content (evidence, event, activity data) is stored as is, and
-    an integer that no table can hold must not reach the writers."""
+    """Reject containers nested deeper than `limit`, integers beyond 64 bits and values JSON cannot
+    hold (bytes, dates, decimals: Avro can carry them) anywhere, iteratively (no recursion to
+    exhaust). Free-form content (evidence, event, activity data) is stored as is, so a value no
+    table can hold must not reach the writers."""
     stack = [(value, 1, ())]
     while stack:
         node, depth, path = stack.pop()
@@ -237,6 +239,10 @@ def check_depth(value: Any, limit: int = DEFAULT_MAX_DEPTH) -> None:
                 field = ".".join(str(p) for p in (*path, name))
                 raise Rejected(R.INVALID_VALUE, field,
                                f"'{field}' must be an integer between {INT64_MIN} and {INT64_MAX}")
+            elif not isinstance(child, _JSON_SCALARS):
+                field = ".".join(str(p) for p in (*path, name))
+                raise Rejected(R.INVALID_TYPE, field, f"'{field}' must be a JSON value (a string, number, "
+                                                      "true/false, null, object or array)")
 
 
 def _uuid_hex(value: str, field: str) -> str:

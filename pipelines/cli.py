@@ -195,33 +195,18 @@ def _check_beam_args(rest: Sequence[str], parser: argparse.ArgumentParser) -> No
 
 
 def cmd_run(args, argv: Sequence[str]) -> int:
-    from pipelines.issue_pipeline import run
     from pipelines.summary import counters, counts_from_outputs, earliest_event_time, latest_groups, render
+    from transforms.read import Progress
 
     config = _load(args)
-    logging.getLogger("apache_beam").setLevel(logging.CRITICAL)  # failures are reported in one line below
     argv = list(argv)
     if (args.progress or sys.stderr.isatty()) and "--progress" not in argv:
         argv.append("--progress")
-    from transforms.read import Progress
-
     Progress.start()
     started, facts = time.monotonic(), {}
-    try:
-        result = run(argv, config, facts)
-    except (ConfigError, InputError):
-        raise
-    except KeyboardInterrupt:
-        print(f"issue-platform: interrupted; the previous results in {args.output} are untouched", file=sys.stderr)
+    result = _run_job(argv, config, facts, args.output)
+    if result is None:
         return EXIT_INTERRUPTED
-    except Exception as exc:  # the runner wraps what failed inside the job; find our own error in it
-        cause = _input_error(exc)
-        if cause:
-            raise InputError(cause) from None
-        first = (str(exc).strip().splitlines() or [""])[0][:300]
-        print(f"issue-platform: error: the run failed ({type(exc).__name__}: {first}); the previous results "
-              f"in {args.output} are untouched", file=sys.stderr)
-        return EXIT_FAILED
     elapsed = time.monotonic() - started
     totals = counts_from_outputs(args.output) if args.streaming else counters(result)
     if args.streaming:
@@ -234,6 +219,37 @@ def cmd_run(args, argv: Sequence[str]) -> int:
     if "--progress" in argv:
         print(f"done: {Progress.count:,} records read in {elapsed:.1f} s", file=sys.stderr)
     return 0
+
+
+def _run_job(argv: list, config: PlatformConfig, facts: dict, output: str):
+    """The job's `PipelineResult`, or None if interrupted; a failure inside the job becomes one line
+    (an `InputError` if a file was the cause). Beam's own logging is muted meanwhile: it would
+    print the traceback this replaces."""
+    from pipelines.issue_pipeline import run
+
+    beam_logger = logging.getLogger("apache_beam")
+    level = beam_logger.level
+    beam_logger.setLevel(logging.CRITICAL)
+    try:
+        return run(argv, config, facts)
+    except (ConfigError, InputError):
+        raise
+    except KeyboardInterrupt:
+        print(f"issue-platform: interrupted; the previous results in {output} are untouched", file=sys.stderr)
+        return None
+    except Exception as exc:  # the runner wraps what failed inside the job; find our own error in it
+        cause = _input_error(exc)
+        if cause:
+            raise InputError(cause) from None
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise JobFailed(f"the run failed ({type(exc).__name__}: {first}); the previous results in {output} "
+                        "are untouched") from None
+    finally:
+        beam_logger.setLevel(level)
+
+
+class JobFailed(Exception):
+    """The job itself failed (not its input): exit 1."""
 
 
 def _input_error(exc: BaseException) -> Optional[str]:
@@ -314,6 +330,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (ConfigError, InputError) as exc:
         print(f"issue-platform: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except JobFailed as exc:
+        print(f"issue-platform: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except BrokenPipeError:  # `... | head`: the reader has what it wanted; not an input error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_BROKEN_PIPE

@@ -263,3 +263,39 @@ def test_createissueflag_appended_to_a_config_is_the_documented_release_workflow
     assert read_tables(tmp_path / "o")["post_process"] == []
     bad = cli("createissueflag", "--slug", "nope", "--owner", "perf")
     assert bad.returncode == 1 and bad.stdout == "" and "Invalid GroupType slug" in bad.stderr
+
+
+def test_progress_reports_records_rate_and_elapsed_only_when_enabled(capsys, monkeypatch):
+    from transforms.read import Progress
+
+    monkeypatch.setattr(Progress, "INTERVAL", 0.0)
+    Progress.start()
+    for _ in range(2048):
+        Progress.tick(False)
+    assert capsys.readouterr().err == ""
+    for _ in range(1024):
+        Progress.tick(True)
+    line = capsys.readouterr().err.strip()
+    assert line.startswith("progress: 3,072 records read (") and "/s, " in line and line.endswith(" s)")
+
+
+@pytest.mark.parametrize("failure, code, words", [
+    (RuntimeError("worker died\nTraceback ...\n..."), 1, "the run failed (RuntimeError: worker died)"),
+    (RuntimeError("Pipeline failed:\ntransforms.read.InputError: x.jsonl.gz: truncated or corrupt gzip file (EOF)"
+                  " [while running 'ReadPayloads/ReadFiles']"), 2, "x.jsonl.gz: truncated or corrupt gzip file (EOF)"),
+], ids=["job", "input-as-text"])
+def test_a_failed_job_is_one_line_and_keeps_previous_results(tmp_path, previous, capsys, monkeypatch, failure,
+                                                             code, words):
+    """A boundary we cannot provoke honestly here (a worker dying, or a runner that hands back only the
+    text of our InputError): `run` is replaced by one raising what such a runner raises."""
+    import pipelines.issue_pipeline
+
+    def failing_run(argv, config=None, facts=None):
+        raise failure
+
+    monkeypatch.setattr(pipelines.issue_pipeline, "run", failing_run)
+    out, before = previous
+    line = one_line_error(main(capsys, "run", "--output", out), code=code)
+    assert line == f"issue-platform: error: {words}" + (
+        f"; the previous results in {out} are untouched" if code == 1 else "")
+    assert_untouched(out, before)

@@ -75,7 +75,11 @@ def hostile_inputs(tmp_path):
             ("subtitle", "string"), ("culprit", "string"), ("type", "long"), ("detection_time", "double"),
             ("level", "string"), ("event_id", "string"), ("evidence_data", {"type": "map", "values": "long"}),
             ("evidence_display", {"type": "array", "items": "string"})]]})
-    return [jsonl, wrapped, flat], valid
+    raw_bytes = _avro_file(tmp_path / "bytes.avro", [{"payload_type": "occurrence", "evidence_data": {"b": b"\x00"}}],
+                           {"type": "record", "name": "B", "fields": [
+                               {"name": "payload_type", "type": "string"},
+                               {"name": "evidence_data", "type": {"type": "map", "values": "bytes"}}]})
+    return [jsonl, wrapped, flat, raw_bytes], valid
 
 
 @pytest.mark.parametrize("mode", ["batch", "streaming"])
@@ -84,9 +88,10 @@ def test_hostile_records_are_dead_lettered_and_change_nothing_else(tmp_path, mod
     extra = ["--streaming"] if mode == "streaming" else []
     tables, result = run_tables(tmp_path, inputs, mode, extra)
     expected = sorted(HOSTILE_FIELDS + [("invalid_json", ""), ("invalid_json", ""),  # the empty Avro payloads
-                                        ("invalid_value", "detection_time")])  # the NaN from Avro
+                                        ("invalid_value", "detection_time"),  # the NaN from Avro
+                                        ("invalid_type", "evidence_data.b")])  # Avro bytes: not JSON
     assert dead_by_field(tables) == expected
-    assert landed(tables) == len(HOSTILE_LINES) + len(valid) + 3  # blank JSON lines are not records
+    assert landed(tables) == len(HOSTILE_LINES) + len(valid) + 4  # blank JSON lines are not records
     assert sorted(r["outcome"] for r in tables["occurrences"]) == ["grouped"] * len(valid)
     groups = latest_groups(tables["groups"])
     assert sorted(g["times_seen"] for g in groups.values()) == [1, 3]
