@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import math
 import uuid
 from dataclasses import dataclass
 from typing import Any, Optional, Union

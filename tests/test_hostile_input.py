@@ -9,7 +9,6 @@ import fastavro
 import orjson
 import pytest
 
-from issue_platform import outcomes as R
 from issue_platform.config import PlatformConfig
 from issue_platform.enums import GroupCategory
 from issue_platform.grouptype import GroupType, registry

@@ -14,7 +14,7 @@ import os
 import sys
 import time
 import zlib
-from typing import Callable, Iterator, Optional, Sequence, Union
+from typing import Callable, Iterator, Sequence, Union
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
