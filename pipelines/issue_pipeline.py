@@ -100,8 +100,11 @@ def replacing_output(output_dir: str) -> Iterator[str]:
         return
     check_output(output_dir)
     target = os.path.abspath(output_dir)
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.staging-", dir=os.path.dirname(target))
+    try:
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        staging = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.staging-", dir=os.path.dirname(target))
+    except OSError as exc:
+        raise ConfigError(f"--output {output_dir}: cannot write there ({exc.strerror or exc})") from None
     try:
         yield staging
         os.makedirs(target, exist_ok=True)

@@ -106,11 +106,12 @@ def test_bad_inputs_and_nonsense_values_fail_before_anything_happens(tmp_path, p
     assert_untouched(out, before)
 
 
-def test_output_that_is_a_file_or_under_a_file(tmp_path, capsys):
+def test_output_that_is_a_file_under_a_file_or_unwritable(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     assert "is a file" in one_line_error(main(capsys, "run", "--output", blocker))
     assert "is a file" in one_line_error(main(capsys, "run", "--output", blocker / "sub"))
+    assert "cannot write there" in one_line_error(main(capsys, "run", "--output", "/proc/issue-platform-out"))
     assert blocker.read_text() == "x"
 
 
