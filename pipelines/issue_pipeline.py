@@ -17,6 +17,7 @@ import math
 import os
 import shutil
 import tempfile
+import time
 from importlib import resources
 from typing import Iterator, Optional
 
@@ -183,7 +184,9 @@ def _prepare(argv, config: Optional[PlatformConfig], output_dir: Optional[str] =
         raw = pipeline | "ReplayInEventTimeOrder" >> replay_stream(replay)
     else:
         raw = pipeline | "ReadPayloads" >> ReadPayloads(inputs, opts.progress)
-    tables = build_pipeline(pipeline, opts, config, raw=raw, as_of=as_of, received_at=as_of)
+    # Status changes without update_date take as_of; with no valid time in the input, the start time.
+    received_at = as_of if math.isfinite(as_of) else time.time()
+    tables = build_pipeline(pipeline, opts, config, raw=raw, as_of=as_of, received_at=received_at)
     tables | "WriteTables" >> WriteTables(output_dir or opts.output, streaming=standard.streaming)
     return pipeline, standard.runner
 

@@ -141,6 +141,16 @@ def test_the_batch_scan_for_as_of_equals_the_latest_valid_event(tmp_path):
     assert latest == event_time_range(timed([path], validator, 1 << 20))[1] == BASE + 9 * 86400
 
 
+@pytest.mark.parametrize("mode", ["batch", "streaming"])
+def test_an_input_without_any_event_time_still_runs(tmp_path, mode):
+    """Only a status change without update_date: no default as_of to stamp it with."""
+    change = {k: v for k, v in status_change("timeless").items() if k != "update_date"}
+    extra = ["--streaming"] if mode == "streaming" else []
+    tables, _ = run_tables(tmp_path, [write_jsonl(tmp_path / "in.jsonl", [change])], mode, extra)
+    assert [r["outcome"] for r in tables["status_changes"]] == ["group_not_found"]
+    assert tables["dead_letter"] == []
+
+
 def test_dead_letter_errors_never_echo_payload_content(tmp_path):
     secret = 987654321987
     mismatch = occurrence("echo", project_id=secret, event={
