@@ -57,7 +57,7 @@ def build_pipeline(pipeline: beam.Pipeline, opts: IssuePlatformOptions, config: 
     `config_updates` is a PCollection of `PlatformConfig` versions (default: `config`, once)."""
     if raw is None:
         raw = pipeline | "ReadPayloads" >> ReadPayloads(opts.input or [sample_path()])
-    parsed = raw | "ParsePayloads" >> ParsePayloads(config, opts.max_payload_bytes, opts.validator)
+    parsed = raw | "ParsePayloads" >> ParsePayloads(config, opts.max_payload_bytes, opts.validator, opts.progress)
     gated = parsed.valid | "GateIngest" >> GateIngest(config, config_updates)
     keyed = gated.allowed | "KeyByGroup" >> KeyByGroup(received_at)
     tables = keyed.keyed | "ProcessGroups" >> ProcessGroups(
@@ -176,14 +176,14 @@ def _prepare(argv, config: Optional[PlatformConfig], output_dir: Optional[str] =
         as_of = latest if as_of is None else as_of
     elif as_of is None:
         as_of = latest_valid_time(inputs, validator, opts.max_payload_bytes, opts.progress)
-        Progress.start()  # the job reads the files again: count that reading
+    Progress.start()  # from here on, count what the job takes in
     as_of = math.inf if as_of is None else as_of
     facts["as_of"] = as_of
     pipeline = beam.Pipeline(options=options)
     if replay is not None:
         raw = pipeline | "ReplayInEventTimeOrder" >> replay_stream(replay)
     else:
-        raw = pipeline | "ReadPayloads" >> ReadPayloads(inputs, opts.progress)
+        raw = pipeline | "ReadPayloads" >> ReadPayloads(inputs)
     # Status changes without update_date take as_of; with no valid time in the input, the start time.
     received_at = as_of if math.isfinite(as_of) else time.time()
     tables = build_pipeline(pipeline, opts, config, raw=raw, as_of=as_of, received_at=received_at)

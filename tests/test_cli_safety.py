@@ -277,7 +277,7 @@ def test_progress_reports_records_rate_and_elapsed_only_when_enabled(capsys, mon
     for _ in range(1024):
         Progress.tick(True)
     line = capsys.readouterr().err.strip()
-    assert line.startswith("progress: 3,072 records read (") and "/s, " in line and line.endswith(" s)")
+    assert line.startswith("progress: 3,072 records (") and "/s, " in line and line.endswith(" s)")
 
 
 @pytest.mark.parametrize("failure, code, words", [

@@ -20,11 +20,11 @@ from issue_platform.grouptype import registry
 from issue_platform.pending import Admission, Display, encode_occurrence, encode_status_change
 from issue_platform.validation import (DEFAULT_MAX_PAYLOAD_BYTES, Occurrence, PayloadValidator, Rejected,
                                        StatusChange, parse)
+from transforms.read import NAMESPACE, Progress
 
 DEAD_LETTER, EVIDENCE = "dead_letter", "evidence"
 EVENT_TIMES = "events.time"  # a distribution of the valid events' times (unix seconds)
 _LOGGER = logging.getLogger(__name__)
-NAMESPACE = "issue_platform"
 
 
 def _counter(group: str, name: str):
@@ -58,8 +58,8 @@ class _ParseFn(beam.DoFn):
     """Raw payload -> Occurrence / StatusChange, or a dead-letter row. Never raises on input. Every
     element is a record (blank JSON lines never get here: the reader counts them)."""
 
-    def __init__(self, config: PlatformConfig, max_bytes: int, validator: str):
-        self._config, self._max_bytes, self._mode = config, max_bytes, validator
+    def __init__(self, config: PlatformConfig, max_bytes: int, validator: str, progress: bool):
+        self._config, self._max_bytes, self._mode, self._progress = config, max_bytes, validator, progress
         self._records_in = _counter("records", "in")
 
     def setup(self):
@@ -68,6 +68,7 @@ class _ParseFn(beam.DoFn):
 
     def process(self, raw):
         self._records_in.inc()
+        Progress.tick(self._progress)
         try:
             yield self._validator.validate(parse(raw, self._max_bytes))
         except Rejected as rejected:
@@ -78,12 +79,13 @@ class _ParseFn(beam.DoFn):
 
 
 class ParsePayloads(beam.PTransform):
-    """Parses and validates payloads. Outputs: main (validated payloads) and `dead_letter`."""
+    """Parses and validates payloads. Outputs: main (validated payloads) and `dead_letter`.
+    `progress`: report the records taken in on stderr (see `Progress`)."""
 
     def __init__(self, config: PlatformConfig, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
-                 validator: str = "fast"):
+                 validator: str = "fast", progress: bool = False):
         super().__init__()
-        self._fn = _ParseFn(config, max_bytes, validator)
+        self._fn = _ParseFn(config, max_bytes, validator, progress)
 
     def expand(self, raw):
         return raw | "Validate" >> beam.ParDo(self._fn).with_outputs(DEAD_LETTER, main="valid")

@@ -21,7 +21,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 Raw = Union[bytes, dict]
-NAMESPACE = "issue_platform"
+NAMESPACE = "issue_platform"  # of every Beam metric of the job
 
 
 class InputError(Exception):
@@ -79,8 +79,9 @@ def read_file(path: str, on_blank: Callable[[], None] = lambda: None) -> Iterato
 
 
 class Progress:
-    """Records read so far in this process, reported on stderr every few seconds when enabled
-    (a slow run must not look hung). Process-wide: every reader in the process adds to one count."""
+    """Records handled so far in this process (read by a scan, or taken in by the job), reported on
+    stderr every few seconds when enabled: a slow run must not look hung. Process-wide: every
+    reader in the process adds to one count."""
 
     count, started, _last = 0, time.monotonic(), 0.0
     INTERVAL = 2.0
@@ -99,33 +100,29 @@ class Progress:
         if now - cls._last >= cls.INTERVAL:
             cls._last = now
             elapsed = now - cls.started
-            print(f"progress: {cls.count:,} records read ({cls.count / max(elapsed, 1e-9):,.0f}/s, "
+            print(f"progress: {cls.count:,} records ({cls.count / max(elapsed, 1e-9):,.0f}/s, "
                   f"{elapsed:.0f} s)", file=sys.stderr, flush=True)
 
 
 class _ReadFileFn(beam.DoFn):
-    def __init__(self, progress: bool):
-        self._progress = progress
+    def __init__(self):
         self._blank = Metrics.counter(NAMESPACE, "records.blank_lines")
 
     def process(self, path: str):
-        for raw in read_file(path, self._blank.inc):
-            Progress.tick(self._progress)
-            yield raw
+        yield from read_file(path, self._blank.inc)
 
 
 class ReadPayloads(beam.PTransform):
     """Reads the files named by paths or globs (checked when the pipeline is built) -> raw payloads
-    (bytes, or dicts for Avro records that are the payload itself). `progress`: report records read
-    on stderr."""
+    (bytes, or dicts for Avro records that are the payload itself)."""
 
-    def __init__(self, patterns: Sequence[str], progress: bool = False):
+    def __init__(self, patterns: Sequence[str]):
         super().__init__()
         if not patterns:
             raise ValueError("ReadPayloads needs at least one input path or glob")
-        self._files, self._progress = input_files(patterns), progress
+        self._files = input_files(patterns)
 
     def expand(self, pbegin):
         return (pbegin
                 | "ListFiles" >> beam.Create(self._files)
-                | "ReadFiles" >> beam.ParDo(_ReadFileFn(self._progress)))
+                | "ReadFiles" >> beam.ParDo(_ReadFileFn()))
