@@ -264,13 +264,23 @@ def _input_error(exc: BaseException) -> Optional[str]:
     return message.split(" [while running")[0].strip() if message else None
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors in one line (no usage block) and no abbreviated options."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, allow_abbrev=False, **kwargs)
+
+    def error(self, message):
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="issue-platform", description=__doc__.split("\n")[0],
-                                     allow_abbrev=False)
+    parser = _Parser(prog="issue-platform", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, help_text: str, **kwargs) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help_text, description=help_text, allow_abbrev=False, **kwargs)
+        return sub.add_parser(name, help=help_text, description=help_text, **kwargs)
 
     run_p = command("run", "run the pipeline (default input: the bundled sample)",
                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=(

@@ -106,6 +106,16 @@ def test_bad_inputs_and_nonsense_values_fail_before_anything_happens(tmp_path, p
     assert_untouched(out, before)
 
 
+@pytest.mark.parametrize("args", [["generate"], ["generate", "--count", "x"], ["validate"], ["types", "--nope"],
+                                  ["run", "--input"], ["frobnicate"], ["types", "--conf", "x"]])
+def test_usage_errors_are_one_line(capsys, args):
+    with pytest.raises(SystemExit) as exit_:
+        main(capsys, *args)
+    assert exit_.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "error:" in lines[0], lines
+
+
 def test_output_that_is_a_file_under_a_file_or_unwritable(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("x")
