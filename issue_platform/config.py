@@ -19,6 +19,7 @@ Every error is a `ConfigError` whose message names the file, the entry and the f
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import time
@@ -26,11 +27,11 @@ import os
 import re
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from issue_platform.enums import GroupCategory, PriorityLevel
 from issue_platform.flagpole import EvaluationContext, FeatureConfigError, context_for, parse_features
-from issue_platform.grouptype import GroupType, InvalidGroupTypeError, NoiseConfig, registry
+from issue_platform.grouptype import GroupType, GroupTypeRegistry, InvalidGroupTypeError, NoiseConfig, registry
 
 
 class ConfigError(ValueError):
@@ -160,22 +161,51 @@ class PlatformConfig:
                 "visible": group_type.visible_flag}[flag]()
         return self.flag(name, project_id)
 
+    def registry(self) -> GroupTypeRegistry:
+        """The types this config runs with, in a registry of its own: the built-in types, those its
+        modules register on import (as in Sentry), and its `group_types`. The process-wide registry
+        is not changed. Workers build it once in `setup` and pass it to what needs it."""
+        self._import_modules()
+        types = registry.copy()
+        for where, attrs in self.group_types:
+            if not _holds(types, attrs):
+                with _reported_at(where):
+                    types.add(_config_type(attrs, register=False))
+        return types
+
     def install(self) -> None:
-        """Register the configured types in this process's registry. Idempotent."""
+        """Register the configured types in this process's registry (the CLI's commands). Idempotent."""
+        self._import_modules()
+        for where, attrs in self.group_types:
+            if not _holds(registry, attrs):
+                with _reported_at(where):
+                    _config_type(attrs, register=True)
+
+    def _import_modules(self) -> None:
         for module in self.group_types_modules:
             try:
                 importlib.import_module(module)
             except Exception as exc:  # the user's module: report any failure as config
                 raise ConfigError(f"--group_types_module {module}: cannot import it ({exc})") from exc
-        for where, attrs in self.group_types:
-            existing = registry.find(attrs["type_id"]) if isinstance(attrs["type_id"], int) else None
-            if existing is not None and getattr(existing, "_config_attrs", None) == attrs:
-                continue  # already installed in this process (workers call install() per setup)
-            try:
-                type(f"ConfigGroupType_{attrs['slug']}", (GroupType,),
-                     {**attrs, "_config_attrs": attrs, "__module__": __name__})
-            except InvalidGroupTypeError as exc:
-                raise ConfigError(f"{where}: {exc}") from exc
+
+
+def _holds(types: GroupTypeRegistry, attrs: dict[str, Any]) -> bool:
+    """Whether `types` already holds this config type (installed before in this process)."""
+    existing = types.find(attrs["type_id"]) if isinstance(attrs["type_id"], int) else None
+    return existing is not None and getattr(existing, "_config_attrs", None) == attrs
+
+
+def _config_type(attrs: dict[str, Any], register: bool) -> type[GroupType]:
+    return type(f"ConfigGroupType_{attrs['slug']}", (GroupType,),
+                {**attrs, "_config_attrs": attrs, "__module__": __name__}, register=register)
+
+
+@contextlib.contextmanager
+def _reported_at(where: str) -> Iterator[None]:
+    try:
+        yield
+    except InvalidGroupTypeError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
 
 
 def _read_document(path: str, opener: Callable[[str], Any]) -> Any:

@@ -71,9 +71,10 @@ class GroupType:
     enable_auto_resolve: ClassVar[bool] = True
     enable_escalation_detection: ClassVar[bool] = True
 
-    def __init_subclass__(cls, **kwargs) -> None:
+    def __init_subclass__(cls, register: bool = True, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
-        registry.add(cls)
+        if register:  # `register=False`: a config's type, added to that config's own registry
+            registry.add(cls)
 
     @classmethod
     def ingest_flag(cls) -> str:
@@ -150,6 +151,11 @@ class GroupTypeRegistry:
 
     def all(self) -> list[type[GroupType]]:
         return sorted(self._by_id.values(), key=lambda t: t.type_id)
+
+    def copy(self) -> "GroupTypeRegistry":
+        other = GroupTypeRegistry()
+        other._by_id, other._by_slug = dict(self._by_id), dict(self._by_slug)
+        return other
 
     @contextlib.contextmanager
     def scoped(self) -> Iterator["GroupTypeRegistry"]:

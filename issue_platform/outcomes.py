@@ -37,3 +37,8 @@ STAGE_VALIDATE = "validate"
 STAGE_GATE = "gate"
 STAGE_KEY = "key"
 STAGE_GROUP = "group"
+
+# A row a sink could not write (stage "sink"; the payload column holds the row). Not an input
+# record's reason: the record's own outcome was already counted.
+STAGE_SINK = "sink"
+BIGQUERY_REJECTED = "bigquery_rejected"

@@ -1,7 +1,7 @@
 """Compact encodings of events waiting in a key's event-time buffer.
 
 A batch run buffers every event of a key until the watermark passes it (see
-transforms/groups.py), so what is buffered must be small: a fixed 57-byte head plus the extra
+transforms/groups.py), so what is buffered must be small: a fixed 65-byte head plus the extra
 fingerprint hashes and the resource id. The strings an occurrence shares with its neighbours
 (title, subtitle, culprit, level, environment) are interned: stored once per key as a
 `Display`, referenced by an 8-byte digest (collisions would need two of a key's few displays to
@@ -10,18 +10,19 @@ share 64 bits).
 from __future__ import annotations
 
 import hashlib
+import math
 import struct
 from typing import NamedTuple, Optional, Union
 
 import orjson
 
-from issue_platform.validation import Occurrence, StatusChange
+from issue_platform.validation import Occurrence, Rejected, StatusChange, parse_time
 
-OCCURRENCE, STATUS_CHANGE, DISPLAY = 0, 1, 2
+OCCURRENCE, STATUS_CHANGE, DISPLAY, SEED = 0, 1, 2, 3  # SEED: a resumed key's state (issue_platform.snapshot)
 _NONE = 0xFF
 # kind | admission flags, time, id, event id, type, priority | initial priority, display digest,
-# n extra fingerprint parts, resolve age (hours)
-_OCC_HEAD = struct.Struct("<Bd16s16sIB8sBH")
+# n extra fingerprint parts, resolve age (hours), the event's timestamp
+_OCC_HEAD = struct.Struct("<Bd16s16sIB8sBHd")
 # kind, time, id, new status, new substatus, has update_date, resolve age
 _SC_HEAD = struct.Struct("<Bd16sBBBH")
 _KIND_MASK, _POST_PROCESS, _VISIBLE = 0x0F, 0x10, 0x20
@@ -70,6 +71,12 @@ class PendingOccurrence(NamedTuple):
     extra_fingerprint: tuple[str, ...]
     resource_id: Optional[str]
     admission: Admission = Admission()
+    event_time: Optional[float] = None  # the embedded event's timestamp; None: `time`
+
+    @property
+    def event_datetime(self) -> float:
+        """Sentry's `event.datetime`: what the group's first_seen/last_seen record."""
+        return self.time if self.event_time is None else self.event_time
 
 
 class PendingStatusChange(NamedTuple):
@@ -90,6 +97,25 @@ def _opt(value: Optional[int]) -> int:
     return _NONE if value is None else value
 
 
+_EARLIEST, _LATEST = 0.0, 253402300799.0  # 1970-01-01 .. 9999-12-31T23:59:59Z
+
+
+def event_timestamp(occ: Occurrence) -> float:
+    """The embedded event's `timestamp` (unix seconds or RFC 3339), else `detection_time`.
+
+    Without an embedded event (only `event_id`), or when its timestamp cannot be parsed or lies
+    outside 1970..9999, the group's times fall back to `detection_time`.
+    """
+    raw = None if occ.event is None else occ.event.get("timestamp")
+    if raw is None:
+        return occ.detection_time
+    try:
+        value = parse_time(raw, "event.timestamp")
+    except (Rejected, OverflowError, ValueError):
+        return occ.detection_time
+    return value if math.isfinite(value) and _EARLIEST <= value <= _LATEST else occ.detection_time
+
+
 def encode_occurrence(occ: Occurrence, admission: Admission = Admission()) -> tuple[bytes, bytes, bytes]:
     """(record, display digest, display bytes) for one validated occurrence."""
     display = Display(occ.issue_title, occ.subtitle, occ.culprit, occ.level, occ.environment).encode()
@@ -98,7 +124,8 @@ def encode_occurrence(occ: Occurrence, admission: Admission = Admission()) -> tu
     kind = OCCURRENCE | _POST_PROCESS * admission.post_process | _VISIBLE * admission.visible
     priorities = _PRIORITY_CODES[occ.priority] | _PRIORITY_CODES[occ.initial_priority] << 2
     head = _OCC_HEAD.pack(kind, occ.detection_time, bytes.fromhex(occ.id), bytes.fromhex(occ.event_id),
-                          occ.type, priorities, digest, len(extra), admission.resolve_age_hours)
+                          occ.type, priorities, digest, len(extra), admission.resolve_age_hours,
+                          event_timestamp(occ))
     tail = b"".join(bytes.fromhex(h) for h in extra)
     if occ.resource_id is not None:
         tail += b"\x01" + occ.resource_id.encode("utf-8")
@@ -118,13 +145,13 @@ def encode_status_change(change: StatusChange, received_at: float, admission: Ad
 
 def decode(record: bytes) -> Pending:
     if record[0] & _KIND_MASK == OCCURRENCE:
-        flags, t, oid, eid, type_id, priorities, digest, n_extra, age = _OCC_HEAD.unpack_from(record)
+        flags, t, oid, eid, type_id, priorities, digest, n_extra, age, event_time = _OCC_HEAD.unpack_from(record)
         offset = _OCC_HEAD.size + 16 * n_extra
         extra = tuple(record[i:i + 16].hex() for i in range(_OCC_HEAD.size, offset, 16))
         resource = record[offset + 1:].decode("utf-8") if len(record) > offset else None
         return PendingOccurrence(t, oid.hex(), eid.hex(), type_id, _PRIORITIES[priorities & 3],
                                  _PRIORITIES[priorities >> 2], digest, extra, resource,
-                                 Admission(bool(flags & _POST_PROCESS), bool(flags & _VISIBLE), age))
+                                 Admission(bool(flags & _POST_PROCESS), bool(flags & _VISIBLE), age), event_time)
     _, t, cid, status, substatus, explicit, age = _SC_HEAD.unpack_from(record)
     detector_id, activity_data = orjson.loads(record[_SC_HEAD.size:]) if len(record) > _SC_HEAD.size else (None, None)
     return PendingStatusChange(t, cid.hex(), status, None if substatus == _NONE else substatus, bool(explicit),

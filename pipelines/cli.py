@@ -157,9 +157,10 @@ def cmd_flags(args) -> int:
 
 
 def _run_args(parser: argparse.ArgumentParser) -> None:
-    from pipelines.options import IssuePlatformOptions
+    from pipelines.options import IssuePlatformOptions, SinkOptions
 
     IssuePlatformOptions._add_argparse_args(parser)  # the job's own options, with their help
+    SinkOptions._add_argparse_args(parser)
     parser.add_argument("--streaming", action="store_true",
                         help="replay the input as a stream in event-time order (BundleBasedDirectRunner); "
                              "the results equal a batch run's. Default: batch (FnApiRunner)")
@@ -208,10 +209,13 @@ def cmd_run(args, argv: Sequence[str]) -> int:
     if result is None:
         return EXIT_INTERRUPTED
     elapsed = time.monotonic() - started
-    totals = counts_from_outputs(args.output) if args.streaming else counters(result)
+    files = args.sink == "jsonl"
+    totals = counts_from_outputs(args.output) if args.streaming and files else counters(result)
     if args.streaming:
         totals["records.blank_lines"] = facts.get("blank_lines", 0)
-    print(render(totals, latest_groups(args.output), args.output, elapsed))
+    print(render(totals, latest_groups(args.output) if files else [], args.output if files else None, elapsed))
+    if not files:
+        print(f"output: BigQuery {args.bigquery_dataset} (see its groups_current view)")
     earliest = facts.get("earliest") if facts.get("earliest") is not None else earliest_event_time(result)
     if args.as_of is not None and earliest is not None and facts["as_of"] < earliest:
         print(f"issue-platform: warning: --as_of {args.as_of} is before every event in the input: no "

@@ -22,23 +22,25 @@ from importlib import resources
 from typing import Iterator, Optional
 
 import apache_beam as beam
+import orjson
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from issue_platform.config import ConfigError, PlatformConfig, load_config
-from issue_platform.groups import OCCURRENCES
-from issue_platform.grouptype import registry
+from issue_platform.snapshot import SnapshotError, seed_from_row
 from issue_platform.validation import TIME_EXPECTED, PayloadValidator, Rejected, bounded_time
-from pipelines.options import IssuePlatformOptions
 from pipelines.replay import event_time_range, latest_valid_time, replay_stream, timed
-from transforms.groups import TABLES, ProcessGroups
-from transforms.parse import DEAD_LETTER, EVIDENCE, GateIngest, KeyByGroup, ParsePayloads
+from pipelines.options import IssuePlatformOptions, SinkOptions
+from transforms.groups import ProcessGroups
+from issue_platform.tables import (ALL_TABLES, DEAD_LETTER, EVIDENCE, OCCURRENCES, PART_GATE, PART_GROUP, PART_KEY,
+                                   PART_PARSE, STATE, jsonl_glob)
+from transforms.parse import GateIngest, KeyByGroup, ParsePayloads
 from transforms.read import Progress, ReadPayloads, input_files
-from transforms.write import WriteTables
+from transforms.sinks import WriteOutputs
+from transforms.snapshot import ReadSnapshot
 
 BATCH_RUNNER = "FnApiRunner"
 STREAMING_RUNNER = "BundleBasedDirectRunner"
-TABLE_FILES = (*TABLES, EVIDENCE, DEAD_LETTER)  # `<table>-*.jsonl` also covers the -gated/-late parts
 
 
 def sample_path() -> str:
@@ -47,29 +49,34 @@ def sample_path() -> str:
 
 def build_pipeline(pipeline: beam.Pipeline, opts: IssuePlatformOptions, config: PlatformConfig,
                    raw: Optional[beam.PCollection] = None, as_of: float = math.inf,
-                   received_at: Optional[float] = None, config_updates: Optional[beam.PCollection] = None) -> dict:
-    """Builds the graph on `pipeline` and returns its outputs by file-set name: each table's rows,
-    where `occurrences-gated` is a further part of `occurrences` (not flattened: the FnApiRunner
-    holds a Flatten of inputs from different stages entirely in memory).
+                   received_at: Optional[float] = None, config_updates: Optional[beam.PCollection] = None,
+                   seeds: Optional[beam.PCollection] = None, bounded: bool = True) -> dict:
+    """Builds the graph on `pipeline` (writing nothing) and returns every table as
+    its parts, `{table: {part: PCollection of rows}}`, a part per step that produces the table's
+    rows (`issue_platform.tables.PART_*`); the sinks (transforms/sinks.py) decide how to combine them.
 
     `raw` replaces the file read (tests pass `beam.Create` or a `TestStream`); `as_of` bounds the
     time-driven transitions; `received_at` stamps status changes that carry no `update_date`;
-    `config_updates` is a PCollection of `PlatformConfig` versions (default: `config`, once)."""
+    `config_updates` is a PCollection of `PlatformConfig` versions (default: `config`, once); `seeds`
+    are a previous run's key states (`ReadSnapshot`), applied ahead of each key's events; `bounded`
+    is False for a live stream (no end of time)."""
     if raw is None:
         raw = pipeline | "ReadPayloads" >> ReadPayloads(opts.input or [sample_path()])
     parsed = raw | "ParsePayloads" >> ParsePayloads(config, opts.max_payload_bytes, opts.validator, opts.progress)
     gated = parsed.valid | "GateIngest" >> GateIngest(config, config_updates)
     keyed = gated.allowed | "KeyByGroup" >> KeyByGroup(received_at)
-    tables = keyed.keyed | "ProcessGroups" >> ProcessGroups(
+    events = keyed.keyed
+    if seeds is not None:
+        events = (events, seeds) | "WithSnapshot" >> beam.Flatten()
+    tables = events | "ProcessGroups" >> ProcessGroups(
         config, opts.dedupe_window_seconds, as_of, opts.allowed_lateness_seconds,
-        streaming=bool(opts.view_as(StandardOptions).streaming))
-    tables[f"{OCCURRENCES}-gated"] = gated[OCCURRENCES]
-    # One file set for every step's dead letters (few rows, so the Flatten holds little): a second
-    # `dead_letter-*` set would be deleted by the first one's batch sink, whose glob matches it.
-    tables[DEAD_LETTER] = (parsed[DEAD_LETTER], gated[DEAD_LETTER], keyed[DEAD_LETTER], tables[DEAD_LETTER]) \
-        | "DeadLetters" >> beam.Flatten()
-    tables[EVIDENCE] = keyed[EVIDENCE]
-    return tables
+        streaming=bool(opts.view_as(StandardOptions).streaming), bounded=bounded)
+    parts = {table: {PART_GROUP: rows} for table, rows in tables.items()}
+    parts[OCCURRENCES][PART_GATE] = gated[OCCURRENCES]
+    parts[DEAD_LETTER].update({PART_PARSE: parsed[DEAD_LETTER], PART_GATE: gated[DEAD_LETTER],
+                               PART_KEY: keyed[DEAD_LETTER]})
+    parts[EVIDENCE] = {PART_KEY: keyed[EVIDENCE]}
+    return parts
 
 
 def _open_any(path: str):
@@ -109,8 +116,8 @@ def replacing_output(output_dir: str) -> Iterator[str]:
     try:
         yield staging
         os.makedirs(target, exist_ok=True)
-        for table in TABLE_FILES:
-            for path in glob.glob(os.path.join(target, f"{table}-*.jsonl")):
+        for table in ALL_TABLES:
+            for path in glob.glob(jsonl_glob(target, table)):
                 os.remove(path)
         for path in glob.glob(os.path.join(staging, "*.jsonl")):
             os.replace(path, os.path.join(target, os.path.basename(path)))
@@ -150,9 +157,9 @@ def fnapi_state_cache_off(runner: Optional[str]) -> Iterator[None]:
 
 def _prepare(argv, config: Optional[PlatformConfig], output_dir: Optional[str] = None,
              facts: Optional[dict] = None):
-    """Checks options and inputs, installs the config, resolves `as_of` and builds the pipeline writing
-    to `output_dir` (default: `--output`). `facts` (if given) receives `as_of`, the valid events'
-    `earliest` time when the input was scanned, and `blank_lines` of a replay."""
+    """Checks options and inputs, resolves `as_of` and builds the pipeline writing to `output_dir`
+    (default: `--output`). `facts` (if given) receives `as_of`, the valid events' `earliest` time
+    when the input was scanned, and `blank_lines` of a replay."""
     options = PipelineOptions(argv)
     opts = options.view_as(IssuePlatformOptions)
     standard = options.view_as(StandardOptions)
@@ -161,12 +168,15 @@ def _prepare(argv, config: Optional[PlatformConfig], output_dir: Optional[str] =
         standard.runner = STREAMING_RUNNER if standard.streaming else BATCH_RUNNER
     if config is None:
         config = load_config(opts.config, tuple(opts.group_types_module or ()), opener=_open_any)
-    config.install()
+    types = config.registry()  # a bad type definition fails here, before the job starts
+    sinks = WriteOutputs(options, output_dir or opts.output, opts.max_payload_bytes)
     inputs = input_files(opts.input or [sample_path()])  # a missing input fails here, before anything
+    if opts.resume_from:
+        check_snapshot(opts.resume_from)
     as_of = parse_as_of(opts.as_of)
     facts = {} if facts is None else facts
     replay = None
-    validator = PayloadValidator(opts.validator, registry)
+    validator = PayloadValidator(opts.validator, types)
     if standard.streaming:  # a replay reads its files once, for its own order and for the default as_of
         blank = [0]
         replay = list(timed(inputs, validator, opts.max_payload_bytes, opts.progress,
@@ -184,11 +194,28 @@ def _prepare(argv, config: Optional[PlatformConfig], output_dir: Optional[str] =
         raw = pipeline | "ReplayInEventTimeOrder" >> replay_stream(replay)
     else:
         raw = pipeline | "ReadPayloads" >> ReadPayloads(inputs)
+    seeds = pipeline | "ReadSnapshot" >> ReadSnapshot(opts.resume_from) if opts.resume_from else None
     # Status changes without update_date take as_of; with no valid time in the input, the start time.
     received_at = as_of if math.isfinite(as_of) else time.time()
-    tables = build_pipeline(pipeline, opts, config, raw=raw, as_of=as_of, received_at=received_at)
-    tables | "WriteTables" >> WriteTables(output_dir or opts.output, streaming=standard.streaming)
+    tables = build_pipeline(pipeline, opts, config, raw=raw, as_of=as_of, received_at=received_at, seeds=seeds)
+    tables | "WriteOutputs" >> sinks
     return pipeline, standard.runner
+
+
+def check_snapshot(directory: str) -> None:
+    """Before the job starts: --resume_from names a readable snapshot (the first row of each file)."""
+    paths = sorted(glob.glob(jsonl_glob(directory, STATE)))
+    if not paths:
+        raise ConfigError(f"--resume_from {directory}: no {STATE} table files (the output directory of a "
+                          "previous run holds them)")
+    for path in paths:
+        with open(path, "rb") as handle:
+            line = next((line for line in handle if line.strip()), None)
+        try:
+            if line is not None:
+                seed_from_row(orjson.loads(line))
+        except (SnapshotError, orjson.JSONDecodeError) as exc:
+            raise ConfigError(f"--resume_from {path}: {exc}") from exc
 
 
 def parse_as_of(value: Optional[str]) -> Optional[float]:
@@ -218,11 +245,13 @@ def submit(argv=None, config: Optional[PlatformConfig] = None):
 
 
 def run(argv=None, config: Optional[PlatformConfig] = None, facts: Optional[dict] = None):
-    """Runs the pipeline to completion and returns its `PipelineResult`. Its tables replace those of
-    the previous run in `--output` only if it succeeds (see `replacing_output`)."""
-    output = PipelineOptions(argv).view_as(IssuePlatformOptions).output
-    with replacing_output(output) as staging:
-        pipeline, runner = _prepare(argv, config, staging, facts)
+    """Runs the pipeline to completion and returns its `PipelineResult`. With JSON Lines output its
+    tables replace those of the previous run in `--output` only if it succeeds (`replacing_output`)."""
+    options = PipelineOptions(argv)
+    output = options.view_as(IssuePlatformOptions).output
+    staged = replacing_output(output) if options.view_as(SinkOptions).sink == "jsonl" else contextlib.nullcontext(output)
+    with staged as output_dir:
+        pipeline, runner = _prepare(argv, config, output_dir, facts)
         with fnapi_state_cache_off(runner):
             result = pipeline.run()
             result.wait_until_finish()

@@ -51,3 +51,32 @@ class IssuePlatformOptions(PipelineOptions):
             "--progress", action="store_true", default=False,
             help="Report records read, rate and elapsed time on stderr every few seconds. The command "
                  "line turns this on by itself when stderr is a terminal.")
+        parser.add_argument(
+            "--resume_from", default=None,
+            help="Output directory of a previous run: every key starts from the state that run ended with (its "
+                 "`state` table) instead of from nothing, so groups, noise counts, recent ids and forecasts carry "
+                 "over. Events at or before a key's snapshot are handled as late data. Default: start empty.")
+
+
+class SinkOptions(PipelineOptions):
+    """Where the outputs go (transforms/sinks.py)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument(
+            "--sink", choices=("jsonl", "bigquery"), default="jsonl",
+            help="jsonl: JSON Lines files under --output (default); bigquery: the tables in --bigquery_dataset.")
+        parser.add_argument(
+            "--bigquery_dataset", default=None,
+            help="PROJECT:DATASET for --sink bigquery; absent tables and the groups_current view are created.")
+        parser.add_argument(
+            "--bigquery_table_prefix", default="",
+            help="Prefix of every BigQuery table name (e.g. staging_). Default: none.")
+        parser.add_argument(
+            "--bigquery_endpoint", default=None,
+            help="BigQuery API root URL, e.g. http://127.0.0.1:9050 for an emulator (anonymous). "
+                 "Default: Google's API with application-default credentials.")
+        parser.add_argument(
+            "--post_process_topic", action="append", default=None,
+            help="Also send each post_process row as a message to pubsub:projects/P/topics/T or "
+                 "kafka:HOST:PORT/TOPIC. Repeatable. Default: none.")

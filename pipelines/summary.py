@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import glob
-import os
 from typing import Optional
 
-import orjson
 from apache_beam.metrics.metric import MetricsFilter
 
+from issue_platform import outcomes as R
+from issue_platform.tables import ALL_TABLES, DEAD_LETTER, GROUPS, OCCURRENCES, STATUS_CHANGES, counter_name, jsonl_glob, read_jsonl
 from transforms.parse import EVENT_TIMES, NAMESPACE
 
 
@@ -28,24 +28,22 @@ def counts_from_outputs(output_dir: str) -> dict[str, int]:
     def bump(name: str) -> None:
         totals[name] = totals.get(name, 0) + 1
 
-    for table, field in (("occurrences", "outcome"), ("status_changes", "outcome"), ("dead_letter", "reason")):
-        for row in _rows(output_dir, table):  # every record lands in exactly one of these
-            bump(f"{table}.{row[field]}")
-            bump("records.in")
-    totals["groups.created"] = len({row["group_id"] for row in _rows(output_dir, "groups")})
+    for table in ALL_TABLES:
+        for row in read_jsonl(output_dir, table):
+            name = counter_name(table, row)
+            if name is not None:
+                bump(name)
+            # Every input record ends in exactly one of these (a sink's rejects are output rows).
+            if table in (OCCURRENCES, STATUS_CHANGES) or (table == DEAD_LETTER and row["stage"] != R.STAGE_SINK):
+                bump("records.in")
+    totals["groups.created"] = len({row["group_id"] for row in read_jsonl(output_dir, GROUPS)})
     return totals
-
-
-def _rows(output_dir: str, table: str):
-    for path in glob.glob(os.path.join(output_dir, f"{table}-*.jsonl")):
-        with open(path, "rb") as handle:
-            yield from (orjson.loads(line) for line in handle if line.strip())
 
 
 def latest_groups(output_dir: str) -> list[dict]:
     """The current state of every group: its row with the highest version."""
     latest: dict[int, dict] = {}
-    for row in _rows(output_dir, "groups"):
+    for row in read_jsonl(output_dir, GROUPS):
         if row["version"] >= latest.get(row["group_id"], {"version": -1})["version"]:
             latest[row["group_id"]] = row
     return list(latest.values())
@@ -62,16 +60,19 @@ def earliest_event_time(result) -> Optional[float]:
 
 
 def tables_written(output_dir: str) -> dict[str, int]:
-    """Rows per table file set in `output_dir` (`occurrences-gated` counts as `occurrences`)."""
+    """Rows per table in `output_dir`, all its parts (`<table>.<part>-...jsonl`) together."""
     rows: dict[str, int] = {}
-    for path in sorted(glob.glob(os.path.join(output_dir, "*.jsonl"))):
-        table = os.path.basename(path).split("-", 1)[0]
-        with open(path, "rb") as handle:
-            rows[table] = rows.get(table, 0) + sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b""))
+    for table in ALL_TABLES:
+        for path in sorted(glob.glob(jsonl_glob(output_dir, table))):
+            with open(path, "rb") as handle:
+                rows[table] = rows.get(table, 0) + sum(
+                    chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b""))
     return rows
 
 
-def render(totals: dict[str, int], groups: list[dict], output_dir: str, elapsed: float, top: int = 5) -> str:
+def render(totals: dict[str, int], groups: list[dict], output_dir: Optional[str], elapsed: float,
+           top: int = 5) -> str:
+    """The summary; `output_dir` None: the tables went elsewhere (BigQuery)."""
     dead = sum(v for k, v in totals.items() if k.startswith("dead_letter."))
     occ = {k.split(".", 1)[1]: v for k, v in totals.items() if k.startswith("occurrences.")}
     changes = {k.split(".", 1)[1]: v for k, v in totals.items() if k.startswith("status_changes.")}
@@ -92,7 +93,8 @@ def render(totals: dict[str, int], groups: list[dict], output_dir: str, elapsed:
     for row in sorted(groups, key=lambda r: (-r["times_seen"], r["group_id"]))[:top]:
         lines.append(f"  {row['times_seen']:>7}  project {row['project_id']:<5} type {row['type']:<6} "
                      f"{row['title'][:40]} — {row['culprit'][:40]}")
-    written = tables_written(output_dir)
-    lines.append(f"tables written to {output_dir}/: " + ", ".join(f"{t} ({n} rows)" for t, n in written.items()))
+    if output_dir is not None:
+        lines.append(f"tables written to {output_dir}/: " + ", ".join(
+            f"{t} ({n} rows)" for t, n in tables_written(output_dir).items()))
     lines.append(f"elapsed:               {elapsed:.1f} s")
     return "\n".join(lines)

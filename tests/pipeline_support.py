@@ -1,15 +1,14 @@
 """Helpers shared by the pipeline tests: payload builders and a runner that reads tables back."""
 from __future__ import annotations
 
-import glob
-import os
 import uuid
 from typing import Iterable
 
 import orjson
 
+from issue_platform.tables import ALL_TABLES, read_jsonl
+
 BASE = 1793491200.0  # 2026-11-01T00:00:00Z
-TABLE_NAMES = ("groups", "occurrences", "status_changes", "post_process", "activity", "evidence", "dead_letter")
 
 
 def occurrence(fingerprint: str = "fp-1", *, project_id: int = 1, type_id: int = 2001, t: float = BASE,
@@ -38,14 +37,7 @@ def write_jsonl(path, payloads: Iterable) -> str:
 
 
 def read_tables(output_dir) -> dict[str, list[dict]]:
-    tables = {}
-    for name in TABLE_NAMES:
-        rows = []
-        for path in sorted(glob.glob(os.path.join(str(output_dir), f"{name}-*.jsonl"))):
-            with open(path, "rb") as handle:
-                rows.extend(orjson.loads(line) for line in handle if line.strip())
-        tables[name] = rows
-    return tables
+    return {name: list(read_jsonl(str(output_dir), name)) for name in ALL_TABLES}
 
 
 def canonical(rows: list[dict]) -> list[bytes]:
@@ -58,4 +50,14 @@ def latest_groups(rows: list[dict]) -> dict[int, dict]:
     for row in rows:
         if row["version"] >= latest.get(row["group_id"], {"version": -1})["version"]:
             latest[row["group_id"]] = row
+    return latest
+
+
+def latest_states(rows: list[dict]) -> dict[str, dict]:
+    """Each key's current `state` row: the highest (snapshot_at, revision)."""
+    latest = {}
+    for row in rows:
+        best = latest.get(row["key"])
+        if best is None or (row["snapshot_at"], row["revision"]) > (best["snapshot_at"], best["revision"]):
+            latest[row["key"]] = row
     return latest

@@ -59,7 +59,7 @@ def previous(tmp_path):
     out.mkdir()
     (out / "notes.txt").write_text("mine")
     for table in ("groups", "occurrences", "dead_letter"):
-        (out / f"{table}-00000-of-00001.jsonl").write_bytes(b'{"previous": true}\n')
+        (out / f"{table}.group-00000-of-00001.jsonl").write_bytes(b'{"previous": true}\n')
     return out, snapshot(out)
 
 
@@ -162,7 +162,7 @@ def test_a_successful_run_replaces_only_its_own_tables(tmp_path, previous):
     data = write_jsonl(tmp_path / "new.jsonl", [occurrence("next", t=BASE), occurrence("next", t=BASE + 1)])
     assert cli("run", "--input", data, "--output", out).returncode == 0
     assert (out / "notes.txt").read_text() == "mine"
-    tables = read_tables(out)
+    tables = read_tables(out)  # the previous run's rows are gone, the new ones are there
     assert [r["times_seen"] for r in tables["groups"]] == [2] and tables["dead_letter"] == []
     assert not [n for n in os.listdir(tmp_path) if "staging" in n]
 

@@ -9,7 +9,8 @@ import issue_platform  # noqa: F401  (registers the built-in types)
 from issue_platform import outcomes as O
 from issue_platform import pending
 from issue_platform.fingerprint import group_id_for
-from issue_platform.groups import GROUPS, OCCURRENCES, POST_PROCESS, GroupProcessor, KeyState
+from issue_platform.groups import GroupProcessor, KeyState
+from issue_platform.tables import GROUPS, OCCURRENCES, POST_PROCESS, group_row
 from issue_platform.grouptype import NoiseConfig, registry
 from issue_platform.noise import NoiseCounter, is_expired, should_create_group
 from issue_platform.pending import Display, PendingOccurrence, PendingStatusChange, display_digest
@@ -244,7 +245,7 @@ def test_display_fields_follow_the_latest_occurrence():
     key.occ(T0 + 60, type=QUIET, title="B", subtitle="b", culprit="cb", level="error")
     group = key.state.group
     assert (group.title, group.subtitle, group.culprit, group.level) == ("B", "b", "cb", "error")
-    row = group.row()
+    row = group_row(group)
     assert (row["title"], row["subtitle"], row["culprit"], row["level"]) == ("B", "b", "cb", "error")
 
 
@@ -261,21 +262,21 @@ def test_priority_on_creation(type_id, priority, initial, expected):
     for i in range(3):
         key.occ(T0 + i, type=type_id, priority=priority, initial=initial)
     assert key.state.group.priority == expected
-    assert key.state.group.row()["priority"] == expected
+    assert group_row(key.state.group)["priority"] == expected
 
 
-def test_later_priority_updates_the_group_but_initial_priority_does_not():
+def test_priority_follows_every_occurrence():
+    """`save_issue_from_occurrence`: `priority or type default` on every occurrence
+    (`initial_issue_priority` is the older name of the same field)."""
     key = Key()
     key.occ(T0, type=QUIET)
     assert key.state.group.priority == 25
     key.occ(T0 + 1, type=QUIET, initial=75)
-    assert key.state.group.priority == 25
-    key.occ(T0 + 2, type=QUIET, priority=75)
     assert key.state.group.priority == 75
-    key.occ(T0 + 3, type=QUIET)
-    assert key.state.group.priority == 75
-    key.occ(T0 + 4, type=QUIET, priority=50)
+    key.occ(T0 + 2, type=QUIET, priority=50)
     assert key.state.group.priority == 50
+    key.occ(T0 + 3, type=QUIET)  # none given: back to the type default
+    assert key.state.group.priority == 25
 
 
 def test_counters_and_times():
@@ -284,7 +285,7 @@ def test_counters_and_times():
     group = key.state.group
     assert (group.times_seen, group.first_seen, group.last_seen, group.version) == (3, T0, T0 + 3600, 3)
     assert [post(o)["is_new"] for o in outs] == [True, False, False]
-    row = group.row()
+    row = group_row(group)
     assert row["first_seen"] == "2026-11-01T00:00:00Z" and row["last_seen"] == "2026-11-01T01:00:00Z"
     assert row["times_seen"] == 3 and row["version"] == 3
     assert row["group_id"] == group_id_for(KEY) and row["project_id"] == 42 and row["fingerprint"] == "ab" * 16
@@ -336,14 +337,14 @@ def test_finish_emits_one_snapshot_only_when_the_group_changed():
     for i in range(1, 5):
         key.occ(T0 + i)
     snapshot = key.proc.finish()
-    assert snapshot == [(GROUPS, key.state.group.row())] and snapshot[0][1]["times_seen"] == 3
+    assert snapshot == [(GROUPS, group_row(key.state.group))] and snapshot[0][1]["times_seen"] == 3
     assert key.proc.finish() == []
     later = Key(state=key.state)  # the next flush starts from the stored state
     assert later.proc.finish() == []
     later.occ(T0 + 10)
     later.change(T0 + 11, 1)
     later.occ(T0 + 12)
-    assert later.proc.finish() == [(GROUPS, later.state.group.row())]
+    assert later.proc.finish() == [(GROUPS, group_row(later.state.group))]
     assert later.state.group.version == 7  # +1 occurrence, +1 resolve, +1 occurrence, +1 regression
 
 
@@ -357,13 +358,26 @@ def test_finish_after_only_duplicates_or_mismatches_emits_nothing():
     assert follow.proc.finish() == []
 
 
-def test_finish_forgets_ids_older_than_the_window():
+def test_finish_forgets_ids_older_than_twice_the_window():
+    """Ids are kept 2 x 300 s behind the key's clock, so a late event still meets those within 300 s of it."""
     key = Key()
     key.occ(T0, type=QUIET, id="3" * 32)
-    key.occ(T0 + 250, type=QUIET, id="4" * 32)
-    key.occ(T0 + 400, type=QUIET, id="5" * 32)
+    key.occ(T0 + 550, type=QUIET, id="4" * 32)
+    key.occ(T0 + 700, type=QUIET, id="5" * 32)
     key.proc.finish()
     assert set(key.state.seen) == {"4" * 32, "5" * 32}
+
+
+def test_a_one_off_noisy_fingerprint_ends_holding_nothing():
+    """What a live stream keeps of a fingerprint seen once: its id until 600 s, its count until 24 h."""
+    key = Key()
+    key.occ(T0, type=NOISY, id="6" * 32)
+    assert key.proc.next_wakeup() == T0 + 600
+    key.proc.finish(T0 + 600)
+    assert not key.state.seen and key.state.noise is not None
+    assert key.proc.next_wakeup() == T0 + 24 * 3600
+    key.proc.finish(T0 + 24 * 3600)
+    assert key.state.is_empty() and key.proc.next_wakeup() is None
 
 
 # --- order independence --------------------------------------------------------------------------

@@ -16,13 +16,13 @@ def md5(text):
 
 
 def occurrence(fingerprint=("n+1-users",), resource_id=None, priority=None, initial_priority=None,
-               environment="production", title="N+1 Query"):
+               environment="production", title="N+1 Query", event=None):
     return Occurrence(
         id="0f1e2d3c4b5a49788695a4b3c2d1e0f9", project_id=42, fingerprint=tuple(md5(p) for p in fingerprint),
         issue_title=title, subtitle="SELECT * FROM users", culprit="/api/0/users/", level="warning", type=1006,
         detection_time=T0, event_id="a3c1bd1e5d4c4b1d9d7f3f6d6a0b1c2d", resource_id=resource_id, priority=priority,
         initial_priority=initial_priority, environment=environment, evidence_data={}, evidence_display=[],
-        event=None)
+        event=event)
 
 
 def status_change(new_status=2, new_substatus=5, update_date=None, detector_id=None, activity_data=None):
@@ -39,7 +39,7 @@ def test_occurrence_round_trip(fingerprint, resource_id, priority, initial):
     record, digest, display_bytes = pending.encode_occurrence(occ)
     assert pending.decode(record) == PendingOccurrence(
         time=T0, id=occ.id, event_id=occ.event_id, type=1006, priority=priority, initial_priority=initial,
-        display=digest, extra_fingerprint=occ.fingerprint[1:], resource_id=resource_id)
+        display=digest, extra_fingerprint=occ.fingerprint[1:], resource_id=resource_id, event_time=T0)
     assert Display.decode(display_bytes) == Display("N+1 Query", "SELECT * FROM users", "/api/0/users/",
                                                     "warning", "production")
     assert digest == display_digest(display_bytes) and len(digest) == pending.DIGEST_SIZE == 8
@@ -80,7 +80,7 @@ def test_same_display_same_digest_different_display_different_digest():
 
 def test_records_are_compact():
     record = pending.encode_occurrence(occurrence())[0]
-    assert len(record) == 57  # the fixed head: no extra parts, no resource id
+    assert len(record) == 65  # the fixed head: no extra parts, no resource id
     assert len(pending.encode_occurrence(occurrence(("a", "b", "c")))[0]) == len(record) + 2 * 16
     assert len(pending.encode_occurrence(occurrence(resource_id="r"))[0]) == len(record) + 2
     assert len(pending.encode_status_change(status_change(), received_at=T0)) <= 32
@@ -117,3 +117,29 @@ def test_many_fingerprint_parts_are_rejected_or_round_trip():
     except Rejected:
         return  # a clean dead letter is fine too
     assert pending.decode(pending.encode_occurrence(occ)[0]).extra_fingerprint == occ.fingerprint[1:]
+
+
+@pytest.mark.parametrize("timestamp, expected", [
+    (T0 - 3600, T0 - 3600),  # unix seconds
+    ("2026-11-01T00:00:00Z", 1_793_491_200.0),  # RFC 3339
+    ("2026-11-01T01:00:00+01:00", 1_793_491_200.0),
+    ("2026-11-01T00:00:00", 1_793_491_200.0),  # no offset: UTC
+    ("yesterday", T0),  # unparsable: detection_time
+    ("2026-13-01T00:00:00Z", T0),
+    (-1.0, T0),  # out of range: detection_time
+    (1e300, T0),
+    (None, T0),
+])
+def test_the_event_timestamp_is_carried_in_the_record(timestamp, expected):
+    """Sentry sets a group's first_seen/last_seen from `event.datetime`; the record carries it."""
+    occ = occurrence(event={"event_id": "a3c1bd1e5d4c4b1d9d7f3f6d6a0b1c2d", "timestamp": timestamp})
+    decoded = pending.decode(pending.encode_occurrence(occ)[0])
+    assert decoded.event_time == expected and decoded.event_datetime == expected
+    assert decoded.time == T0  # detection_time still orders events
+
+
+def test_without_an_embedded_event_the_event_time_is_detection_time():
+    decoded = pending.decode(pending.encode_occurrence(occurrence())[0])
+    assert decoded.event_datetime == decoded.time == T0
+    hand_built = PendingOccurrence(T0, "1" * 32, "2" * 32, 1006, None, None, b"d" * 8, (), None)
+    assert hand_built.event_datetime == T0

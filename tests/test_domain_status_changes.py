@@ -1,13 +1,16 @@
 """Status changes through GroupProcessor: the rules table of reference §6.5."""
+import itertools
+
 import pytest
 
 import issue_platform  # noqa: F401  (registers the built-in types)
 from issue_platform.enums import GroupStatus as S
 from issue_platform.enums import GroupSubStatus as Sub
-from issue_platform.groups import (ACTIVITY, APPLIED, GROUP_NOT_FOUND, INVALID_TRANSITION, NO_OP, STATUS_CHANGES,
-                                   UNSUPPORTED_STATUS, GroupProcessor, KeyState)
+from issue_platform.groups import GroupProcessor, KeyState
+from issue_platform.status_rules import APPLIED, GROUP_NOT_FOUND, INVALID_TRANSITION, NO_OP, UNSUPPORTED_STATUS
 from issue_platform.grouptype import registry
 from issue_platform.pending import Display, PendingOccurrence, PendingStatusChange, display_digest
+from issue_platform.tables import ACTIVITY, STATUS_CHANGES, group_row
 
 T0 = 1_793_491_200.0
 KEY = "42:" + "cd" * 16
@@ -27,8 +30,11 @@ def processor(initial=None):
     return proc
 
 
-def change(proc, status, substatus=None, t=T0 + 60):
-    rows = proc.apply(PendingStatusChange(t, "3" * 32, status, substatus, True, None, None))
+_ids = itertools.count(0x3000)
+
+
+def change(proc, status, substatus=None, t=T0 + 60, change_id=None):
+    rows = proc.apply(PendingStatusChange(t, change_id or f"{next(_ids):032x}", status, substatus, True, None, None))
     (row,) = [row for table, row in rows if table == STATUS_CHANGES]
     assert all(table == ACTIVITY for table, _ in rows if table != STATUS_CHANGES)
     return row
@@ -143,13 +149,13 @@ def test_applied_bumps_version_and_others_do_not():
         versions.append(proc.state.group.version)
     #                  applied no_op invalid applied invalid unsupported applied applied
     assert versions == [2, 2, 2, 3, 3, 3, 4, 5]
-    assert proc.finish() == [("groups", proc.state.group.row())]
-    assert proc.state.group.row()["status"] == 0 and proc.state.group.row()["substatus"] == 3
+    assert proc.finish() == [("groups", group_row(proc.state.group))]
+    assert group_row(proc.state.group)["status"] == 0 and group_row(proc.state.group)["substatus"] == 3
 
 
 def test_status_change_row():
     proc = processor(NEW_GROUP)
-    row = change(proc, S.IGNORED, Sub.FOREVER, t=T0 + 3600)
+    row = change(proc, S.IGNORED, Sub.FOREVER, t=T0 + 3600, change_id="3" * 32)
     assert row == {
         "status_change_id": "3" * 32, "project_id": 42, "fingerprint": "cd" * 16,
         "group_id": proc.state.group.group_id, "new_status": 2, "new_substatus": 5, "outcome": APPLIED,

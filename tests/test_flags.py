@@ -97,7 +97,8 @@ def test_a_group_created_while_post_process_was_off_never_sends_is_new():
     """The post-process flag is decided per occurrence at ingest; flipping it on later sends messages
     for later occurrences, none of them `is_new` (the seed's note)."""
     from issue_platform.grouptype import registry
-    from issue_platform.groups import POST_PROCESS, GroupProcessor, KeyState
+    from issue_platform.groups import GroupProcessor, KeyState
+    from issue_platform.tables import POST_PROCESS
     from issue_platform.pending import Admission, Display, PendingOccurrence, display_digest
 
     display = Display("t", "s", "c", "warning", "production")

@@ -6,6 +6,7 @@ late data is applied within the allowed lateness and dead-lettered beyond it.
 """
 from __future__ import annotations
 
+import hashlib
 import random
 
 import apache_beam as beam
@@ -19,7 +20,7 @@ from pipelines.issue_pipeline import build_pipeline, run
 from pipelines.options import IssuePlatformOptions
 from tests.lifecycle_fixture import CONFIG, D, H, lifecycle_payloads
 from tests.pipeline_support import BASE, canonical, latest_groups, occurrence, read_tables, write_jsonl
-from transforms.write import WriteTables
+from transforms.sinks import WriteJsonLines
 
 COMPARED = ("occurrences", "status_changes", "post_process", "activity", "evidence", "dead_letter")
 
@@ -37,15 +38,45 @@ def test_batch_and_streaming_agree_on_a_shuffled_lifecycle(tmp_path):
         assert canonical(batch[table]) == canonical(stream[table]), table
     assert canonical(list(latest_groups(batch["groups"]).values())) == canonical(
         list(latest_groups(stream["groups"]).values()))
-    # The fixture really exercises the lifecycle.
-    kinds = {row["type"] for row in batch["activity"]}
-    assert kinds == {"set_resolved_by_age", "set_regression", "auto_set_ongoing", "set_escalating",
-                     "set_priority", "set_resolved", "set_ignored", "set_unresolved"}
-    outcomes = {row["outcome"] for row in batch["status_changes"]}
-    assert outcomes == {"applied", "no_op", "group_not_found", "invalid_transition", "unsupported_status"}
-    assert any(m["is_regression"] for m in batch["post_process"])
-    escalated = [r for r in batch["activity"] if r["type"] == "set_escalating"]
-    assert [r["data"]["forecast"] for r in escalated] == [10]  # 30 quiet hours: max(1) * 10
+    _assert_every_rule_holds(batch)
+
+
+def _assert_every_rule_holds(tables):
+    """The fixture exercises every transition and outcome, and each issue #8 rule holds."""
+    assert {row["type"] for row in tables["activity"]} == {
+        "set_resolved_by_age", "set_regression", "auto_set_ongoing", "set_escalating", "set_priority",
+        "set_resolved", "set_ignored", "set_unresolved"}
+    assert {row["outcome"] for row in tables["status_changes"]} == {
+        "applied", "no_op", "group_not_found", "invalid_transition", "unsupported_status", "duplicate"}
+    groups = {g["fingerprint"]: g for g in latest_groups(tables["groups"]).values()}
+
+    def group(name):
+        return groups[hashlib.md5(name.encode()).hexdigest()]
+
+    def rows(table, name, **match):
+        return [r for r in tables[table] if r["group_id"] == group(name)["group_id"]
+                and all(r[k] == v for k, v in match.items())]
+
+    # Escalation: the one-event forecast at the first check; the TTL key's 50/day forecast had expired;
+    # none where post-processing is off.
+    assert [r["data"]["forecast"] for r in rows("activity", "escalate", type="set_escalating")] == [10]
+    assert [r["data"]["forecast"] for r in rows("activity", "ttl", type="set_escalating")] == [10]
+    assert (group("ppoff")["status"], group("ppoff")["substatus"]) == (2, 1)
+    # Regression guard: the occurrence 3 s after creation does not regress, the one at 2 h does.
+    assert sorted(m["is_regression"] for m in rows("post_process", "guard")) == [False, False, True]
+    # No age-based regression without auto-resolve; NEW -> ONGOING after 7 days instead.
+    assert group("noauto")["substatus"] == 3 and not any(m["is_regression"] for m in rows("post_process", "noauto"))
+    # Times from the embedded event; the group's culprit cut, the occurrence's whole.
+    assert (group("times")["first_seen"], group("times")["last_seen"]) == ("2026-11-01T03:00:00Z",
+                                                                           "2026-11-01T04:00:00Z")
+    assert len(group("times")["culprit"]) == 200 and group("times")["culprit"].endswith("...")
+    assert sorted(len(r["culprit"]) for r in rows("occurrences", "times")) == [len("app.io.load"), 250]
+    # Priority follows every occurrence; activity data as Sentry writes it.
+    assert group("prio")["priority"] == 25
+    assert [r["data"] for r in sorted(rows("activity", "prio", type="set_priority"), key=lambda r: r["timestamp"])
+            ] == [{"priority": "medium", "reason": "issue_platform"}, {"priority": "low", "reason": "issue_platform"}]
+    assert [r["data"] for r in rows("activity", "status", type="set_resolved")] in (
+        [{"by": "detector"}, {}], [{}, {"by": "detector"}])
 
 
 def _run_stream(tmp_path, stream: BeamTestStream, as_of: float = float("inf"), config_text: str = CONFIG,
@@ -60,10 +91,10 @@ def _run_stream(tmp_path, stream: BeamTestStream, as_of: float = float("inf"), c
     opts = options.view_as(IssuePlatformOptions)
     with beam.Pipeline(options=options) as p:
         tables = build_pipeline(p, opts, config, raw=p | stream, as_of=as_of, received_at=as_of)
-        stamped = {name: rows | f"Stamp{name}" >> beam.Map(
+        stamped = {name: {part: rows | f"Stamp{name}{part}" >> beam.Map(
             lambda row, ts=beam.DoFn.TimestampParam: {**row, "_emitted_at": float(ts.micros) / 1e6})
-            for name, rows in tables.items()}
-        stamped | WriteTables(str(tmp_path / "out"), streaming=True)
+            for part, rows in parts.items()} for name, parts in tables.items()}
+        stamped | WriteJsonLines(str(tmp_path / "out"))
     return read_tables(tmp_path / "out")
 
 

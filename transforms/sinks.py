@@ -1,0 +1,479 @@
+"""Sinks: where the tables and the post-process messages go, chosen by `SinkOptions`.
+
+`build_pipeline` returns every table as its parts, `{table: {part: PCollection of rows}}` (one part
+per step that produces rows of that table); each sink decides how to combine them. None flattens
+them: the FnApiRunner holds a Flatten of inputs from different stages entirely in memory.
+
+- `WriteJsonLines`: `<table>.<part>-*.jsonl` files under a directory (the local default).
+- `WriteBigQuery`: the BigQuery tables of `issue_platform.tables` (FILE_LOADS in batch,
+  STREAMING_INSERTS with insert ids derived from each row when streaming).
+- `WritePostProcessTopic`: one message per `post_process` row to Pub/Sub or Kafka.
+- `WriteOutputs`: the composite `pipelines.issue_pipeline` applies: the tables sink, plus the topic.
+"""
+from __future__ import annotations
+
+import collections
+import functools
+import hashlib
+import logging
+import threading
+import uuid
+from typing import Optional
+
+import apache_beam as beam
+import orjson
+from apache_beam import coders, pvalue
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+from apache_beam.options.pipeline_options import StandardOptions
+
+from issue_platform import outcomes as R
+from issue_platform.config import ConfigError
+from issue_platform.tables import (DEAD_LETTER, GROUPS, GROUPS_CURRENT, GROUPS_CURRENT_SQL, JSONL_SUFFIX, PART_SINK,
+                                   POST_PROCESS, TABLES, dead_letter_row, jsonl_prefix,
+                                   post_process_message, schema_problem)
+from issue_platform.validation import DEFAULT_MAX_PAYLOAD_BYTES, Rejected
+from pipelines.options import SinkOptions
+from transforms.parse import NAMESPACE
+
+_LOGGER = logging.getLogger(__name__)
+
+
+class SinkError(ConfigError):
+    """A sink that cannot be used as configured (one line and exit 2, before the job starts)."""
+
+
+def _label(*names: str) -> str:
+    return "".join(n.title().replace("_", "") for n in names)
+
+
+def to_json_line(row: dict) -> bytes:
+    return orjson.dumps(row, option=orjson.OPT_NON_STR_KEYS)
+
+
+# --- JSON Lines -----------------------------------------------------------------------------------
+
+class _AppendJsonLinesFn(beam.DoFn):
+    """Streaming: each bundle's rows go to a new `<table>.<part>-<uuid>.jsonl` (local replays and
+    tests; a production stream writes to BigQuery and the post-process topic instead)."""
+
+    def __init__(self, prefix: str):
+        self._prefix = prefix
+
+    def start_bundle(self):
+        self._lines = []
+
+    def process(self, row):
+        self._lines.append(to_json_line(row))
+
+    def finish_bundle(self):
+        if self._lines:
+            with FileSystems.create(f"{self._prefix}-{uuid.uuid4().hex}{JSONL_SUFFIX}") as handle:
+                handle.write(b"\n".join(self._lines) + b"\n")
+        self._lines = []
+
+
+class WriteJsonLines(beam.PTransform):
+    """Writes each part of each table to `<output_dir>/<table>.<part>-SSSSS-of-NNNNN.jsonl` with
+    Beam's transactional text sink (batch), or `<table>.<part>-<uuid>.jsonl` per bundle (streaming).
+    Read a table as `<table>.*.jsonl` (`issue_platform.tables.read_jsonl`): no table's or part's
+    files match another's, so a writer's finalisation never deletes another part's output."""
+
+    def __init__(self, output_dir: str):
+        super().__init__()
+        self._output_dir = output_dir
+
+    def expand(self, tables: dict):
+        streaming = _pipeline_of(tables).options.view_as(StandardOptions).streaming
+        for table, parts in sorted(tables.items()):
+            for part, rows in sorted(parts.items()):
+                label, prefix = _label(table, part), jsonl_prefix(self._output_dir, table, part)
+                if streaming:
+                    rows | f"Append{label}" >> beam.ParDo(_AppendJsonLinesFn(prefix))
+                else:
+                    (rows
+                     | f"Encode{label}" >> beam.Map(to_json_line)
+                     | f"Write{label}" >> beam.io.WriteToText(prefix, file_name_suffix=JSONL_SUFFIX,
+                                                             coder=coders.BytesCoder()))
+        return pvalue.PDone(_pipeline_of(tables))
+
+
+def _pipeline_of(tables: dict) -> beam.Pipeline:
+    return next(iter(next(iter(tables.values())).values())).pipeline
+
+
+# --- BigQuery -------------------------------------------------------------------------------------
+
+def parse_dataset(value: str) -> tuple[str, str]:
+    project, sep, dataset = (value or "").partition(":")
+    if not sep or not project or not dataset or "." in dataset:
+        raise SinkError(f"--bigquery_dataset {value!r}: expected PROJECT:DATASET")
+    return project, dataset
+
+
+def bigquery_client(project: str, endpoint: Optional[str]):
+    """google-cloud-bigquery's client; with `endpoint` (an emulator), anonymous."""
+    from google.cloud import bigquery
+
+    if endpoint is None:
+        return bigquery.Client(project=project)
+    from google.api_core.client_options import ClientOptions
+    from google.auth.credentials import AnonymousCredentials
+
+    return bigquery.Client(project=project, credentials=AnonymousCredentials(),
+                           client_options=ClientOptions(api_endpoint=endpoint))
+
+
+class EndpointClient:
+    """Beam's BigQuery client for another server (an emulator), anonymous: what `WriteToBigQuery`'s
+    and `BigQueryWriteFn`'s documented `test_client` argument takes. That one object stands for both
+    clients Beam uses: the apitools services (tables, jobs, ...) and google-cloud-bigquery's
+    `insert_rows_json` (streaming inserts). Built on first use in each process; it pickles."""
+
+    def __init__(self, project: str, endpoint: str):
+        self._project, self._endpoint = project, endpoint.rstrip("/")
+
+    def __getstate__(self):
+        return {"_project": self._project, "_endpoint": self._endpoint}
+
+    @functools.cached_property
+    def _apitools(self):
+        from apache_beam.io.gcp.internal.clients.bigquery import bigquery_v2_client
+
+        return bigquery_v2_client.BigqueryV2(url=f"{self._endpoint}/bigquery/v2/", get_credentials=False)
+
+    @functools.cached_property
+    def _cloud(self):
+        return bigquery_client(self._project, self._endpoint)
+
+    def insert_rows_json(self, *args, **kwargs):
+        return self._cloud.insert_rows_json(*args, **kwargs)
+
+    def __getattr__(self, name):  # datasets, tables, jobs, tabledata: apitools
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._apitools, name)
+
+
+def _table_definition(bigquery, ref: str, table: str):
+    spec = TABLES[table]
+    definition = bigquery.Table(ref, schema=[
+        bigquery.SchemaField(f["name"], f["type"], f["mode"], description=f["description"]) for f in spec.schema()])
+    definition.time_partitioning = bigquery.TimePartitioning(type_=bigquery.TimePartitioningType.DAY,
+                                                             field=spec.partition_field)
+    definition.clustering_fields = list(spec.clustering)
+    return definition
+
+
+def _shape(table) -> tuple:
+    partitioning = table.time_partitioning
+    return ([(f.name, f.field_type, f.mode) for f in table.schema],
+            partitioning and (partitioning.type_, partitioning.field), list(table.clustering_fields or []))
+
+
+def ensure_tables(client, project: str, dataset: str, prefix: str = "") -> None:
+    """Creates the dataset, every table and the `groups_current` view where absent (through the tables
+    API: schema with descriptions, day partitioning, clustering). An existing table or view that
+    differs is never altered: that is an error naming it."""
+    from google.api_core.exceptions import NotFound
+    from google.cloud import bigquery
+
+    client.create_dataset(f"{project}.{dataset}", exists_ok=True)
+    for table in TABLES:
+        ref = f"{project}.{dataset}.{prefix}{table}"
+        wanted = _table_definition(bigquery, ref, table)
+        try:
+            existing = client.get_table(ref)
+        except NotFound:
+            client.create_table(wanted)
+            continue
+        if _shape(existing) != _shape(wanted):
+            raise SinkError(f"BigQuery table {ref} exists with another schema, partitioning or clustering "
+                            f"than schemas/bigquery/{table}.json; it is not altered: migrate or drop it")
+    view_ref = f"{project}.{dataset}.{prefix}{GROUPS_CURRENT}"
+    query = GROUPS_CURRENT_SQL.format(groups=f"{project}.{dataset}.{prefix}{GROUPS}")
+    try:
+        existing = client.get_table(view_ref)
+    except NotFound:
+        view = bigquery.Table(view_ref)
+        view.view_query = query
+        client.create_table(view)
+        return
+    if existing.view_query not in (query, None):  # None: bqemulator does not report a view's query
+        raise SinkError(f"BigQuery view {view_ref} exists with another query; it is not altered")
+
+
+def bigquery_row(row: dict, table: str, streaming: bool) -> dict:
+    """A row as BigQuery takes it: JSON columns as text for streaming inserts (load jobs take the
+    value itself)."""
+    if not streaming:
+        return row
+    json_fields = _json_fields(table)
+    return {k: orjson.dumps(v).decode() if k in json_fields and v is not None else v for k, v in row.items()}
+
+
+@functools.lru_cache(maxsize=None)
+def _json_fields(table: str) -> frozenset:
+    return frozenset(f["name"] for f in TABLES[table].schema() if f["type"] == "JSON")
+
+
+class _CheckRowsFn(beam.DoFn):
+    """Rows that break their table's schema (BigQuery would reject them: in a load job, the whole
+    job) become dead-letter rows; the rest go on, encoded for BigQuery."""
+
+    REJECTED = "rejected"
+
+    def __init__(self, table: str, streaming: bool, max_bytes: int):
+        self._table, self._streaming, self._max_bytes = table, streaming, max_bytes
+
+    def process(self, row):
+        problem = schema_problem(self._table, row)
+        if problem is None:
+            yield bigquery_row(row, self._table, self._streaming)
+        else:
+            yield pvalue.TaggedOutput(self.REJECTED, _rejected_row(self._table, problem[0], problem[1], row,
+                                                                   self._max_bytes))
+
+
+def _rejected_row(table: str, field: str, message: str, row: dict, max_bytes: int) -> dict:
+    Metrics.counter(NAMESPACE, f"dead_letter.{R.BIGQUERY_REJECTED}").inc()
+    rejected = Rejected(R.BIGQUERY_REJECTED, field, f"{table}: {message}", stage=R.STAGE_SINK)
+    return dead_letter_row(rejected, {"table": table, "row": row}, max_bytes)
+
+
+class _InsertIdFn(beam.DoFn):
+    """(table ref, (row, insert id)) with the id derived from the row itself: a retried bundle sends
+    the same ids, so BigQuery's best-effort de-duplication drops the repeat. Identical rows within a
+    bundle are told apart by their ordinal; identical rows in different bundles share an id (see the
+    README)."""
+
+    def __init__(self, ref: str, table: str):
+        self._ref, self._table = ref, table
+
+    def start_bundle(self):
+        self._seen = collections.Counter()
+
+    def process(self, row):
+        digest = hashlib.sha256(self._table.encode() + orjson.dumps(row, option=orjson.OPT_SORT_KEYS)).hexdigest()
+        ordinal = self._seen[digest]
+        self._seen[digest] += 1
+        yield self._ref, (row, f"{digest[:40]}-{ordinal}")
+
+
+def _failed_insert(table: str, max_bytes: int):
+    def to_dead_letter(failed):
+        _, row, errors = failed
+        first = (errors or [{}])[0]
+        where = first.get("location") or ""
+        message = f"BigQuery rejected the row ({first.get('reason', 'unknown')}{' at ' + where if where else ''})"
+        return _rejected_row(table, where, message, row, max_bytes)
+    return to_dead_letter
+
+
+class WriteBigQuery(beam.PTransform):
+    """Writes every part of every table to `PROJECT:DATASET.<prefix><table>`; creates the tables and
+    the `groups_current` view first where absent (at construction, like Beam's CREATE_IF_NEEDED,
+    but with the partitioning and clustering of `issue_platform.tables`; writes use CREATE_NEVER).
+
+    Batch: FILE_LOADS. Streaming: STREAMING_INSERTS with insert ids from each row's content. Rows
+    BigQuery rejects (a schema check before the write, and the per-row errors of streaming inserts)
+    become `dead_letter` rows (stage `sink`, reason `bigquery_rejected`, the row as payload),
+    written as its part `sink`; they never stall the job. `endpoint` points at another server (an
+    emulator); nothing else changes. On Dataflow, STORAGE_WRITE_API is the better streaming method
+    (exactly-once, cheaper); it is cross-language and cannot run locally (see the README)."""
+
+    def __init__(self, dataset: str, prefix: str = "", endpoint: Optional[str] = None,
+                 max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES):
+        super().__init__()
+        self._project, self._dataset = parse_dataset(dataset)
+        self._prefix, self._endpoint, self._max_bytes = prefix, endpoint, max_bytes
+
+    def _ref(self, table: str) -> str:
+        return f"{self._project}:{self._dataset}.{self._prefix}{table}"
+
+    def expand(self, tables: dict):
+        pipeline = _pipeline_of(tables)
+        streaming = bool(pipeline.options.view_as(StandardOptions).streaming)
+        ensure_tables(bigquery_client(self._project, self._endpoint), self._project, self._dataset, self._prefix)
+        test_client = EndpointClient(self._project, self._endpoint) if self._endpoint else None
+        rejected = []
+        for table, parts in sorted(tables.items()):
+            for part, rows in sorted(parts.items()):
+                label = _label(table, part)
+                checked = rows | f"Check{label}" >> beam.ParDo(
+                    _CheckRowsFn(table, streaming, self._max_bytes)).with_outputs(_CheckRowsFn.REJECTED, main="rows")
+                rejected.append(checked[_CheckRowsFn.REJECTED])
+                failed = self._write(checked.rows, table, label, streaming, test_client)
+                if failed is not None:
+                    rejected.append(failed | f"Rejected{label}" >> beam.Map(_failed_insert(table, self._max_bytes)))
+        sink_dead_letters = (rejected | "SinkDeadLetters" >> beam.Flatten()
+                             | "EncodeSinkDeadLetters" >> beam.Map(bigquery_row, DEAD_LETTER, streaming))
+        failed = self._write(sink_dead_letters, DEAD_LETTER, _label(DEAD_LETTER, PART_SINK), streaming, test_client)
+        if failed is not None:  # a dead-letter row rejected in turn: logged and counted, not looped
+            failed | "LostSinkDeadLetters" >> beam.Map(_lost)
+        return pvalue.PDone(pipeline)
+
+    def _write(self, rows, table: str, label: str, streaming: bool, test_client):
+        from apache_beam.io.gcp.bigquery import BigQueryDisposition, BigQueryWriteFn, RetryStrategy, WriteToBigQuery
+
+        schema = {"fields": TABLES[table].schema()}
+        if not streaming:
+            rows | f"Load{label}" >> WriteToBigQuery(
+                self._ref(table), schema=schema, method=WriteToBigQuery.Method.FILE_LOADS,
+                create_disposition=BigQueryDisposition.CREATE_NEVER,
+                write_disposition=BigQueryDisposition.WRITE_APPEND, test_client=test_client,
+                validate=test_client is None)
+            return None
+        written = (rows
+                   | f"InsertIds{label}" >> beam.ParDo(_InsertIdFn(self._ref(table), table))
+                   | f"Insert{label}" >> beam.ParDo(BigQueryWriteFn(
+                       batch_size=None, schema=schema, create_disposition=BigQueryDisposition.CREATE_NEVER,
+                       write_disposition=BigQueryDisposition.WRITE_APPEND, test_client=test_client,
+                       retry_strategy=RetryStrategy.RETRY_ON_TRANSIENT_ERROR)).with_outputs(
+                       BigQueryWriteFn.FAILED_ROWS_WITH_ERRORS, BigQueryWriteFn.FAILED_ROWS, main="written"))
+        return written[BigQueryWriteFn.FAILED_ROWS_WITH_ERRORS]
+
+
+def _lost(failed) -> None:
+    Metrics.counter(NAMESPACE, "sink.dead_letter_rejected").inc()
+    _LOGGER.error("BigQuery rejected a sink dead-letter row of %s", failed[0])  # never the payload
+
+
+# --- The post-process topic -----------------------------------------------------------------------
+
+def parse_topic(value: str) -> tuple[str, str, Optional[str]]:
+    """`pubsub:projects/P/topics/T` -> ("pubsub", "projects/P/topics/T", None);
+    `kafka:HOST:PORT/TOPIC` -> ("kafka", "TOPIC", "HOST:PORT")."""
+    kind, _, rest = (value or "").partition(":")
+    if kind == "pubsub":
+        parts = rest.split("/")
+        if len(parts) == 4 and parts[0] == "projects" and parts[2] == "topics" and parts[1] and parts[3]:
+            return kind, rest, None
+    elif kind == "kafka":
+        servers, _, topic = rest.partition("/")
+        if servers and topic and "/" not in topic:
+            return kind, topic, servers
+    raise SinkError(f"--post_process_topic {value!r}: expected pubsub:projects/P/topics/T or kafka:HOST:PORT/TOPIC")
+
+
+def _to_pubsub_message(row: dict):
+    from apache_beam.io.gcp.pubsub import PubsubMessage
+
+    key, body, attributes = post_process_message(row)
+    return PubsubMessage(body, attributes, ordering_key=key)
+
+
+_PRODUCERS: dict = {}
+_PRODUCERS_LOCK = threading.Lock()
+
+
+def _producer(config: dict):
+    """One producer per process and config: runners may call `setup` once per bundle."""
+    key = tuple(sorted(config.items()))
+    with _PRODUCERS_LOCK:
+        if key not in _PRODUCERS:
+            from confluent_kafka import Producer
+
+            _PRODUCERS[key] = Producer(config)
+        return _PRODUCERS[key]
+
+
+class KafkaProduceFn(beam.DoFn):
+    """Produces each `(key, value, headers)` to `topic`: an idempotent producer (no duplicates from
+    its own retries), batching (`linger.ms`), a flush at the end of every bundle, and a delivery
+    failure raises, so the runner retries the bundle: a message is never dropped silently."""
+
+    FLUSH_TIMEOUT_SECONDS = 60.0
+
+    def __init__(self, servers: str, topic: str, **producer_config):
+        self._topic = topic
+        # A message not delivered within message.timeout.ms fails its delivery before the flush gives up.
+        self._config = {"bootstrap.servers": servers, "enable.idempotence": True, "acks": "all", "linger.ms": 20,
+                        "compression.type": "lz4", "message.timeout.ms": 30_000, **producer_config}
+
+    def setup(self):
+        self._producer = _producer(self._config)
+
+    def start_bundle(self):
+        self._failures = []
+
+    def _delivered(self, error, message):
+        if error is not None:
+            self._failures.append(error)
+
+    def process(self, message):
+        key, value, headers = message
+        while True:
+            try:
+                self._producer.produce(self._topic, value=value, key=key, headers=headers,
+                                       on_delivery=self._delivered)
+                break
+            except BufferError:  # the local queue is full: let deliveries drain, then retry
+                self._producer.poll(0.1)
+        self._producer.poll(0)
+
+    def finish_bundle(self):
+        pending = self._producer.flush(self.FLUSH_TIMEOUT_SECONDS)
+        if pending or self._failures:
+            first = self._failures[0] if self._failures else "flush timed out"
+            raise RuntimeError(f"kafka topic {self._topic}: {len(self._failures) or pending} message(s) not "
+                               f"delivered ({first}); the bundle fails and is retried")
+
+
+def _to_kafka_message(row: dict) -> tuple:
+    key, body, attributes = post_process_message(row)
+    return key.encode(), body, [(k, v.encode()) for k, v in attributes.items()]
+
+
+class WritePostProcessTopic(beam.PTransform):
+    """`post_process` rows -> one message each on the topic: the row as a JSON body; attributes
+    (Pub/Sub) or headers (Kafka) `group_id`, `project_id`, `group_type`, `is_new`, `is_regression`;
+    ordering key (Pub/Sub) or message key (Kafka, hence the partition) = the group id, so one
+    group's messages stay in order."""
+
+    def __init__(self, topic: str):
+        super().__init__()
+        self._kind, self._topic, self._servers = parse_topic(topic)
+
+    def expand(self, parts: dict):
+        for part, rows in sorted(parts.items()):
+            label = _label(part)
+            if self._kind == "pubsub":
+                from apache_beam.io.gcp.pubsub import WriteToPubSub
+
+                (rows
+                 | f"ToPubSubMessage{label}" >> beam.Map(_to_pubsub_message)
+                 | f"PublishPubSub{label}" >> WriteToPubSub(self._topic, with_attributes=True,
+                                                           publish_with_ordering_key=True))
+            else:
+                (rows
+                 | f"ToKafkaMessage{label}" >> beam.Map(_to_kafka_message)
+                 | f"ProduceKafka{label}" >> beam.ParDo(KafkaProduceFn(self._servers, self._topic)))
+        return pvalue.PDone(next(iter(parts.values())).pipeline)
+
+
+class WriteOutputs(beam.PTransform):
+    """The tables to the sink `--sink` names (JSON Lines under `--output`, or BigQuery), and the
+    post-process rows to each `--post_process_topic`."""
+
+    def __init__(self, options, output_dir: str, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES):
+        super().__init__()
+        sink = options.view_as(SinkOptions)
+        if sink.sink == "bigquery":
+            if not sink.bigquery_dataset:
+                raise SinkError("--sink bigquery needs --bigquery_dataset PROJECT:DATASET")
+            self._tables = WriteBigQuery(sink.bigquery_dataset, sink.bigquery_table_prefix or "",
+                                         sink.bigquery_endpoint, max_bytes)
+            self._tables_label = "WriteBigQuery"
+        else:
+            self._tables, self._tables_label = WriteJsonLines(output_dir), "WriteTables"
+        self._topics = [WritePostProcessTopic(topic) for topic in sink.post_process_topic or ()]
+
+    def expand(self, tables: dict):
+        for i, topic in enumerate(self._topics):
+            tables[POST_PROCESS] | f"PostProcessTopic{i}" >> topic
+        return tables | self._tables_label >> self._tables
+
+
+__all__ = ["WriteOutputs", "WriteJsonLines", "WriteBigQuery", "WritePostProcessTopic", "KafkaProduceFn",
+           "SinkError", "ensure_tables", "parse_topic"]
