@@ -57,7 +57,7 @@ def plain(path: str) -> tuple[Counter, Counter]:
                                        evidence_row, occurrence_row)
     from issue_platform.pending import Admission, Display, decode, encode_occurrence, encode_status_change, sort_key
     from issue_platform.validation import DEFAULT_MAX_PAYLOAD_BYTES as MAX, Occurrence, PayloadValidator, \
-        Rejected, parse, parse_time
+        Rejected, parse
 
     config = load_config()
     registry = config.registry()
@@ -75,13 +75,6 @@ def plain(path: str) -> tuple[Counter, Counter]:
                 counts[name] += 1
             emit(table, row)
 
-    def event_time(payload) -> float:  # pipelines.replay.event_time: what the default --as_of is the max of
-        try:
-            value = payload.get("detection_time", payload.get("update_date"))
-            return -math.inf if value is None else parse_time(value, "time")
-        except (AttributeError, Rejected):
-            return -math.inf
-
     with open(path, "rb") as handle:
         for raw in handle:
             if raw.endswith(b"\n"):  # ReadFromText strips "\n" or "\r\n"
@@ -91,12 +84,10 @@ def plain(path: str) -> tuple[Counter, Counter]:
                 continue
             counts["records.in"] += 1
             try:
-                payload = parse(raw, MAX)
-                latest = max(latest, event_time(payload))
-                p = validator.validate(payload)
+                p = validator.validate(parse(raw, MAX))
+                # The default --as_of: the latest time of a valid event (pipelines.replay.timed).
+                latest = max(latest, p.detection_time if isinstance(p, Occurrence) else p.update_date or -math.inf)
             except Rejected as rej:
-                if rej.reason == R.PAYLOAD_TOO_LARGE:
-                    latest = max(latest, event_time(orjson.loads(raw)))
                 emit_counted([(DEAD_LETTER, dead_letter_row(rej, raw, MAX))])
                 continue
             project = config.project(p.project_id)
@@ -137,6 +128,7 @@ def plain(path: str) -> tuple[Counter, Counter]:
         for event in sorted(map(decode, records), key=sort_key):
             emit_counted(processor.apply(event))
         emit_counted(processor.finish(math.inf))
+        counts["groups.created"] += state.group is not None
         if not state.is_empty():
             state.encode()  # the pipeline writes it to its KEY_STATE
     return +counts, sizes
@@ -185,12 +177,15 @@ def replay_only(path: str) -> tuple[dict, Counter]:
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
+    from issue_platform.grouptype import registry
+    from issue_platform.validation import DEFAULT_MAX_PAYLOAD_BYTES, PayloadValidator
     from pipelines.replay import replay_stream, timed
 
     seen = Counter()
     options = PipelineOptions(["--runner=BundleBasedDirectRunner", "--streaming"])
     with beam.Pipeline(options=options) as p:
-        p | replay_stream(list(timed([path]))) | beam.Map(len)
+        p | replay_stream(list(timed([path], PayloadValidator("fast", registry), DEFAULT_MAX_PAYLOAD_BYTES))) \
+            | beam.Map(len)
     with open(path, "rb") as handle:
         seen["records.in"] = sum(1 for line in handle if line.strip())
     return seen, Counter()

@@ -34,6 +34,8 @@ DEAD_LETTER_REASONS = (
 # Dead-letter stages.
 STAGE_PARSE = "parse"
 STAGE_VALIDATE = "validate"
+STAGE_GATE = "gate"
+STAGE_KEY = "key"
 STAGE_GROUP = "group"
 
 # A row a sink could not write (stage "sink"; the payload column holds the row). Not an input

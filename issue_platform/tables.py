@@ -49,7 +49,7 @@ TABLES = {t.name: t for t in (
     Table(GROUPS, "last_seen", ("project_id", "group_id")),
     Table(OCCURRENCES, "detection_time", ("project_id", "group_id"), _by("outcome", OCCURRENCES)),
     Table(STATUS_CHANGES, "timestamp", ("project_id", "group_id"), _by("outcome", STATUS_CHANGES)),
-    Table(POST_PROCESS, None, ("project_id", "group_id"), lambda row: "groups.created" if row["is_new"] else None),
+    Table(POST_PROCESS, None, ("project_id", "group_id")),  # groups.created: counted by the group step itself
     Table(ACTIVITY, "timestamp", ("project_id", "group_id"), _by("type", ACTIVITY)),
     Table(EVIDENCE, None, ("project_id",)),
     Table(DEAD_LETTER, None, ("stage", "reason"), _by("reason", DEAD_LETTER)),

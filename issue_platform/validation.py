@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import math
 import uuid
 from dataclasses import dataclass
 from typing import Any, Optional, Union
@@ -29,6 +28,14 @@ from issue_platform.grouptype import GroupTypeRegistry, registry as default_regi
 DEFAULT_MAX_PAYLOAD_BYTES = 1 << 20
 DEFAULT_MAX_DEPTH = 32
 _MESSAGE_LIMIT = 240
+# Every time we accept (detection_time, update_date, --as_of) lies in (EARLIEST_TIME, LATEST_TIME]:
+# unix seconds after 1970-01-01 and up to 3000-01-01, far inside what Beam timestamps can hold.
+EARLIEST_TIME, LATEST_TIME = 0.0, 32503680000.0
+TIME_EXPECTED = (f"a number of unix seconds greater than {EARLIEST_TIME:.0f} and at most {LATEST_TIME:.0f} "
+                 "(3000-01-01T00:00:00Z)")
+# Integers inside a payload must fit a signed 64-bit integer (our coders and BigQuery's INT64).
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+_JSON_SCALARS = (str, int, float, type(None))  # bool is an int
 
 
 class Rejected(Exception):
@@ -120,15 +127,48 @@ def _schema_check(name: str, payload: dict, mode: str) -> Optional[tuple[str, st
     return _reason(error.validator, list(error.absolute_path), error.validator_value, error.instance)
 
 
-# One message per reason, naming the field; never echoing payload content.
+# One message per reason, naming the field and what was expected; never echoing payload content.
 _MESSAGES = {
     R.MISSING_FIELD: "missing required field '{field}'",
     R.MISSING_EVENT: "payload must contain either 'event_id' or 'event'",
     R.EMPTY_FINGERPRINT: "'{field}' must contain at least one part",
     R.INVALID_FINGERPRINT: "'{field}': fingerprint parts must be strings",
-    R.INVALID_TYPE: "'{field}' has the wrong type (see schemas/)",
-    R.INVALID_VALUE: "'{field}' has a value outside the allowed range (see schemas/)",
+    R.INVALID_TYPE: "'{field}' must be {expected}",
+    R.INVALID_VALUE: "'{field}' must be {expected}",
 }
+_TYPE_NAMES = {"string": "a string", "integer": "an integer", "number": "a number", "object": "an object",
+               "array": "an array", "boolean": "true or false", "null": "null"}
+
+
+def _schema_node(schema: dict, path: list) -> dict:
+    """The (sub)schema that describes the value at `path`, following local `$ref`s."""
+    node = schema
+    for part in [*path, None]:
+        while "$ref" in node:
+            node = schema["definitions"][node["$ref"].rsplit("/", 1)[1]]
+        if part is None:
+            return node
+        node = node.get("items", {}) if isinstance(part, int) or part.isdigit() else \
+            node.get("properties", {}).get(part, {})
+    return node
+
+
+def expected(name: str, path: list) -> str:
+    """What the schema `name` expects at `path`, in words: its `description`, else its type and range."""
+    node = _schema_node(schemas.load(f"{name}.schema.json"), path)
+    if "description" in node:
+        return node["description"]
+    if "enum" in node:
+        values = [("null" if v is None else str(v)) for v in node["enum"]]
+        return "one of " + ", ".join(values[:-1]) + " or " + values[-1]
+    types = node.get("type", [])
+    words = " or ".join(_TYPE_NAMES[t] for t in ([types] if isinstance(types, str) else types)) or "a valid value"
+    low, high = node.get("minimum"), node.get("maximum")
+    if low is not None and high is not None:
+        words += f" between {low} and {high}"
+    elif low is not None:
+        words += f" of at least {low}"
+    return words
 
 # The order in which fastjsonschema (draft-07) checks keywords within one schema; it checks
 # `properties` one by one in schema order and depth-first, stopping at the first failure.
@@ -182,14 +222,26 @@ def parse(raw: Union[bytes, str, dict], max_bytes: int = DEFAULT_MAX_PAYLOAD_BYT
 
 
 def check_depth(value: Any, limit: int = DEFAULT_MAX_DEPTH) -> None:
-    """Reject containers nested deeper than `limit` (iteratively: no recursion to exhaust)."""
-    stack = [(value, 1)]
+    """Reject containers nested deeper than `limit`, integers beyond 64 bits and values JSON cannot
+    hold (bytes, dates, decimals: Avro can carry them) anywhere, iteratively (no recursion to
+    exhaust). Free-form content (evidence, event, activity data) is stored as is, so a value no
+    table can hold must not reach the writers."""
+    stack = [(value, 1, ())]
     while stack:
-        node, depth = stack.pop()
+        node, depth, path = stack.pop()
         if depth > limit:
             raise Rejected(R.TOO_DEEP, "", f"payload nests deeper than {limit} levels")
-        children = node.values() if isinstance(node, dict) else node
-        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+        for name, child in (node.items() if isinstance(node, dict) else enumerate(node)):
+            if isinstance(child, (dict, list)):
+                stack.append((child, depth + 1, (*path, name)))
+            elif isinstance(child, int) and not INT64_MIN <= child <= INT64_MAX:
+                field = ".".join(str(p) for p in (*path, name))
+                raise Rejected(R.INVALID_VALUE, field,
+                               f"'{field}' must be an integer between {INT64_MIN} and {INT64_MAX}")
+            elif not isinstance(child, _JSON_SCALARS):
+                field = ".".join(str(p) for p in (*path, name))
+                raise Rejected(R.INVALID_TYPE, field, f"'{field}' must be a JSON value (a string, number, "
+                                                      "true/false, null, object or array)")
 
 
 def _uuid_hex(value: str, field: str) -> str:
@@ -201,24 +253,47 @@ def _uuid_hex(value: str, field: str) -> str:
 
 def parse_time(value: Any, field: str) -> float:
     """Unix seconds (number) or an RFC 3339 string -> unix seconds."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)  # may be NaN or infinite: `bounded_time` rejects those
     if isinstance(value, str):
         from datetime import datetime, timezone
 
         try:
             parsed = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
         except ValueError:
-            raise Rejected(R.INVALID_VALUE, field, f"{field} must be RFC 3339 or unix seconds") from None
+            raise Rejected(R.INVALID_VALUE, field, f"'{field}' must be an RFC 3339 time or unix seconds") from None
         if parsed.tzinfo is None:
             parsed = parsed.replace(tzinfo=timezone.utc)
         return parsed.timestamp()
-    raise Rejected(R.INVALID_TYPE, field, f"{field} must be RFC 3339 or unix seconds")
+    raise Rejected(R.INVALID_TYPE, field, f"'{field}' must be an RFC 3339 time or unix seconds")
 
 
-def _int_or_none(value: Any) -> Optional[int]:
-    """JSON 25.0 passes `enum: [25, ...]`; store it as the integer it equals."""
-    return None if value is None else int(value)
+def bounded_time(value: Any, field: str) -> float:
+    """`parse_time`, then the one range every accepted time must lie in (finite: NaN fails too)."""
+    seconds = parse_time(value, field)
+    if not (EARLIEST_TIME < seconds <= LATEST_TIME):  # also false for NaN
+        raise Rejected(R.INVALID_VALUE, field, f"'{field}' must be {TIME_EXPECTED}"
+                       + (", or an RFC 3339 time in that range" if field == "update_date" else ""))
+    return seconds
+
+
+def _integer_fields(name: str) -> tuple[str, ...]:
+    schema = schemas.load(f"{name}.schema.json")
+    return tuple(f for f, node in schema["properties"].items()
+                 if "integer" in ([node.get("type")] if isinstance(node.get("type"), str) else node.get("type", []))
+                 or all(isinstance(v, int) or v is None for v in node.get("enum", [1.5])))
+
+
+_INTEGER_FIELDS = {name: _integer_fields(name) for name in _SCHEMAS}
+
+
+def _check_whole_numbers(name: str, payload: dict, prefix: str, reason: Optional[str]) -> None:
+    """JSON Schema's `integer` admits 42.0 and 1e300; ids, types, statuses and priorities are
+    integers written as integers (their range is in the schema)."""
+    for field in _INTEGER_FIELDS[name]:
+        if isinstance(payload.get(field), float):
+            raise Rejected(reason or R.INVALID_VALUE, prefix + field,
+                           f"'{prefix}{field}' must be {expected(name, [field])}, written without a fraction")
 
 
 class PayloadValidator:
@@ -243,8 +318,11 @@ class PayloadValidator:
         failure = _schema_check(name, payload, self.mode)
         if failure:
             code, field = failure
+            words = expected(name, field.split(".") if field else []) if code in (
+                R.INVALID_TYPE, R.INVALID_VALUE) else ""
             field = f"{prefix}{field}" if field else prefix.rstrip(".")
-            raise Rejected(reason or code, field, _MESSAGES[code].format(field=field or "payload"))
+            raise Rejected(reason or code, field, _MESSAGES[code].format(field=field or "payload", expected=words))
+        _check_whole_numbers(name, payload, prefix, reason)
 
     def _occurrence(self, p: dict) -> Occurrence:
         self._schema("occurrence", p)
@@ -252,15 +330,15 @@ class PayloadValidator:
         project_id = int(p["project_id"])
         type_id = int(p["type"])
         if self.types.find(type_id) is None:
-            raise Rejected(R.UNKNOWN_GROUP_TYPE, "type", f"type: no group type with the id {type_id} is registered")
+            raise Rejected(R.UNKNOWN_GROUP_TYPE, "type",
+                           "'type' must be the id of a registered group type (list them: issue-platform types)")
         event = p.get("event")
         event_id = p.get("event_id")
         environment = ""
         if event is not None:
             self._schema("event", event, "event.", R.INVALID_EVENT)
             if int(event["project_id"]) != project_id:
-                raise Rejected(R.PROJECT_MISMATCH, "event.project_id",
-                               f"event.project_id {event['project_id']} differs from project_id {project_id}")
+                raise Rejected(R.PROJECT_MISMATCH, "event.project_id", "'event.project_id' must equal 'project_id'")
             event_hex = _uuid_hex(event["event_id"], "event.event_id")
             if event_id is not None and _uuid_hex(event_id, "event_id") != event_hex:
                 raise Rejected(R.INVALID_VALUE, "event_id", "event_id differs from event.event_id")
@@ -271,9 +349,9 @@ class PayloadValidator:
         return Occurrence(
             id=occurrence_id, project_id=project_id, fingerprint=tuple(hash_fingerprint(p["fingerprint"])),
             issue_title=p["issue_title"], subtitle=p["subtitle"], culprit=p["culprit"],
-            level=p["level"].lower(), type=type_id, detection_time=float(p["detection_time"]),
-            event_id=event_id, resource_id=p.get("resource_id"), priority=_int_or_none(p.get("priority")),
-            initial_priority=_int_or_none(p.get("initial_issue_priority")), environment=environment,
+            level=p["level"].lower(), type=type_id, detection_time=bounded_time(p["detection_time"], "detection_time"),
+            event_id=event_id, resource_id=p.get("resource_id"), priority=p.get("priority"),
+            initial_priority=p.get("initial_issue_priority"), environment=environment,
             evidence_data=p["evidence_data"], evidence_display=p["evidence_display"], event=event,
         )
 
@@ -288,6 +366,6 @@ class PayloadValidator:
             id=change_id, project_id=int(p["project_id"]), fingerprint=tuple(hash_fingerprint(p["fingerprint"])),
             new_status=int(p["new_status"]),
             new_substatus=None if p.get("new_substatus") is None else int(p["new_substatus"]),
-            update_date=None if update_date is None else parse_time(update_date, "update_date"),
+            update_date=None if update_date is None else bounded_time(update_date, "update_date"),
             detector_id=p.get("detector_id"), activity_data=p.get("activity_data"),
         )

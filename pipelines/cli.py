@@ -1,6 +1,6 @@
 """`issue-platform`: run the pipeline, list types, validate files, generate payloads.
 
-    issue-platform run [--input PATH ...] [--output DIR] [--config FILE] [beam options]
+    issue-platform run [--input PATH ...] [--output DIR] [--config FILE] [options] [Beam options]
     issue-platform types [--config FILE]
     issue-platform validate FILE... [--config FILE]
     issue-platform generate --count N [--seed S] [--output FILE]
@@ -8,29 +8,45 @@
     issue-platform flags --config FILE [--project ID]
     issue-platform produce FILE... --to pubsub:projects/P/topics/T | kafka:HOST:PORT/TOPIC
     issue-platform live [--count N]
+
+Exit codes: 0 success; 1 invalid records (`validate`) or a failed run; 2 a usage, config or input
+error (one line on stderr); 130 interrupted; 141 stdout closed early (`... | head`).
 """
 from __future__ import annotations
 
 import argparse
+import difflib
 import gzip
+import logging
+import os
+import re
 import sys
+import time
 from typing import Optional, Sequence
 
-from issue_platform.config import ConfigError, load_config
+from issue_platform.config import ConfigError, PlatformConfig, load_config
 from issue_platform.enums import GroupCategory, PriorityLevel
 from issue_platform.grouptype import registry
+from transforms.read import InputError
 
-_EXIT_USAGE = 2
+EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 1, 2, 130, 141
 
 
 def _config_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML or JSON file with extra group_types")
+    parser.add_argument("--config", help="YAML or JSON file with extra group_types, projects and release flags")
     parser.add_argument("--group_types_module", action="append", default=[],
-                        help="module defining GroupType subclasses (repeatable)")
+                        help="Python module to import that defines GroupType subclasses (repeatable)")
 
 
-def _load(args) -> None:
-    load_config(args.config, tuple(args.group_types_module)).install()
+def _load(args) -> PlatformConfig:
+    """The config, installed (its types registered). A type module that exits on import is an error."""
+    try:
+        config = load_config(args.config, tuple(args.group_types_module or ()))
+        config.install()
+    except SystemExit as exc:
+        raise ConfigError(f"--group_types_module: a module called sys.exit({exc.code!r}) while being imported") \
+            from None
+    return config
 
 
 def cmd_types(args) -> int:
@@ -55,29 +71,32 @@ def _duration(seconds: int) -> str:
 
 
 def cmd_validate(args) -> int:
+    """Every record of every file through the pipeline's own reader and validator."""
     from issue_platform.validation import PayloadValidator, Rejected, parse
+    from transforms.read import input_files, read_file
 
     _load(args)
-    validator = PayloadValidator("fast", registry)
+    if args.max_payload_bytes <= 0:
+        raise ConfigError(f"--max_payload_bytes must be a positive number of bytes, got {args.max_payload_bytes}")
+    validator = PayloadValidator(args.validator, registry)
     bad = total = 0
-    for path in args.files:
-        opener = gzip.open if path.endswith(".gz") else open
-        try:
-            with opener(path, "rb") as handle:
-                for number, line in enumerate(handle, 1):
-                    line = line.rstrip(b"\r\n")
-                    if not line.strip():
-                        continue
-                    total += 1
-                    try:
-                        validator.validate(parse(line, args.max_payload_bytes))
-                    except Rejected as rejected:
-                        bad += 1
-                        print(f"{path}:{number}: {rejected.reason}: {rejected.message}")
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read it ({exc.strerror or exc})") from exc
+    for path in input_files(args.files, option=""):
+        number = 0  # the line (JSON Lines, blank ones included) or the record (Avro)
+
+        def blank():
+            nonlocal number
+            number += 1
+
+        for raw in read_file(path, blank):
+            number += 1
+            total += 1
+            try:
+                validator.validate(parse(raw, args.max_payload_bytes))
+            except Rejected as rejected:
+                bad += 1
+                print(f"{path}:{number}: {rejected.reason}: {rejected.message}")
     print(f"{total - bad} valid, {bad} invalid", file=sys.stderr)
-    return 1 if bad else 0
+    return EXIT_FAILED if bad else 0
 
 
 def cmd_generate(args) -> int:
@@ -92,32 +111,38 @@ def cmd_generate(args) -> int:
             out.write(line + b"\n")
         return 0
     opener = gzip.open if args.output.endswith(".gz") else open
-    with opener(args.output, "wb") as out:
-        for line in lines:
-            out.write(line + b"\n")
+    try:
+        with opener(args.output, "wb") as out:
+            for line in lines:
+                out.write(line + b"\n")
+    except OSError as exc:
+        raise ConfigError(f"--output {args.output}: cannot write it ({exc.strerror or exc})") from None
     return 0
 
 
 def cmd_createissueflag(args) -> int:
-    """Sentry's `createissueflag`: flagpole YAML for a type's three flags, every segment at rollout 0."""
+    """Sentry's `createissueflag`: flagpole YAML for a type's three flags, every segment at rollout 0.
+    Sentry's output, split so that `>> config.yaml` works: the YAML on stdout, the rest on stderr."""
     import datetime
 
-    from issue_platform.flagpole import issue_flag_features, render_createissueflag
+    from issue_platform.flagpole import GENERATED_YAML_HEADER, issue_flag_features, render_createissueflag
 
     _load(args)
     if registry.get_by_slug(args.slug) is None:
-        print("Error: Invalid GroupType slug. Valid grouptypes:")
+        print("Error: Invalid GroupType slug. Valid grouptypes:", file=sys.stderr)
         for t in registry.all():
-            print(f"  {t.slug}")
-        return 1
-    sys.stdout.write(render_createissueflag(issue_flag_features(args.slug, args.owner, datetime.date.today())))
+            print(f"  {t.slug}", file=sys.stderr)
+        return EXIT_FAILED
+    rendered = render_createissueflag(issue_flag_features(args.slug, args.owner, datetime.date.today()))
+    banner, header, yaml_text = rendered.partition(GENERATED_YAML_HEADER + "\n")
+    sys.stderr.write(banner + header)
+    sys.stdout.write(yaml_text)
     return 0
 
 
 def cmd_flags(args) -> int:
     """Per unreleased type and configured project: is each of the three flags on?"""
-    config = load_config(args.config, tuple(args.group_types_module))
-    config.install()
+    config = _load(args)
     projects = [config.project(args.project)] if args.project is not None else list(config.projects.values())
     if not projects:
         raise ConfigError(f"--config {args.config}: no projects configured (add a `projects:` section)")
@@ -133,77 +158,205 @@ def cmd_flags(args) -> int:
     return 0
 
 
-def cmd_run(args, beam_args: Sequence[str]) -> int:
+def _run_args(parser: argparse.ArgumentParser) -> None:
+    from pipelines.options import IssuePlatformOptions, SinkOptions
+
+    IssuePlatformOptions._add_argparse_args(parser)  # the job's own options, with their help
+    SinkOptions._add_argparse_args(parser)
+    parser.add_argument("--streaming", action="store_true",
+                        help="replay the input as a stream in event-time order (BundleBasedDirectRunner); "
+                             "the results equal a batch run's. Default: batch (FnApiRunner)")
+    parser.add_argument("--runner", help="Beam runner. Default: FnApiRunner, or BundleBasedDirectRunner "
+                                         "with --streaming")
+
+
+def _beam_parser() -> argparse.ArgumentParser:
+    """The parser Beam builds from every PipelineOptions subclass (PipelineOptions.get_all_options),
+    so any Beam option passes and anything else is reported."""
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipelines.issue_pipeline import run
-    from pipelines.options import SinkOptions
-    from pipelines.summary import counters, counts_from_outputs, latest_groups, render
+    captured = []
+    PipelineOptions([]).get_all_options(add_extra_args_fn=captured.append)
+    return captured[0]
 
-    argv = list(beam_args)
-    for path in args.input:
-        argv += ["--input", path]
-    argv += ["--output", args.output]
-    for module in args.group_types_module:
-        argv += ["--group_types_module", module]
-    config = load_config(args.config, tuple(args.group_types_module))
-    result = run(argv, config)
-    sink = PipelineOptions(argv).view_as(SinkOptions)
-    files = sink.sink == "jsonl"
-    totals = counts_from_outputs(args.output) if "--streaming" in argv and files else counters(result)
-    print(render(totals, latest_groups(args.output) if files else []))
-    print(f"output: {args.output}/" if files else f"output: BigQuery {sink.bigquery_dataset} (see its groups_current view)")
+
+def _check_beam_args(rest: Sequence[str], parser: argparse.ArgumentParser) -> None:
+    """Options `run` does not know itself must be Beam's; otherwise one line naming the closest."""
+    beam = _beam_parser()
+    _, unknown = beam.parse_known_args(list(rest))
+    if not unknown:
+        return
+    arg = unknown[0]
+    if not arg.startswith("-"):
+        raise ConfigError(f"run: unexpected argument {arg!r} (options take the form --name value)")
+    known = {o.replace("-", "_"): o for p in (parser, beam) for a in p._actions for o in a.option_strings
+             if o.startswith("--")}
+    name = arg.split("=", 1)[0]
+    close = difflib.get_close_matches(name.replace("-", "_"), list(known), n=1, cutoff=0.6)
+    hint = f"; did you mean {known[close[0]]}?" if close else ""
+    raise ConfigError(f"run: unknown option {name}{hint} (see issue-platform run --help)")
+
+
+def cmd_run(args, argv: Sequence[str]) -> int:
+    from pipelines.summary import counters, counts_from_outputs, earliest_event_time, latest_groups, render
+    from transforms.read import Progress
+
+    config = _load(args)
+    argv = list(argv)
+    if (args.progress or sys.stderr.isatty()) and "--progress" not in argv:
+        argv.append("--progress")
+    Progress.start()
+    started, facts = time.monotonic(), {}
+    result = _run_job(argv, config, facts, args.output)
+    if result is None:
+        return EXIT_INTERRUPTED
+    elapsed = time.monotonic() - started
+    files = args.sink == "jsonl"
+    totals = counts_from_outputs(args.output) if args.streaming and files else counters(result)
+    if args.streaming:
+        totals["records.blank_lines"] = facts.get("blank_lines", 0)
+    print(render(totals, latest_groups(args.output) if files else [], args.output if files else None, elapsed))
+    if not files:
+        print(f"output: BigQuery {args.bigquery_dataset} (see its groups_current view)")
+    earliest = facts.get("earliest") if facts.get("earliest") is not None else earliest_event_time(result)
+    if args.as_of is not None and earliest is not None and facts["as_of"] < earliest:
+        print(f"issue-platform: warning: --as_of {args.as_of} is before every event in the input: no "
+              "time-driven transition (auto-resolve, back to ongoing) was applied", file=sys.stderr)
+    if "--progress" in argv:
+        print(f"done: {Progress.count:,} records read in {elapsed:.1f} s", file=sys.stderr)
     return 0
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="issue-platform", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+def _run_job(argv: list, config: PlatformConfig, facts: dict, output: str):
+    """The job's `PipelineResult`, or None if interrupted; a failure inside the job becomes one line
+    (an `InputError` if a file was the cause). Beam's own logging is muted meanwhile: it would
+    print the traceback this replaces."""
+    from pipelines.issue_pipeline import run
 
-    run_p = sub.add_parser("run", help="run the batch pipeline (default input: the bundled sample)")
-    run_p.add_argument("--input", action="append", default=[], help="path or glob (repeatable)")
-    run_p.add_argument("--output", default="out", help="output directory (default: out)")
-    _config_args(run_p)
+    beam_logger = logging.getLogger("apache_beam")
+    level = beam_logger.level
+    beam_logger.setLevel(logging.CRITICAL)
+    try:
+        return run(argv, config, facts)
+    except (ConfigError, InputError):
+        raise
+    except KeyboardInterrupt:
+        print(f"issue-platform: interrupted; the previous results in {output} are untouched", file=sys.stderr)
+        return None
+    except Exception as exc:  # the runner wraps what failed inside the job; find our own error in it
+        cause = _input_error(exc)
+        if cause:
+            raise InputError(cause) from None
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise JobFailed(f"the run failed ({type(exc).__name__}: {first}); the previous results in {output} "
+                        "are untouched") from None
+    finally:
+        beam_logger.setLevel(level)
 
-    types_p = sub.add_parser("types", help="list the registered issue types")
+
+class JobFailed(Exception):
+    """The job itself failed (not its input): exit 1."""
+
+
+def _input_error(exc: BaseException) -> Optional[str]:
+    """The message of an `InputError` raised inside the job, if that is what failed it."""
+    seen, message = exc, None
+    while seen is not None and message is None:
+        message = str(seen) if isinstance(seen, InputError) else None
+        seen = seen.__cause__ or seen.__context__
+    if message is None:
+        match = re.search(r"InputError: (.+)", str(exc))
+        message = match.group(1) if match else None
+    return message.split(" [while running")[0].strip() if message else None
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors in one line (no usage block) and no abbreviated options."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, allow_abbrev=False, **kwargs)
+
+    def error(self, message):
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="issue-platform", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help_text: str, **kwargs) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_text, description=help_text, **kwargs)
+
+    run_p = command("run", "run the pipeline (default input: the bundled sample)",
+                    formatter_class=argparse.RawDescriptionHelpFormatter, epilog=(
+                        "Any Apache Beam pipeline option passes through to Beam as --name value or "
+                        "--name=value,\ne.g. --direct_num_workers 2, or --runner DataflowRunner --project P "
+                        "--region R\n--temp_location gs://bucket/tmp. Any other option is an error."))
+    _run_args(run_p)
+    run_p.set_defaults(parser=run_p)
+
+    types_p = command("types", "list the registered issue types")
     _config_args(types_p)
 
-    validate_p = sub.add_parser("validate", help="validate JSON Lines files; exit 1 if any record is bad")
-    validate_p.add_argument("files", nargs="+")
-    validate_p.add_argument("--max_payload_bytes", type=int, default=1 << 20)
+    validate_p = command("validate", "validate payload files (JSON Lines, .jsonl.gz, Avro) as `run` would; "
+                                     "exit 1 if any record is invalid")
+    validate_p.add_argument("files", nargs="+", metavar="FILE", help="payload file or glob (several allowed)")
+    validate_p.add_argument("--max_payload_bytes", type=int, default=1 << 20,
+                            help="payloads larger than this many bytes are invalid. Default: 1048576")
+    validate_p.add_argument("--validator", choices=("fast", "spec"), default="fast",
+                            help="schema validator; both decide alike. Default: fast")
     _config_args(validate_p)
 
-    flag_p = sub.add_parser("createissueflag", help="print flagpole YAML for an issue type's release flags")
-    flag_p.add_argument("--slug", required=True, help="the group type's slug")
+    flag_p = command("createissueflag", "print flagpole YAML for an issue type's release flags "
+                                        "(YAML on stdout, so `>> config.yaml` works)")
+    flag_p.add_argument("--slug", required=True, help="the group type's slug (see `issue-platform types`)")
     flag_p.add_argument("--owner", required=True, help="owning team")
     _config_args(flag_p)
 
-    flags_p = sub.add_parser("flags", help="show which release flags are on for each configured project")
+    flags_p = command("flags", "show which release flags are on for each configured project")
     flags_p.add_argument("--project", type=int, help="only this project id")
     _config_args(flags_p)
 
-    generate_p = sub.add_parser("generate", help="write realistic synthetic payloads as JSON Lines")
-    generate_p.add_argument("--count", type=int, required=True)
-    generate_p.add_argument("--seed", type=int, default=0)
-    generate_p.add_argument("--output", help="file (.jsonl or .jsonl.gz); default stdout")
+    generate_p = command("generate", "write realistic synthetic payloads as JSON Lines")
+    generate_p.add_argument("--count", type=int, required=True, help="number of payloads to write")
+    generate_p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same "
+                                                                "payloads. Default: 0")
+    generate_p.add_argument("--output", help="file (.jsonl, or .jsonl.gz to compress); default: stdout")
 
     from pipelines import live, produce_cli
+
     produce_cli.register(sub)
     live.register(sub)
+    return parser
 
+
+COMMANDS = {"types": cmd_types, "validate": cmd_validate, "generate": cmd_generate,
+            "createissueflag": cmd_createissueflag, "flags": cmd_flags}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
     args, rest = parser.parse_known_args(argv)
-    if rest and args.command != "run":
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         if args.command == "run":
-            return cmd_run(args, rest)
-        if args.command in ("produce", "live"):
-            return args.handler(args)
-        return {"types": cmd_types, "validate": cmd_validate, "generate": cmd_generate,
-                "createissueflag": cmd_createissueflag, "flags": cmd_flags}[args.command](args)
-    except ConfigError as exc:
+            _check_beam_args(rest, args.parser)
+            return cmd_run(args, argv[argv.index("run") + 1:])
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        code = COMMANDS[args.command](args) if args.command in COMMANDS else args.handler(args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the try
+        return code
+    except (ConfigError, InputError) as exc:
         print(f"issue-platform: error: {exc}", file=sys.stderr)
-        return _EXIT_USAGE
+        return EXIT_USAGE
+    except JobFailed as exc:
+        print(f"issue-platform: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except BrokenPipeError:  # `... | head`: the reader has what it wanted; not an input error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

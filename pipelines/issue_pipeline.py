@@ -15,9 +15,11 @@ import contextlib
 import glob
 import math
 import os
+import shutil
+import tempfile
 import time
 from importlib import resources
-from typing import Callable, Iterator, Optional
+from typing import Iterator, Optional
 
 import apache_beam as beam
 import orjson
@@ -26,14 +28,14 @@ from apache_beam.options.pipeline_options import KafkaStreamsRunnerOptions, Pipe
 
 from issue_platform.config import ConfigError, PlatformConfig, load_config
 from issue_platform.snapshot import SnapshotError, seed_from_row
-from issue_platform.validation import Rejected, parse_time
-from pipelines.replay import latest_event_time, replay_stream, timed
+from issue_platform.validation import TIME_EXPECTED, PayloadValidator, Rejected, bounded_time
+from pipelines.replay import event_time_range, latest_valid_time, replay_stream, timed
 from pipelines.options import ConfigRefreshOptions, IssuePlatformOptions, SinkOptions, SourceOptions
 from transforms.groups import ProcessGroups
 from issue_platform.tables import (ALL_TABLES, DEAD_LETTER, EVIDENCE, OCCURRENCES, PART_GATE, PART_GROUP, PART_KEY,
                                    PART_PARSE, STATE, jsonl_glob)
 from transforms.parse import GateIngest, KeyByGroup, ParsePayloads
-from transforms.read import ReadPayloads
+from transforms.read import Progress, ReadPayloads, input_files
 from transforms.sinks import WriteOutputs
 from transforms.snapshot import ReadSnapshot
 from transforms.sources import source_transform
@@ -61,7 +63,7 @@ def build_pipeline(pipeline: beam.Pipeline, opts: IssuePlatformOptions, config: 
     is False for a live stream (no end of time)."""
     if raw is None:
         raw = pipeline | "ReadPayloads" >> ReadPayloads(opts.input or [sample_path()])
-    parsed = raw | "ParsePayloads" >> ParsePayloads(config, opts.max_payload_bytes, opts.validator)
+    parsed = raw | "ParsePayloads" >> ParsePayloads(config, opts.max_payload_bytes, opts.validator, opts.progress)
     refresh = opts.view_as(ConfigRefreshOptions).config_refresh_seconds
     gated = parsed.valid | "GateIngest" >> GateIngest(config, config_updates, refresh)
     keyed = gated.allowed | "KeyByGroup" >> KeyByGroup(received_at)
@@ -73,7 +75,8 @@ def build_pipeline(pipeline: beam.Pipeline, opts: IssuePlatformOptions, config: 
         streaming=bool(opts.view_as(StandardOptions).streaming), bounded=bounded)
     parts = {table: {PART_GROUP: rows} for table, rows in tables.items()}
     parts[OCCURRENCES][PART_GATE] = gated[OCCURRENCES]
-    parts[DEAD_LETTER][PART_PARSE] = parsed[DEAD_LETTER]
+    parts[DEAD_LETTER].update({PART_PARSE: parsed[DEAD_LETTER], PART_GATE: gated[DEAD_LETTER],
+                               PART_KEY: keyed[DEAD_LETTER]})
     parts[EVIDENCE] = {PART_KEY: keyed[EVIDENCE]}
     return parts
 
@@ -83,12 +86,55 @@ def _open_any(path: str):
     return FileSystems.open(path) if "://" in path else open(path, "rb")
 
 
-def _clear_previous_output(output_dir: str) -> None:
-    """A run replaces the tables of the previous run in the same directory (only our own files)."""
-    os.makedirs(output_dir, exist_ok=True)
-    for table in ALL_TABLES:
-        for path in glob.glob(jsonl_glob(output_dir, table)):
-            os.remove(path)
+def check_output(output_dir: str) -> None:
+    """`--output` must be a directory or creatable as one (not a file, nor under a file)."""
+    if "://" in output_dir:
+        return
+    path = os.path.abspath(output_dir)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ConfigError(f"--output {output_dir}: is a file, not a directory")
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    if not os.path.isdir(path):
+        raise ConfigError(f"--output {output_dir}: {path} is a file, so no directory can be made under it")
+
+
+@contextlib.contextmanager
+def replacing_output(output_dir: str) -> Iterator[str]:
+    """Yields a fresh staging directory beside `output_dir` for the run to write into. Only when the
+    run succeeds do its tables replace the previous run's (our table files only; other files stay);
+    a failure or Ctrl-C leaves the previous results as they were, and no staging or beam-temp files.
+    Remote outputs (gs://...) are written in place."""
+    if "://" in output_dir:
+        yield output_dir
+        return
+    check_output(output_dir)
+    target = os.path.abspath(output_dir)
+    try:
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        staging = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.staging-", dir=os.path.dirname(target))
+    except OSError as exc:
+        raise ConfigError(f"--output {output_dir}: cannot write there ({exc.strerror or exc})") from None
+    try:
+        yield staging
+        os.makedirs(target, exist_ok=True)
+        for table in ALL_TABLES:
+            for path in glob.glob(jsonl_glob(target, table)):
+                os.remove(path)
+        for path in glob.glob(os.path.join(staging, "*.jsonl")):
+            os.replace(path, os.path.join(target, os.path.basename(path)))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def check_options(opts: IssuePlatformOptions) -> None:
+    """Refuse values that make no sense, each with one line."""
+    if opts.max_payload_bytes <= 0:
+        raise ConfigError(f"--max_payload_bytes must be a positive number of bytes, got {opts.max_payload_bytes}")
+    for name in ("allowed_lateness_seconds", "dedupe_window_seconds"):
+        value = getattr(opts, name)
+        if not (math.isfinite(value) and value >= 0):
+            raise ConfigError(f"--{name} must be a number of seconds >= 0, got {value:g}")
 
 
 @contextlib.contextmanager
@@ -111,26 +157,45 @@ def fnapi_state_cache_off(runner: Optional[str]) -> Iterator[None]:
         worker_handlers.STATE_CACHE_SIZE_MB = saved
 
 
-def _prepare(argv, config: Optional[PlatformConfig]):
+def _prepare(argv, config: Optional[PlatformConfig], output_dir: Optional[str] = None,
+             facts: Optional[dict] = None):
+    """Checks options and inputs, resolves `as_of` and builds the pipeline writing to `output_dir`
+    (default: `--output`). `facts` (if given) receives `as_of`, the valid events' `earliest` time
+    when the input was scanned, and `blank_lines` of a replay."""
     options = PipelineOptions(argv)
     opts = options.view_as(IssuePlatformOptions)
     standard = options.view_as(StandardOptions)
+    check_options(opts)
     if standard.runner is None:
         standard.runner = STREAMING_RUNNER if standard.streaming else BATCH_RUNNER
     if config is None:
         config = load_config(opts.config, tuple(opts.group_types_module or ()), opener=_open_any)
-    config.registry()  # a bad type definition fails here, before the job starts
-    sinks = WriteOutputs(options, opts.output, opts.max_payload_bytes)
-    if "://" not in opts.output and options.view_as(SinkOptions).sink == "jsonl":
-        _clear_previous_output(opts.output)
-    inputs = opts.input or [sample_path()]
+    types = config.registry()  # a bad type definition fails here, before the job starts
+    sinks = WriteOutputs(options, output_dir or opts.output, opts.max_payload_bytes)
     source = options.view_as(SourceOptions)
     live = source.source != "files"
-    # A replay reads its files once, for its own order and for the default as_of. A live stream has
-    # no as_of; a Kafka backfill's default is the time it starts (its input is never read up front).
-    replay = list(timed(inputs)) if standard.streaming and not live else None
-    as_of = resolve_as_of(opts.as_of, (lambda: None if standard.streaming else time.time()) if live else
-                          lambda: latest_event_time(replay if replay is not None else timed(inputs)))
+    # A missing input fails here, before anything.
+    inputs = None if live else input_files(opts.input or [sample_path()])
+    if opts.resume_from:
+        check_snapshot(opts.resume_from)
+    as_of = parse_as_of(opts.as_of)
+    facts = {} if facts is None else facts
+    replay = None
+    validator = PayloadValidator(opts.validator, types)
+    if live:  # never read up front: a live stream has no as_of, a Kafka backfill's default is its start
+        as_of = as_of if as_of is not None or standard.streaming else time.time()
+    elif standard.streaming:  # a replay reads its files once, for its own order and for the default as_of
+        blank = [0]
+        replay = list(timed(inputs, validator, opts.max_payload_bytes, opts.progress,
+                            lambda: blank.__setitem__(0, blank[0] + 1)))
+        earliest, latest = event_time_range(replay)
+        facts.update(earliest=earliest, blank_lines=blank[0])
+        as_of = latest if as_of is None else as_of
+    elif as_of is None:
+        as_of = latest_valid_time(inputs, validator, opts.max_payload_bytes, opts.progress)
+    Progress.start()  # from here on, count what the job takes in
+    as_of = math.inf if as_of is None else as_of
+    facts["as_of"] = as_of
     pipeline = beam.Pipeline(options=options)
     if replay is not None:
         raw = pipeline | "ReplayInEventTimeOrder" >> replay_stream(replay)
@@ -138,13 +203,13 @@ def _prepare(argv, config: Optional[PlatformConfig]):
         kafka = options.view_as(KafkaStreamsRunnerOptions)  # Beam owns --bootstrap_servers
         raw = pipeline | "ReadPayloads" >> source_transform(source, kafka.bootstrap_servers, standard.streaming,
                                                              inputs)
-    received_at = None if live and standard.streaming else as_of  # live: status changes take arrival time
-    seeds = None
-    if opts.resume_from:
-        check_snapshot(opts.resume_from)
-        seeds = pipeline | "ReadSnapshot" >> ReadSnapshot(opts.resume_from)
+    seeds = pipeline | "ReadSnapshot" >> ReadSnapshot(opts.resume_from) if opts.resume_from else None
+    # Status changes without update_date take as_of (with no valid time in the input, the start time);
+    # in a live stream, the time they arrive.
+    unbounded = live and standard.streaming
+    received_at = None if unbounded else as_of if math.isfinite(as_of) else time.time()
     tables = build_pipeline(pipeline, opts, config, raw=raw, as_of=as_of, received_at=received_at, seeds=seeds,
-                            bounded=not (live and standard.streaming))
+                            bounded=not unbounded)
     tables | "WriteOutputs" >> sinks
     return pipeline, standard.runner
 
@@ -165,31 +230,41 @@ def check_snapshot(directory: str) -> None:
             raise ConfigError(f"--resume_from {path}: {exc}") from exc
 
 
-def resolve_as_of(value: Optional[str], latest: Callable[[], Optional[float]]) -> float:
-    """`--as_of` as unix seconds; by default `latest()`, the latest event time in the input."""
+def parse_as_of(value: Optional[str]) -> Optional[float]:
+    """`--as_of` (RFC 3339 or unix seconds, inside the range every event time must lie in) as unix
+    seconds; None when not given."""
     if value is None:
-        found = latest()
-        return found if found is not None else math.inf
+        return None
     try:
-        return float(value)
-    except ValueError:
-        pass
-    try:
-        return parse_time(value, "--as_of")
+        return bounded_time(float(value) if _is_number(value) else value, "--as_of")
     except Rejected as exc:
-        raise ConfigError(f"--as_of {value!r}: expected RFC 3339 or unix seconds") from exc
+        raise ConfigError(f"--as_of {value!r}: expected an RFC 3339 time or {TIME_EXPECTED}") from exc
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
 
 
 def submit(argv=None, config: Optional[PlatformConfig] = None):
-    """Builds and submits the pipeline and returns at once (Flex Template launchers must not wait)."""
+    """Builds and submits the pipeline and returns at once (Flex Template launchers must not wait);
+    it writes into `--output` directly (a remote location: nothing there to replace)."""
     pipeline, _ = _prepare(argv, config)
     return pipeline.run()
 
 
-def run(argv=None, config: Optional[PlatformConfig] = None):
-    """Runs the batch pipeline to completion and returns its `PipelineResult`."""
-    pipeline, runner = _prepare(argv, config)
-    with fnapi_state_cache_off(runner):
-        result = pipeline.run()
-        result.wait_until_finish()
+def run(argv=None, config: Optional[PlatformConfig] = None, facts: Optional[dict] = None):
+    """Runs the pipeline to completion and returns its `PipelineResult`. With JSON Lines output its
+    tables replace those of the previous run in `--output` only if it succeeds (`replacing_output`)."""
+    options = PipelineOptions(argv)
+    output = options.view_as(IssuePlatformOptions).output
+    staged = replacing_output(output) if options.view_as(SinkOptions).sink == "jsonl" else contextlib.nullcontext(output)
+    with staged as output_dir:
+        pipeline, runner = _prepare(argv, config, output_dir, facts)
+        with fnapi_state_cache_off(runner):
+            result = pipeline.run()
+            result.wait_until_finish()
     return result

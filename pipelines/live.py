@@ -26,7 +26,7 @@ _SHIFTED_FIELDS = ("detection_time", "update_date")
 def register(sub) -> None:
     parser = sub.add_parser("live", help="run the local stack (Pub/Sub emulator, Kafka broker) end to end")
     parser.add_argument("--count", type=int, default=300, help="generated payloads to send (default 300)")
-    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--seed", type=int, default=7, help="random seed of the generated payloads (default 7)")
     parser.add_argument("--output", default="out/live", help="output directory (default out/live)")
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for the stream")
     parser.set_defaults(handler=cmd_live)
@@ -124,6 +124,7 @@ def cmd_live(args: argparse.Namespace) -> int:
         _send(f"kafka:{kafka.address}/{TOPIC}", lines)
         print(f"producer: {sent} sent to Pub/Sub and to Kafka, {refused} refused (invalid, never sent)")
 
+        started = time.monotonic()
         result = submit(["--source", "pubsub", "--subscription", f"projects/{PROJECT}/subscriptions/pipeline",
                          "--streaming", "--output", stream_out], load_config(None))
         heartbeat = connect(f"pubsub:projects/{PROJECT}/topics/{TOPIC}")
@@ -146,11 +147,14 @@ def cmd_live(args: argparse.Namespace) -> int:
             heartbeat.close()
         print(f"\n== streaming pipeline on Pub/Sub: {arrived} of {sent} payloads have an outcome "
               f"(plus heartbeats in project {HEARTBEAT_PROJECT}) ==")
-        print(render(counts_from_outputs(stream_out), latest_groups(stream_out)))
+        print(render(counts_from_outputs(stream_out), latest_groups(stream_out), stream_out,
+                     time.monotonic() - started))
 
+        started = time.monotonic()
         run(["--source", "kafka", "--bootstrap_servers", kafka.address, "--topic", TOPIC,
              "--output", backfill_out], load_config(None))
         print(f"\n== Kafka backfill of {TOPIC} ==")
-        print(render(counts_from_outputs(backfill_out), latest_groups(backfill_out)))
+        print(render(counts_from_outputs(backfill_out), latest_groups(backfill_out), backfill_out,
+                     time.monotonic() - started))
     print(f"\noutput: {stream_out}/, {backfill_out}/")
     return 0 if arrived >= sent else 1

@@ -10,21 +10,22 @@ class IssuePlatformOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
         parser.add_argument(
-            "--input", action="append", default=None,
+            "--input", action="append", default=None, metavar="PATH",
             help="Path or glob of payload files: JSON Lines (.jsonl, .jsonl.gz) or Avro (.avro). Repeatable. "
                  "Default: the bundled sample of realistic occurrences.")
         parser.add_argument(
-            "--output", default="out",
+            "--output", default="out", metavar="DIR",
             help="Directory for the output tables (groups, occurrences, status_changes, post_process, "
                  "evidence, dead_letter), one JSON Lines file set per table. Default: ./out")
         parser.add_argument(
-            "--config", default=None,
-            help="YAML or JSON file with extra `group_types` (see README). Default: none.")
+            "--config", default=None, metavar="FILE",
+            help="YAML or JSON file with extra `group_types`, `projects` and release-flag `features`. "
+                 "Default: none.")
         parser.add_argument(
-            "--group_types_module", action="append", default=None,
+            "--group_types_module", action="append", default=None, metavar="MODULE",
             help="Python module to import that defines GroupType subclasses. Repeatable.")
         parser.add_argument(
-            "--max_payload_bytes", type=int, default=DEFAULT_MAX_PAYLOAD_BYTES,
+            "--max_payload_bytes", type=int, default=DEFAULT_MAX_PAYLOAD_BYTES, metavar="BYTES",
             help="Payloads larger than this many bytes are dead-lettered as payload_too_large. "
                  f"Default: {DEFAULT_MAX_PAYLOAD_BYTES}.")
         parser.add_argument(
@@ -32,20 +33,24 @@ class IssuePlatformOptions(PipelineOptions):
             help="fast: schemas compiled with fastjsonschema; spec: the jsonschema reference validator "
                  "(same decisions, ~20x slower). Default: fast.")
         parser.add_argument(
-            "--dedupe_window_seconds", type=float, default=DEFAULT_DEDUPE_WINDOW_SECONDS,
+            "--dedupe_window_seconds", type=float, default=DEFAULT_DEDUPE_WINDOW_SECONDS, metavar="SECONDS",
             help="An occurrence id seen again within this many seconds of event time is a duplicate. "
                  f"Default: {DEFAULT_DEDUPE_WINDOW_SECONDS:g} (raised to the allowed lateness if that is larger).")
         parser.add_argument(
-            "--allowed_lateness_seconds", type=float, default=DEFAULT_ALLOWED_LATENESS_SECONDS,
+            "--allowed_lateness_seconds", type=float, default=DEFAULT_ALLOWED_LATENESS_SECONDS, metavar="SECONDS",
             help="An event behind its group's clock by at most this many seconds is still applied (out of "
                  "order); later ones are dead-lettered as `late`. Default: "
                  f"{DEFAULT_ALLOWED_LATENESS_SECONDS:g}.")
         parser.add_argument(
-            "--as_of", default=None,
+            "--as_of", default=None, metavar="TIME",
             help="Apply time-driven transitions (auto-resolve, back to ongoing, forecasts) up to this event "
-                 "time (RFC 3339 or unix seconds) and no further. Default for file inputs: the latest event "
-                 "time in the input; for live streams: no limit. Also the time of status changes without "
+                 "time (RFC 3339 or unix seconds) and no further. Default for file inputs: the latest time "
+                 "of a valid event in the input; for live streams: no limit. Also the time of status changes without "
                  "update_date in file inputs.")
+        parser.add_argument(
+            "--progress", action="store_true", default=False,
+            help="Report records read, rate and elapsed time on stderr every few seconds. The command "
+                 "line turns this on by itself when stderr is a terminal.")
         parser.add_argument(
             "--resume_from", default=None,
             help="Output directory of a previous run: every key starts from the state that run ended with (its "

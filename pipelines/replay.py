@@ -1,62 +1,78 @@
-"""Reading payload files outside the pipeline: the default `--as_of` (the latest event time in the
-input) and the event-time-ordered stream that `run --streaming` replays."""
+"""Reading payload files outside the pipeline: the default `--as_of` (the latest time of a valid
+event in the input) and the event-time-ordered stream that `run --streaming` replays."""
 from __future__ import annotations
 
-import gzip
 import math
-from typing import Iterable, Iterator, Optional, Sequence, Union
+from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import orjson
-from apache_beam.io.filesystems import FileSystems
 
-from issue_platform.validation import Rejected, parse_time
-from transforms.read import _avro_payload
-
-Raw = Union[bytes, dict]
+from issue_platform.validation import Occurrence, PayloadValidator, parse, parse_time
+from transforms.read import Progress, Raw, input_files, read_file
 
 
-def read_raw(patterns: Sequence[str]) -> Iterator[Raw]:
-    """Every record of the files matching `patterns`, as ReadPayloads would see it."""
-    for pattern in patterns:
-        for metadata in FileSystems.match([pattern])[0].metadata_list:
-            path = metadata.path
-            with FileSystems.open(path, compression_type="uncompressed") as handle:
-                if path.endswith(".avro"):
-                    import fastavro
-
-                    yield from (_avro_payload(r) for r in fastavro.reader(handle))
-                    continue
-                stream = gzip.GzipFile(fileobj=handle) if path.endswith(".gz") else handle
-                for line in stream:
-                    line = line.rstrip(b"\r\n")
-                    if line.strip():
-                        yield line
+def timed(patterns: Sequence[str], validator: PayloadValidator, max_bytes: int, progress: bool = False,
+          on_blank: Callable[[], None] = lambda: None) -> Iterator[tuple[Optional[float], Raw]]:
+    """Every record of the files with its event time if it is a valid event that has one, else None.
+    Validating here means a record the pipeline will reject neither moves the default `--as_of` nor
+    gets a place in the replay's order (its time may be anything: NaN, 1e300)."""
+    for path in input_files(patterns):
+        for raw in read_file(path, on_blank):
+            Progress.tick(progress)
+            yield _valid_time(raw, validator, max_bytes), raw
 
 
-def event_time(raw: Raw) -> Optional[float]:
-    """A record's event time if it has a readable one (`detection_time` or `update_date`)."""
+def latest_valid_time(patterns: Sequence[str], validator: PayloadValidator, max_bytes: int,
+                      progress: bool = False) -> Optional[float]:
+    """The latest time of a valid event in the files (the default `--as_of` of a batch run). Exactly
+    `max` over the valid events of `timed`, but only a record whose raw time would raise the maximum
+    is validated, so the scan costs about one JSON decode a record."""
+    latest = None
+    for path in input_files(patterns):
+        for raw in read_file(path):
+            Progress.tick(progress)
+            candidate = _raw_time(raw)
+            if candidate is not None and (latest is None or candidate > latest):
+                valid = _valid_time(raw, validator, max_bytes)
+                latest = valid if valid is not None and (latest is None or valid > latest) else latest
+    return latest
+
+
+def _raw_time(raw: Raw) -> Optional[float]:
+    """The time a record would have if it is valid (its validated time always equals this)."""
     try:
         payload = raw if isinstance(raw, dict) else orjson.loads(raw)
-        value = payload.get("detection_time", payload.get("update_date"))
-        return None if value is None else parse_time(value, "time")
-    except (orjson.JSONDecodeError, AttributeError, Rejected):
+        field = "update_date" if payload.get("payload_type") == "status_change" else "detection_time"
+        value = payload.get(field)
+        return None if value is None else parse_time(value, field)
+    except Exception:  # not JSON, not an object, not a time: invalid, so never the latest valid time
         return None
 
 
-def timed(patterns: Sequence[str]) -> Iterator[tuple[Optional[float], Raw]]:
-    """Every record with its event time (None if unreadable)."""
-    return ((event_time(raw), raw) for raw in read_raw(patterns))
+def _valid_time(raw: Raw, validator: PayloadValidator, max_bytes: int) -> Optional[float]:
+    try:
+        payload = validator.validate(parse(raw, max_bytes))
+    except Exception:  # rejected (or worse): the pipeline dead-letters it; it has no time here
+        return None
+    return payload.detection_time if isinstance(payload, Occurrence) else payload.update_date
 
 
-def latest_event_time(records: Iterable[tuple[Optional[float], Raw]]) -> Optional[float]:
-    return max((t for t, _ in records if t is not None), default=None)
+def event_time_range(records: Iterable[tuple[Optional[float], Raw]]) -> tuple[Optional[float], Optional[float]]:
+    """(earliest, latest) event time of the valid events, (None, None) if there are none."""
+    earliest = latest = None
+    for t, _ in records:
+        if t is not None:
+            earliest = t if earliest is None else min(earliest, t)
+            latest = t if latest is None else max(latest, t)
+    return earliest, latest
 
 
 def replay_stream(records: Sequence[tuple[Optional[float], Raw]], batch_size: int = 200):
     """Timed records (see `timed`) as a `TestStream` in event-time order: elements in batches, each followed by a
     watermark advance to just before the next batch's earliest event, then to +infinity. Records
-    without a readable time (they will be dead-lettered, or stamped later) come first.
-    The stream holds its input in memory; it is for replays and tests, not for live traffic."""
+    without a time (invalid ones, to be dead-lettered, and status changes without update_date, stamped
+    later) come first, at the earliest valid time. The stream holds its input in memory; it is for
+    replays and tests, not for live traffic."""
     from apache_beam import coders
     from apache_beam.testing.test_stream import TestStream
     from apache_beam.transforms.window import TimestampedValue

@@ -1,11 +1,14 @@
 """The end-of-run summary: outcome counts from Beam metrics, top groups from the groups table."""
 from __future__ import annotations
 
+import glob
+from typing import Optional
+
 from apache_beam.metrics.metric import MetricsFilter
 
 from issue_platform import outcomes as R
-from issue_platform.tables import ALL_TABLES, DEAD_LETTER, GROUPS, OCCURRENCES, STATUS_CHANGES, counter_name, read_jsonl
-from transforms.parse import NAMESPACE
+from issue_platform.tables import ALL_TABLES, DEAD_LETTER, GROUPS, OCCURRENCES, STATUS_CHANGES, counter_name, jsonl_glob, read_jsonl
+from transforms.parse import EVENT_TIMES, NAMESPACE
 
 
 def counters(result) -> dict[str, int]:
@@ -30,10 +33,10 @@ def counts_from_outputs(output_dir: str) -> dict[str, int]:
             name = counter_name(table, row)
             if name is not None:
                 bump(name)
-            # Every input record ends in one of these; a late event's record was counted when it came in.
-            if table in (OCCURRENCES, STATUS_CHANGES) or (table == DEAD_LETTER and row["stage"] in (
-                    R.STAGE_PARSE, R.STAGE_VALIDATE)):
+            # Every input record ends in exactly one of these (a sink's rejects are output rows).
+            if table in (OCCURRENCES, STATUS_CHANGES) or (table == DEAD_LETTER and row["stage"] != R.STAGE_SINK):
                 bump("records.in")
+    totals["groups.created"] = len({row["group_id"] for row in read_jsonl(output_dir, GROUPS)})
     return totals
 
 
@@ -46,12 +49,36 @@ def latest_groups(output_dir: str) -> list[dict]:
     return list(latest.values())
 
 
-def render(totals: dict[str, int], groups: list[dict], top: int = 5) -> str:
+def earliest_event_time(result) -> Optional[float]:
+    """The earliest valid event time of a finished run (from the `events.time` distribution)."""
+    for dist in result.metrics().query(MetricsFilter().with_namespace(NAMESPACE).with_name(EVENT_TIMES))[
+            "distributions"]:
+        value = dist.committed if dist.committed is not None else dist.attempted
+        if value is not None and value.count:
+            return float(value.min)
+    return None
+
+
+def tables_written(output_dir: str) -> dict[str, int]:
+    """Rows per table in `output_dir`, all its parts (`<table>.<part>-...jsonl`) together."""
+    rows: dict[str, int] = {}
+    for table in ALL_TABLES:
+        for path in sorted(glob.glob(jsonl_glob(output_dir, table))):
+            with open(path, "rb") as handle:
+                rows[table] = rows.get(table, 0) + sum(
+                    chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b""))
+    return rows
+
+
+def render(totals: dict[str, int], groups: list[dict], output_dir: Optional[str], elapsed: float,
+           top: int = 5) -> str:
+    """The summary; `output_dir` None: the tables went elsewhere (BigQuery)."""
     dead = sum(v for k, v in totals.items() if k.startswith("dead_letter."))
     occ = {k.split(".", 1)[1]: v for k, v in totals.items() if k.startswith("occurrences.")}
     changes = {k.split(".", 1)[1]: v for k, v in totals.items() if k.startswith("status_changes.")}
     lines = [
         f"records in:            {totals.get('records.in', 0)}",
+        f"blank lines skipped:   {totals.get('records.blank_lines', 0)} (JSON Lines; not records)",
         f"groups created:        {totals.get('groups.created', 0)}",
         f"occurrences grouped:   {occ.get('grouped', 0)}",
         f"held back by noise:    {occ.get('noise_suppressed', 0)}",
@@ -66,4 +93,8 @@ def render(totals: dict[str, int], groups: list[dict], top: int = 5) -> str:
     for row in sorted(groups, key=lambda r: (-r["times_seen"], r["group_id"]))[:top]:
         lines.append(f"  {row['times_seen']:>7}  project {row['project_id']:<5} type {row['type']:<6} "
                      f"{row['title'][:40]} — {row['culprit'][:40]}")
+    if output_dir is not None:
+        lines.append(f"tables written to {output_dir}/: " + ", ".join(
+            f"{t} ({n} rows)" for t, n in tables_written(output_dir).items()))
+    lines.append(f"elapsed:               {elapsed:.1f} s")
     return "\n".join(lines)

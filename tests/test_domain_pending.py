@@ -94,11 +94,15 @@ def test_display_is_interned_outside_the_record():
 
 @pytest.mark.parametrize("field", ["priority", "initial_issue_priority"])
 def test_every_validated_occurrence_can_be_encoded(field):
-    """JSON `25.0` passes the schema's `enum: [25, 50, 75, null]` (25.0 == 25); the record must still encode."""
+    """JSON `25.0` passes the schema's `enum: [25, 50, 75, null]` (25.0 == 25) but is rejected as a
+    float since issue #7; the integer encodes."""
     payload = {"id": "0f1e2d3c4b5a49788695a4b3c2d1e0f9", "project_id": 42, "fingerprint": ["a"],
                "issue_title": "t", "subtitle": "s", "culprit": "c", "evidence_data": {}, "evidence_display": [],
                "type": 1006, "detection_time": T0, "level": "info", "event_id": "a" * 32, field: 25.0}
-    occ = PayloadValidator("fast").validate(payload)
+    with pytest.raises(Rejected) as rejected:
+        PayloadValidator("fast").validate(payload)
+    assert (rejected.value.reason, rejected.value.field) == ("invalid_value", field)
+    occ = PayloadValidator("fast").validate({**payload, field: 25})
     decoded = pending.decode(pending.encode_occurrence(occ)[0])
     assert (decoded.priority if field == "priority" else decoded.initial_priority) == 25
 

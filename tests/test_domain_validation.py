@@ -130,6 +130,36 @@ REJECTIONS = [
     ("sc fingerprint empty", status_change(fingerprint=[]), R.EMPTY_FINGERPRINT, "fingerprint"),
     ("sc fingerprint number", status_change(fingerprint=[1]), R.INVALID_FINGERPRINT, "fingerprint.0"),
     ("sc id not a uuid", status_change(id="nope"), R.INVALID_UUID, "id"),
+    # issue #7: every accepted time is finite and in one range; ids and codes are 64-bit integers
+    ("detection_time NaN", occurrence(detection_time=float("nan")), R.INVALID_VALUE, "detection_time"),
+    ("detection_time inf", occurrence(detection_time=float("inf")), R.INVALID_VALUE, "detection_time"),
+    ("detection_time -1e300", occurrence(detection_time=-1e300), R.INVALID_VALUE, "detection_time"),
+    ("detection_time year 9999", occurrence(detection_time=253402214400), R.INVALID_VALUE, "detection_time"),
+    ("sc update_date 1e300", status_change(update_date=1e300), R.INVALID_VALUE, "update_date"),
+    ("sc update_date -1e300", status_change(update_date=-1e300), R.INVALID_VALUE, "update_date"),
+    ("sc update_date NaN", status_change(update_date=float("nan")), R.INVALID_VALUE, "update_date"),
+    ("sc update_date 0", status_change(update_date=0), R.INVALID_VALUE, "update_date"),
+    ("sc update_date year 9999", status_change(update_date="9999-12-31T00:00:00Z"), R.INVALID_VALUE, "update_date"),
+    ("sc update_date year 1", status_change(update_date="0001-01-01T00:00:00Z"), R.INVALID_VALUE, "update_date"),
+    ("project_id 2**70", occurrence(project_id=2 ** 70, event_project_id=2 ** 70), R.INVALID_VALUE, "project_id"),
+    ("project_id 2**63", occurrence(project_id=2 ** 63), R.INVALID_VALUE, "project_id"),
+    ("project_id 1e300", occurrence(project_id=1e300), R.INVALID_VALUE, "project_id"),
+    ("project_id 42.0", occurrence(project_id=42.0), R.INVALID_VALUE, "project_id"),
+    ("type 1e300", occurrence(type=1e300), R.INVALID_VALUE, "type"),
+    ("type 1006.0", occurrence(type=1006.0), R.INVALID_VALUE, "type"),
+    ("priority 25.0", occurrence(priority=25.0), R.INVALID_VALUE, "priority"),
+    ("event project_id 1e300", occurrence(event_project_id=1e300), R.INVALID_EVENT, "event.project_id"),
+    ("event project_id 42.0", occurrence(event_project_id=42.0), R.INVALID_EVENT, "event.project_id"),
+    ("evidence integer beyond 64 bits", occurrence(evidence_data={"n": [1, {"big": 2 ** 70}]}),
+     R.INVALID_VALUE, "evidence_data.n.1.big"),
+    ("evidence bytes (Avro)", occurrence(evidence_data={"raw": b"\x00"}), R.INVALID_TYPE, "evidence_data.raw"),
+    ("event tag decimal (Avro)", occurrence(event_tags={"n": __import__("decimal").Decimal("1.5")}),
+     R.INVALID_TYPE, "event.tags.n"),
+    ("issue_title bytes (Avro)", occurrence(issue_title=b"t"), R.INVALID_TYPE, "issue_title"),
+    ("sc project_id 2**70", status_change(project_id=2 ** 70), R.INVALID_VALUE, "project_id"),
+    ("sc new_status 1.0", status_change(new_status=1.0), R.INVALID_VALUE, "new_status"),
+    ("sc new_substatus 1e300", status_change(new_substatus=1e300), R.INVALID_VALUE, "new_substatus"),
+    ("sc detector_id 2**70", status_change(detector_id=2 ** 70), R.INVALID_VALUE, "detector_id"),
 ]
 
 
@@ -273,6 +303,45 @@ ECHO_CASES = [
     ("sc update_date", status_change(update_date=SECRET)),
     ("sc new_status", status_change(new_status=SECRET)),
 ]
+
+
+SECRET_NUMBER = 987654321987
+NUMBER_ECHO_CASES = [
+    ("project mismatch", occurrence(project_id=SECRET_NUMBER, event_project_id=SECRET_NUMBER + 1)),
+    ("unknown type", occurrence(type=SECRET_NUMBER)),
+    ("project_id float", occurrence(project_id=float(SECRET_NUMBER))),
+    ("project_id too big", occurrence(project_id=SECRET_NUMBER * 10 ** 10)),
+    ("detection_time", occurrence(detection_time=SECRET_NUMBER * 1e3)),
+    ("sc update_date", status_change(update_date=SECRET_NUMBER * 1e3)),
+]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("raw", [c[1] for c in NUMBER_ECHO_CASES], ids=[c[0] for c in NUMBER_ECHO_CASES])
+def test_messages_never_echo_numbers_from_the_payload(mode, raw):
+    result = verdict(mode, raw)
+    assert result[0] != "ok"
+    assert str(SECRET_NUMBER)[:6] not in result[2]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("raw, words", [
+    (occurrence(detection_time="2026-11-01"), "a number of unix seconds greater than 0 and at most 32503680000"),
+    (occurrence(detection_time=0), "a number of unix seconds greater than 0 and at most 32503680000"),
+    (occurrence(detection_time=float("nan")), "a number of unix seconds"),
+    (occurrence(priority=30), "25 (low), 50 (medium), 75 (high) or null"),
+    (occurrence(project_id="42"), "an integer between 1 and 9223372036854775807"),
+    (occurrence(project_id=42.5), "an integer between 1 and 9223372036854775807"),
+    (occurrence(issue_title=1), "a string"),
+    (status_change(new_status=9), "0 unresolved, 1 resolved, 2 ignored"),
+    (status_change(new_substatus=0), "1 archived until escalating"),
+    (status_change(update_date=1e300), "RFC 3339"),
+    (occurrence(evidence_display=[{"name": 1, "value": "b", "important": True}]), "a string"),
+])
+def test_messages_say_what_was_expected(mode, raw, words):
+    result = verdict(mode, raw)
+    assert words in result[2], result
+    assert "schemas/" not in result[2]
 
 
 @pytest.mark.parametrize("mode", MODES)

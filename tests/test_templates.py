@@ -12,10 +12,11 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 # Beam's own flag that the Kafka source reads (Beam defines it for its Kafka Streams runner).
 BEAM_FLAGS_WE_READ = {"bootstrap_servers"}
 # What each template deliberately leaves out: a batch job has no live source and no refresh; a live
-# job reads no files and no backfill window (a file replay would read its input at launch).
+# job reads no files and no backfill window (a file replay would read its input at launch); progress on
+# stderr is for a terminal, not a launched job.
 LEFT_OUT = {
-    "batch": {"subscription", "timestamp_attribute", "config_refresh_seconds"},
-    "streaming": {"input", "kafka_start_time", "kafka_start_offsets"},
+    "batch": {"subscription", "timestamp_attribute", "config_refresh_seconds", "progress"},
+    "streaming": {"input", "kafka_start_time", "kafka_start_offsets", "progress"},
 }
 
 

@@ -1,6 +1,7 @@
 """ProcessGroups: the stateful step that owns each group and applies its events in event-time order."""
 from __future__ import annotations
 
+import logging
 import math
 import struct
 
@@ -23,12 +24,13 @@ from issue_platform.tables import (ACTIVITY, DEAD_LETTER, GROUPS, OCCURRENCES, P
 from issue_platform.validation import Rejected
 from issue_platform.pending import (Display, PendingOccurrence, decode, display_record, is_display_record,
                                     record_display_digest, sort_key, split_display_record)
-from transforms.parse import NAMESPACE
+from transforms.parse import NAMESPACE, internal_error_row
 
 TABLES = (GROUPS, OCCURRENCES, STATUS_CHANGES, POST_PROCESS, ACTIVITY, STATE)
 DEFAULT_ALLOWED_LATENESS_SECONDS = 600.0
 _END_OF_TIME = GlobalWindow().max_timestamp()
 _SUMMARY_BYTES = 1024  # a late event's dead-letter payload is its summary (kind, key, id, time)
+_LOGGER = logging.getLogger(__name__)
 
 
 class ProcessGroupsFn(beam.DoFn):
@@ -156,11 +158,8 @@ class ProcessGroupsFn(beam.DoFn):
         pending.sort(key=lambda pair: sort_key(pair[0]))
         ready = [event for event, _ in pending if event.time <= horizon]
         waiting = [(event, raw) for event, raw in pending if event.time > horizon]
-        state = KeyState.decode(start)
-        processor = GroupProcessor(key, state, _Displays(interned), self._types, self._dedupe_window, self._as_of)
-        for event in ready:
-            yield from self._emit(processor.apply(event))
-        yield from self._emit(processor.finish(horizon))
+        state, rows, wakeup = self._apply(key, start, interned, ready, horizon)
+        yield from self._emit(rows)
         encoded = None if state.is_empty() else state.encode()
         if horizon == math.inf:  # the end of time: nothing can follow; snapshot the key, keep nothing
             if encoded is not None:
@@ -186,7 +185,7 @@ class ProcessGroupsFn(beam.DoFn):
                 events.add(raw)
             for digest in {record_display_digest(raw) for _, raw in waiting} - {None}:
                 events.add(display_record(digest, interned[digest]))
-        candidates = [t for t in (waiting[0][0].time if waiting else None, processor.next_wakeup()) if t is not None]
+        candidates = [t for t in (waiting[0][0].time if waiting else None, wakeup) if t is not None]
         wake = float(math.ceil(min(candidates))) if candidates else None
         if wake is not None:
             flush.set(Timestamp(wake))
@@ -220,28 +219,67 @@ class ProcessGroupsFn(beam.DoFn):
             return
         interned = {record_display_digest(record): display} if display else {}
         stored = key_state.read()
-        state = KeyState.decode(stored)
-        processor = GroupProcessor(key, state, _Displays(interned), self._types, self._dedupe_window, self._as_of)
-        yield from self._emit(processor.apply(event))
-        yield from self._emit(processor.finish(flushed))
+        state, rows, wake = self._apply(key, stored, interned, [event], flushed)
+        yield from self._emit(rows)
         encoded = state.encode()
         if encoded != stored:
             key_state.write(encoded)
             seen[2] += 1
             clock.write(_encode_clock(*seen[:3]))
             yield self._snapshot(key, state, encoded, flushed, seen[2])
-        wake = processor.next_wakeup()
         if wake is not None:
             self._wake(float(math.ceil(wake)), clock, flush, seen)
+
+    def _apply(self, key, start, interned, events, horizon):
+        """(state, rows, next wake-up) after applying `events` and the transitions up to `horizon` to
+        the state encoded in `start`.
+
+        A failure of ours must neither stop the pipeline nor leave a group half-updated. If anything
+        fails, the flush is redone event by event from the state before it: an event that fails is
+        dead-lettered as `internal_error` (stage `group`) and the group keeps its state from just
+        before that event, so the other events count exactly as they would have. If the
+        transitions due at the end fail, the state from before them is kept and the key's next
+        transitions wait for its next event (retrying at once would fail again, forever)."""
+        state = KeyState.decode(start)
+        had_group = state.group is not None
+        processor = GroupProcessor(key, state, _Displays(interned), self._types, self._dedupe_window, self._as_of)
+        try:
+            rows = [row for event in events for row in processor.apply(event)]
+            rows += processor.finish(horizon)
+            wakeup = processor.next_wakeup()
+        except Exception:
+            processor.state = KeyState.decode(start)
+            rows, wakeup = self._apply_one_by_one(key, processor, events, horizon)
+        if not had_group and processor.state.group is not None:  # whether or not post-process messages are on
+            self._counter("groups.created").inc()
+        return processor.state, rows, wakeup
+
+    @staticmethod
+    def _apply_one_by_one(key, processor, events, horizon):
+        rows = []
+        for event in events:
+            before = processor.state.encode()
+            try:
+                rows += processor.apply(event)
+            except Exception as exc:
+                processor.state = KeyState.decode(before)
+                rows.append((DEAD_LETTER, internal_error_row(R.STAGE_GROUP, exc, orjson.dumps(_summary(key, event)))))
+        before = processor.state.encode()
+        try:
+            rows += processor.finish(horizon)
+            return rows, processor.next_wakeup()
+        except Exception as exc:
+            _LOGGER.warning("group step: time-driven transitions failed: %s", type(exc).__name__)
+            processor.state = KeyState.decode(before)
+            return rows, None
 
     def _late_letter(self, key, event, clock_at):
         """The dead-letter row of an event too far behind its key's clock (its id, key and time only)."""
         self._counter(f"dead_letter.{R.LATE}").inc()
-        summary = {"kind": "occurrence" if isinstance(event, PendingOccurrence) else "status_change",
-                   "key": key, "id": event.id, "time": iso(event.time)}
         late = Rejected(R.LATE, "detection_time", f"{clock_at - event.time:.0f}s behind the key's clock; "
                         f"allowed lateness {self._allowed_lateness:.0f}s", stage=R.STAGE_GROUP)
-        return pvalue.TaggedOutput(DEAD_LETTER, dead_letter_row(late, orjson.dumps(summary), _SUMMARY_BYTES))
+        return pvalue.TaggedOutput(DEAD_LETTER, dead_letter_row(late, orjson.dumps(_summary(key, event)),
+                                                                _SUMMARY_BYTES))
 
     def _snapshot(self, key, state, encoded, at, revision):
         group_id = state.group.group_id if state.group is not None else None
@@ -268,6 +306,12 @@ class ProcessGroupsFn(beam.DoFn):
         if counter is None:
             counter = self._counters[name] = Metrics.counter(NAMESPACE, name)
         return counter
+
+
+def _summary(key: str, event) -> dict:
+    """What a dead-letter row of this step keeps of an event (the raw payload is long gone)."""
+    return {"kind": "occurrence" if isinstance(event, PendingOccurrence) else "status_change",
+            "key": key, "id": event.id, "time": iso(event.time)}
 
 
 _CLOCK = struct.Struct("<ddq")  # wake_at, flushed_until (NaN for "none"), revision

@@ -1,11 +1,13 @@
 """ParsePayloads, GateIngest and KeyByGroup: the stateless steps before a group's stateful step."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from typing import NamedTuple, Optional, Tuple
 
 import apache_beam as beam
+import orjson
 from apache_beam import pvalue
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
@@ -19,9 +21,10 @@ from issue_platform.tables import DEAD_LETTER, EVIDENCE, OCCURRENCES, dead_lette
 from issue_platform.pending import Admission, Display, encode_occurrence, encode_status_change
 from issue_platform.validation import (DEFAULT_MAX_PAYLOAD_BYTES, Occurrence, PayloadValidator, Rejected,
                                        StatusChange, parse)
+from transforms.read import NAMESPACE, Progress
 
+EVENT_TIMES = "events.time"  # a distribution of the valid events' times (unix seconds)
 _LOGGER = logging.getLogger(__name__)
-NAMESPACE = "issue_platform"
 
 
 def _counter(group: str, name: str):
@@ -35,44 +38,62 @@ class SourcedPayload(NamedTuple):
     source: str
 
 
-class _ParseFn(beam.DoFn):
-    """Raw payload -> Occurrence / StatusChange, or a dead-letter row. Never raises on input."""
 
-    def __init__(self, config: PlatformConfig, max_bytes: int, validator: str):
-        self._config, self._max_bytes, self._mode = config, max_bytes, validator
+def internal_error_row(stage: str, exc: Exception, payload, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+                       source: Optional[str] = None) -> dict:
+    """The dead-letter row for an element a step of ours failed on: a bug must not stop the pipeline
+    (a stream would retry the element forever). The log names the exception type, never the payload."""
+    _LOGGER.warning("%s step failed unexpectedly on one element: %s", stage, type(exc).__name__)
+    if dataclasses.is_dataclass(payload):
+        try:
+            payload = orjson.dumps(dataclasses.asdict(payload), default=str, option=orjson.OPT_NON_STR_KEYS)
+        except (TypeError, orjson.JSONEncodeError):
+            payload = orjson.dumps({"id": payload.id})
+    rejected = Rejected(R.INTERNAL_ERROR, "", f"internal error in the {stage} step: {type(exc).__name__}", stage)
+    return dead_letter_row(rejected, payload, max_bytes, source)
+
+
+def _internal_error(stage: str, exc: Exception, payload, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+                    source: Optional[str] = None):
+    """`internal_error_row` as this module's dead-letter output, counted."""
+    _counter("dead_letter", R.INTERNAL_ERROR).inc()
+    return pvalue.TaggedOutput(DEAD_LETTER, internal_error_row(stage, exc, payload, max_bytes, source))
+
+
+class _ParseFn(beam.DoFn):
+    """Raw payload -> Occurrence / StatusChange, or a dead-letter row. Never raises on input. Every
+    element is a record (blank JSON lines never get here: the reader counts them)."""
+
+    def __init__(self, config: PlatformConfig, max_bytes: int, validator: str, progress: bool):
+        self._config, self._max_bytes, self._mode, self._progress = config, max_bytes, validator, progress
         self._records_in = _counter("records", "in")
-        self._blank = _counter("records", "blank_lines")
 
     def setup(self):
         self._validator = PayloadValidator(self._mode, self._config.registry())
 
     def process(self, raw):
         source = None
-        if isinstance(raw, SourcedPayload):
+        if isinstance(raw, SourcedPayload):  # a live message: its coordinates go with any dead letter
             raw, source = raw
-        if isinstance(raw, (bytes, str)) and not raw.strip():
-            self._blank.inc()
-            return
         self._records_in.inc()
+        Progress.tick(self._progress)
         try:
             yield self._validator.validate(parse(raw, self._max_bytes))
         except Rejected as rejected:
             _counter("dead_letter", rejected.reason).inc()
             yield pvalue.TaggedOutput(DEAD_LETTER, dead_letter_row(rejected, raw, self._max_bytes, source))
-        except Exception as exc:  # a bug of ours must not stall the stream: dead-letter and count it
-            _LOGGER.warning("validation failed unexpectedly: %s", type(exc).__name__)  # never the payload
-            rejected = Rejected(R.INTERNAL_ERROR, "", f"internal error: {type(exc).__name__}")
-            _counter("dead_letter", R.INTERNAL_ERROR).inc()
-            yield pvalue.TaggedOutput(DEAD_LETTER, dead_letter_row(rejected, raw, self._max_bytes, source))
+        except Exception as exc:
+            yield _internal_error(R.STAGE_PARSE, exc, raw, self._max_bytes, source)
 
 
 class ParsePayloads(beam.PTransform):
-    """Parses and validates payloads. Outputs: main (validated payloads) and `dead_letter`."""
+    """Parses and validates payloads. Outputs: main (validated payloads) and `dead_letter`.
+    `progress`: report the records taken in on stderr (see `Progress`)."""
 
     def __init__(self, config: PlatformConfig, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
-                 validator: str = "fast"):
+                 validator: str = "fast", progress: bool = False):
         super().__init__()
-        self._fn = _ParseFn(config, max_bytes, validator)
+        self._fn = _ParseFn(config, max_bytes, validator, progress)
 
     def expand(self, raw):
         return raw | "Validate" >> beam.ParDo(self._fn).with_outputs(DEAD_LETTER, main="valid")
@@ -103,6 +124,12 @@ class _GateIngestFn(beam.DoFn):
         self._cache, self._versions, self._current = {}, None, self._config
 
     def process(self, payload, versions: list):
+        try:
+            yield from self._admit(payload, versions)
+        except Exception as exc:
+            yield _internal_error(R.STAGE_GATE, exc, payload)
+
+    def _admit(self, payload, versions: list):
         if versions is not self._versions:  # a new side-input value: pick the newest config
             self._versions, self._cache = versions, {}
             self._current = max(versions, key=lambda c: c.loaded_at, default=self._config)
@@ -126,7 +153,6 @@ class _GateIngestFn(beam.DoFn):
         else:
             self._dropped.inc()
             yield pvalue.TaggedOutput(OCCURRENCES, _ingest_disabled_row(payload))
-
 
     def _refresh(self):
         config, outcome = CONFIG_CACHE.get(self._current, self._refresh_seconds, FileSystems.open, _file_stamp)
@@ -161,7 +187,8 @@ class GateIngest(beam.PTransform):
         if updates is None:
             updates = payloads.pipeline | "Config" >> beam.Create([self._config])
         return payloads | "AllowIngest" >> beam.ParDo(
-            _GateIngestFn(self._config, self._refresh_seconds), beam.pvalue.AsList(updates)).with_outputs(OCCURRENCES, main="allowed")
+            _GateIngestFn(self._config, self._refresh_seconds), beam.pvalue.AsList(updates)).with_outputs(
+                OCCURRENCES, DEAD_LETTER, main="allowed")
 
 
 KeyedRecord = Tuple[str, Tuple[bytes, bytes]]
@@ -171,19 +198,29 @@ KeyedRecord = Tuple[str, Tuple[bytes, bytes]]
 class _KeyByGroupFn(beam.DoFn):
     def __init__(self, received_at: Optional[float]):
         self._received_at = received_at
+        self._times = Metrics.distribution(NAMESPACE, EVENT_TIMES)  # its min warns of an --as_of before all data
 
     def process(self, admitted):
         payload, admission = admitted
+        try:
+            outputs = self._encode(payload, admission)
+        except Exception as exc:
+            outputs = [_internal_error(R.STAGE_KEY, exc, payload)]
+        yield from outputs
+
+    def _encode(self, payload, admission) -> list:
         key = group_key(payload.project_id, payload.fingerprint[0])
         if isinstance(payload, Occurrence):
             record, _, display = encode_occurrence(payload, admission)
-            yield pvalue.TaggedOutput(EVIDENCE, evidence_row(payload))
-            yield TimestampedValue((key, (record, display)), payload.detection_time)
-        else:
-            change: StatusChange = payload
-            received_at = self._received_at if self._received_at is not None else time.time()
-            record = encode_status_change(change, received_at, admission)
-            yield TimestampedValue((key, (record, b"")), change.update_date or received_at)
+            self._times.update(int(payload.detection_time))
+            return [pvalue.TaggedOutput(EVIDENCE, evidence_row(payload)),
+                    TimestampedValue((key, (record, display)), payload.detection_time)]
+        change: StatusChange = payload
+        received_at = self._received_at if self._received_at is not None else time.time()
+        record = encode_status_change(change, received_at, admission)
+        if change.update_date is not None:
+            self._times.update(int(change.update_date))
+        return [TimestampedValue((key, (record, b"")), change.update_date or received_at)]
 
 
 class KeyByGroup(beam.PTransform):
@@ -198,7 +235,7 @@ class KeyByGroup(beam.PTransform):
 
     def expand(self, admitted):
         return admitted | "EncodeAndKey" >> beam.ParDo(_KeyByGroupFn(self._received_at)).with_outputs(
-            EVIDENCE, main="keyed")
+            EVIDENCE, DEAD_LETTER, main="keyed")
 
 
 __all__ = ["SourcedPayload", "ParsePayloads", "GateIngest", "KeyByGroup", "KeyedRecord"]
