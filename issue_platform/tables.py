@@ -115,6 +115,9 @@ def read_jsonl(output_dir: str, table: str) -> Iterator[dict]:
 GROUPS_CURRENT = "groups_current"
 GROUPS_CURRENT_SQL = ("SELECT * FROM `{groups}` WHERE TRUE "
                       "QUALIFY ROW_NUMBER() OVER (PARTITION BY group_id ORDER BY version DESC) = 1")
+# Each key's current snapshot (what --resume_from bigquery:... reads); `{state}` is the state table.
+CURRENT_STATE_SQL = ("SELECT `key`, format, snapshot_at, revision, state FROM `{state}` WHERE TRUE "
+                     "QUALIFY ROW_NUMBER() OVER (PARTITION BY `key` ORDER BY snapshot_at DESC, revision DESC) = 1")
 # Documented in the README and run by the tests against the emulator; `{view}` is groups_current.
 EXAMPLE_QUERIES = {
     "top_issues": "SELECT group_id, project_id, title, culprit, times_seen FROM `{view}` "

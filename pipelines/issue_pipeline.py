@@ -22,22 +22,20 @@ from importlib import resources
 from typing import Iterator, Optional
 
 import apache_beam as beam
-import orjson
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import KafkaStreamsRunnerOptions, PipelineOptions, StandardOptions
 
 from issue_platform.config import ConfigError, PlatformConfig, load_config
-from issue_platform.snapshot import SnapshotError, seed_from_row
 from issue_platform.validation import TIME_EXPECTED, PayloadValidator, Rejected, bounded_time
 from pipelines.replay import event_time_range, latest_valid_time, replay_stream, timed
 from pipelines.options import ConfigRefreshOptions, IssuePlatformOptions, SinkOptions, SourceOptions
 from transforms.groups import ProcessGroups
 from issue_platform.tables import (ALL_TABLES, DEAD_LETTER, EVIDENCE, OCCURRENCES, PART_GATE, PART_GROUP, PART_KEY,
-                                   PART_PARSE, STATE, jsonl_glob)
+                                   PART_PARSE, jsonl_glob)
 from transforms.parse import GateIngest, KeyByGroup, ParsePayloads
 from transforms.read import Progress, ReadPayloads, input_files
 from transforms.sinks import WriteOutputs
-from transforms.snapshot import ReadSnapshot
+from transforms.snapshot import ReadSnapshot, check, locate
 from transforms.sources import source_transform
 
 BATCH_RUNNER = "FnApiRunner"
@@ -177,7 +175,8 @@ def _prepare(argv, config: Optional[PlatformConfig], output_dir: Optional[str] =
     # A missing input fails here, before anything.
     inputs = None if live else input_files(opts.input or [sample_path()])
     if opts.resume_from:
-        check_snapshot(opts.resume_from)
+        snapshot = locate(opts.resume_from, options.view_as(SinkOptions).bigquery_endpoint)
+        check(snapshot)
     as_of = parse_as_of(opts.as_of)
     facts = {} if facts is None else facts
     replay = None
@@ -203,7 +202,7 @@ def _prepare(argv, config: Optional[PlatformConfig], output_dir: Optional[str] =
         kafka = options.view_as(KafkaStreamsRunnerOptions)  # Beam owns --bootstrap_servers
         raw = pipeline | "ReadPayloads" >> source_transform(source, kafka.bootstrap_servers, standard.streaming,
                                                              inputs)
-    seeds = pipeline | "ReadSnapshot" >> ReadSnapshot(opts.resume_from) if opts.resume_from else None
+    seeds = pipeline | "ReadSnapshot" >> ReadSnapshot(snapshot) if opts.resume_from else None
     # Status changes without update_date take as_of (with no valid time in the input, the start time);
     # in a live stream, the time they arrive.
     unbounded = live and standard.streaming
@@ -212,22 +211,6 @@ def _prepare(argv, config: Optional[PlatformConfig], output_dir: Optional[str] =
                             bounded=not unbounded)
     tables | "WriteOutputs" >> sinks
     return pipeline, standard.runner
-
-
-def check_snapshot(directory: str) -> None:
-    """Before the job starts: --resume_from names a readable snapshot (the first row of each file)."""
-    paths = sorted(glob.glob(jsonl_glob(directory, STATE)))
-    if not paths:
-        raise ConfigError(f"--resume_from {directory}: no {STATE} table files (the output directory of a "
-                          "previous run holds them)")
-    for path in paths:
-        with open(path, "rb") as handle:
-            line = next((line for line in handle if line.strip()), None)
-        try:
-            if line is not None:
-                seed_from_row(orjson.loads(line))
-        except (SnapshotError, orjson.JSONDecodeError) as exc:
-            raise ConfigError(f"--resume_from {path}: {exc}") from exc
 
 
 def parse_as_of(value: Optional[str]) -> Optional[float]:

@@ -53,9 +53,11 @@ class IssuePlatformOptions(PipelineOptions):
                  "line turns this on by itself when stderr is a terminal.")
         parser.add_argument(
             "--resume_from", default=None,
-            help="Output directory of a previous run: every key starts from the state that run ended with (its "
-                 "`state` table) instead of from nothing, so groups, noise counts, recent ids and forecasts carry "
-                 "over. Events at or before a key's snapshot are handled as late data. Default: start empty.")
+            help="A previous run's state: its output directory (the `state` files), or its BigQuery state table as "
+                 "bigquery:PROJECT:DATASET.TABLE (read through --bigquery_endpoint when given). Every key starts "
+                 "from the state that run ended with instead of from nothing, so groups, noise counts, recent ids "
+                 "and forecasts carry over. Events at or before a key's snapshot are handled as late data. "
+                 "Default: start empty.")
 
 
 class SinkOptions(PipelineOptions):

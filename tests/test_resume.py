@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import base64
 import random
+import uuid
 
 import orjson
 import pytest
 
+from bigquery_server import PROJECT
 from issue_platform.config import ConfigError, load_config
 from pipelines.issue_pipeline import run
 from tests.lifecycle_fixture import CONFIG, H, lifecycle_payloads
@@ -55,7 +57,8 @@ def runs(tmp_path_factory):
     run(["--input", second, "--output", str(tmp / "second"), "--resume_from", str(tmp / "first")], config)
     run(["--input", second, "--output", str(tmp / "second-stream"), "--resume_from", str(tmp / "first"),
          "--streaming"], config)
-    return {name: read_tables(tmp / name) for name in ("whole", "first", "second", "second-stream")}, dup
+    tables = {name: read_tables(tmp / name) for name in ("whole", "first", "second", "second-stream")}
+    return tables, dup, {"first": first, "second": second, "config": config, "tmp": tmp}
 
 
 def _without_redelivery(tables, dup):
@@ -70,7 +73,7 @@ def _without_redelivery(tables, dup):
 
 @pytest.mark.parametrize("second", ["second", "second-stream"])
 def test_a_resumed_run_continues_as_if_it_were_one_run(runs, second):
-    tables, dup = runs
+    tables, dup, _ = runs
     whole = tables["whole"]
     resumed = _without_redelivery(_union(tables["first"], tables[second]), dup)
     for name in COMPARED:
@@ -88,12 +91,37 @@ def test_a_resumed_run_continues_as_if_it_were_one_run(runs, second):
 
 def test_snapshots_of_batch_and_stream_agree(runs):
     """The current snapshot of every key is the same whether the second part ran in batch or streaming."""
-    tables, _ = runs
+    tables, _, _ = runs
 
     def current(rows):
         return {key: (row["snapshot_at"], row["state"]) for key, row in latest_states(rows).items()}
 
     assert current(tables["second"]["state"]) == current(tables["second-stream"]["state"])
+
+
+def test_resume_from_a_bigquery_state_table(runs, bigquery_emulator):
+    """The first part written to BigQuery (the emulator); the second resumed from that state table
+    gives exactly what resuming from the first part's files gave."""
+    tables, _, paths = runs
+    endpoint, dataset = f"http://{bigquery_emulator.address}", f"resume_{uuid.uuid4().hex[:8]}"
+    tmp = paths["tmp"]
+    run(["--input", paths["first"], "--sink", "bigquery", "--bigquery_dataset", f"{PROJECT}:{dataset}",
+         "--bigquery_endpoint", endpoint, "--temp_location", str(tmp)], paths["config"])
+    run(["--input", paths["second"], "--output", str(tmp / "second-bq"), "--bigquery_endpoint", endpoint,
+         "--resume_from", f"bigquery:{PROJECT}:{dataset}.state"], paths["config"])
+    resumed = read_tables(tmp / "second-bq")
+    for name, rows in tables["second"].items():
+        assert canonical(resumed[name]) == canonical(rows), name
+
+
+def test_resume_from_a_missing_bigquery_table_is_one_line_before_the_job(tmp_path, bigquery_emulator):
+    with pytest.raises(ConfigError, match="--resume_from bigquery:test-project:nowhere.state: cannot read it"):
+        run(["--input", write_jsonl(tmp_path / "b.jsonl", [occurrence("x", t=BASE)]), "--output", str(tmp_path),
+             "--bigquery_endpoint", f"http://{bigquery_emulator.address}",
+             "--resume_from", f"bigquery:{PROJECT}:nowhere.state"], load_config(None))
+    with pytest.raises(ConfigError, match="expected bigquery:PROJECT:DATASET.TABLE"):
+        run(["--input", write_jsonl(tmp_path / "c.jsonl", [occurrence("x", t=BASE)]), "--output", str(tmp_path),
+             "--resume_from", "bigquery:just-a-project"], load_config(None))
 
 
 def test_events_far_behind_the_snapshot_are_late_not_double_counted(tmp_path):
