@@ -70,17 +70,17 @@ class GroupProcessor:
         group = self.state.group
         return None if group is None else lifecycle.next_transition(group, self.types.get_by_type_id(group.type))
 
-    def next_wakeup(self) -> Optional[float]:
-        """When this key next needs the clock (if ≤ as_of): its next transition, its noise counter's
-        expiry, or, for a key without a group, the moment its last recent id is forgotten (after which
-        the key holds nothing at all)."""
+    def next_wakeup(self, as_of: Optional[float] = None) -> Optional[float]:
+        """When this key next needs the clock (if ≤ `as_of`, by default the processor's): its next
+        transition, its noise counter's expiry, or, for a key without a group, the moment its last
+        recent id is forgotten (after which the key holds nothing at all)."""
         state = self.state
         times = [t for t in ((self.next_transition() or (None,))[0],
                              state.noise.expires_at if state.noise else None,
                              max(state.seen.values()) + self.id_retention if state.group is None and state.seen
                              else None) if t is not None]
-        wake = min(times, default=None)
-        return wake if wake is not None and wake <= self.as_of else None
+        wake, as_of = min(times, default=None), self.as_of if as_of is None else as_of
+        return wake if wake is not None and wake <= as_of else None
 
     @property
     def id_retention(self) -> float:

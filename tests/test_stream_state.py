@@ -8,6 +8,8 @@ observable through this runner: it keeps timers internal, and its metric counter
 (`keys.released` counts releases on Dataflow and Flink)."""
 from __future__ import annotations
 
+import time
+
 import apache_beam as beam
 import orjson
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -25,13 +27,16 @@ H = 3600.0
 NOISY, QUIET = 1006, 2001  # NoiseConfig(3, 24 h) / none: a sighting creates a group
 
 
-def _live(tmp_path, payloads, watermarks, bounded):
+def _live(tmp_path, payloads, watermarks, bounded, config_text=None):
     stream = BeamTestStream().add_elements(
         [TimestampedValue(orjson.dumps(p), p["detection_time"]) for p in payloads])
     for mark in watermarks:
         stream = stream.advance_watermark_to(mark)
     options = PipelineOptions(["--runner=BundleBasedDirectRunner", "--streaming"])
     config = load_config(None)
+    if config_text is not None:
+        (tmp_path / "config.yaml").write_text(config_text)
+        config = load_config(str(tmp_path / "config.yaml"))
     with beam.Pipeline(options=options) as p:
         tables = build_pipeline(p, options.view_as(IssuePlatformOptions), config, raw=p | stream,
                                 bounded=bounded)
@@ -58,3 +63,17 @@ def test_one_off_fingerprints_leave_nothing_behind_in_a_live_stream(tmp_path):
     held_counts = [r for r in tables["state"] if r["group_id"] is None and r["state"]]
     assert all(r["snapshot_at"] < iso(BASE + 24 * H) for r in held_counts) and len(held_counts) >= 60
     assert {o["outcome"] for o in tables["occurrences"] if o["type"] == NOISY} == {"noise_suppressed"}
+
+
+def test_a_drained_live_stream_applies_no_transition_ahead_of_the_wall_clock(tmp_path):
+    """Draining moves the watermark to infinity and fires every timer (the TestStream's end does the
+    same here). A group seen an hour ago in a project that auto-resolves after 24 h must not come out
+    resolved, and its snapshot (what the next job resumes from) must be the unresolved group."""
+    now = time.time()
+    seen = occurrence("drain", project_id=1, type_id=QUIET, t=now - H)
+    tables = _live(tmp_path, [seen], [now - H / 2], bounded=False,
+                   config_text='projects:\n  "1": {resolve_age: 24}\n')
+    assert [row["type"] for row in tables["activity"]] == []
+    assert {row["status"] for row in tables["groups"]} == {0}
+    (current,) = latest_states(tables["state"]).values()
+    assert current["state"] and current["snapshot_at"] <= iso(now + 60)

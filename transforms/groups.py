@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import math
 import struct
+import time
 
 import apache_beam as beam
 import orjson
@@ -158,7 +159,8 @@ class ProcessGroupsFn(beam.DoFn):
         pending.sort(key=lambda pair: sort_key(pair[0]))
         ready = [event for event, _ in pending if event.time <= horizon]
         waiting = [(event, raw) for event, raw in pending if event.time > horizon]
-        state, rows, wakeup = self._apply(key, start, interned, ready, horizon)
+        limit = self._transitions_until()
+        state, rows, wakeup = self._apply(key, start, interned, ready, horizon, limit)
         yield from self._emit(rows)
         encoded = None if state.is_empty() else state.encode()
         if horizon == math.inf:  # the end of time: nothing can follow; snapshot the key, keep nothing
@@ -172,11 +174,11 @@ class ProcessGroupsFn(beam.DoFn):
             key_state.clear()
             if start:  # the key's snapshot is now "nothing", so that a resume does not bring back the old one
                 revision += 1
-                yield self._snapshot(key, state, b"", horizon, revision)
+                yield self._snapshot(key, state, b"", min(horizon, limit), revision)
         elif encoded != stored:
             key_state.write(encoded)
             revision += 1
-            yield self._snapshot(key, state, encoded, horizon, revision)
+            yield self._snapshot(key, state, encoded, min(horizon, limit), revision)
         if not waiting:
             events.clear()
         elif seed is not None or applied + len(ready) >= len(waiting):
@@ -185,6 +187,8 @@ class ProcessGroupsFn(beam.DoFn):
                 events.add(raw)
             for digest in {record_display_digest(raw) for _, raw in waiting} - {None}:
                 events.add(display_record(digest, interned[digest]))
+        if wakeup is not None and wakeup <= horizon:  # fired ahead of the wall clock (a drain): see _apply
+            wakeup = None
         candidates = [t for t in (waiting[0][0].time if waiting else None, wakeup) if t is not None]
         wake = float(math.ceil(min(candidates))) if candidates else None
         if wake is not None:
@@ -218,35 +222,46 @@ class ProcessGroupsFn(beam.DoFn):
             yield self._late_letter(key, event, flushed)
             return
         interned = {record_display_digest(record): display} if display else {}
-        stored = key_state.read()
-        state, rows, wake = self._apply(key, stored, interned, [event], flushed)
+        stored, limit = key_state.read(), self._transitions_until()
+        state, rows, wake = self._apply(key, stored, interned, [event], flushed, limit)
         yield from self._emit(rows)
         encoded = state.encode()
         if encoded != stored:
             key_state.write(encoded)
             seen[2] += 1
             clock.write(_encode_clock(*seen[:3]))
-            yield self._snapshot(key, state, encoded, flushed, seen[2])
-        if wake is not None:
+            yield self._snapshot(key, state, encoded, min(flushed, limit), seen[2])
+        if wake is not None and wake > flushed:
             self._wake(float(math.ceil(wake)), clock, flush, seen)
 
-    def _apply(self, key, start, interned, events, horizon):
-        """(state, rows, next wake-up) after applying `events` and the transitions up to `horizon` to
-        the state encoded in `start`.
+    def _transitions_until(self) -> float:
+        """How far time-driven transitions may run: `as_of`, and in a live stream also the wall clock
+        (see `_apply`)."""
+        return self._as_of if self._bounded else min(self._as_of, time.time())
+
+    def _apply(self, key, start, interned, events, horizon, limit):
+        """(state, rows, next wake-up) after applying `events` and the transitions up to `horizon` (and
+        never past `limit`) to the state encoded in `start`.
 
         A failure of ours must neither stop the pipeline nor leave a group half-updated. If anything
         fails, the flush is redone event by event from the state before it: an event that fails is
         dead-lettered as `internal_error` (stage `group`) and the group keeps its state from just
         before that event, so the other events count exactly as they would have. If the
         transitions due at the end fail, the state from before them is kept and the key's next
-        transitions wait for its next event (retrying at once would fail again, forever)."""
+        transitions wait for its next event (retrying at once would fail again, forever).
+
+        In a live stream transitions also never run past the wall clock: draining a Dataflow job moves
+        the watermark to infinity and fires every timer, and a group must not be auto-resolved, turned
+        ongoing or have its counts expired ahead of real time (in the output tables or in the snapshot
+        the next job resumes from, whose clock is therefore never past `limit` either). Such an early
+        timer applies nothing and arms nothing again."""
         state = KeyState.decode(start)
         had_group = state.group is not None
-        processor = GroupProcessor(key, state, _Displays(interned), self._types, self._dedupe_window, self._as_of)
+        processor = GroupProcessor(key, state, _Displays(interned), self._types, self._dedupe_window, limit)
         try:
             rows = [row for event in events for row in processor.apply(event)]
             rows += processor.finish(horizon)
-            wakeup = processor.next_wakeup()
+            wakeup = processor.next_wakeup(self._as_of)
         except Exception:
             processor.state = KeyState.decode(start)
             rows, wakeup = self._apply_one_by_one(key, processor, events, horizon)
@@ -254,8 +269,7 @@ class ProcessGroupsFn(beam.DoFn):
             self._counter("groups.created").inc()
         return processor.state, rows, wakeup
 
-    @staticmethod
-    def _apply_one_by_one(key, processor, events, horizon):
+    def _apply_one_by_one(self, key, processor, events, horizon):
         rows = []
         for event in events:
             before = processor.state.encode()
@@ -267,7 +281,7 @@ class ProcessGroupsFn(beam.DoFn):
         before = processor.state.encode()
         try:
             rows += processor.finish(horizon)
-            return rows, processor.next_wakeup()
+            return rows, processor.next_wakeup(self._as_of)
         except Exception as exc:
             _LOGGER.warning("group step: time-driven transitions failed: %s", type(exc).__name__)
             processor.state = KeyState.decode(before)
