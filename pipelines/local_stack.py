@@ -200,3 +200,43 @@ def create_pubsub_topic(project: str, topic: str, subscriptions: tuple[str, ...]
             "name": subscriber.subscription_path(project, name), "topic": topic_path,
             "enable_message_ordering": ordering}, timeout=10)
     subscriber.close()
+
+
+class TopicReader:
+    """Reads one Pub/Sub subscription and one Kafka topic (partitions assigned from the beginning, no
+    group join), keeping every message that arrived across `read()` calls (PUBSUB_EMULATOR_HOST set)."""
+
+    def __init__(self, subscription: str, bootstrap: str, topic: str):
+        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+        from google.cloud import pubsub_v1
+
+        self.subscriber, self.subscription = pubsub_v1.SubscriberClient(), subscription
+        # Tansu's group join takes ~23 s with librdkafka's default timeouts; these make it ~1 s.
+        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4().hex[:8]}",
+                                  "enable.auto.commit": False, "session.timeout.ms": 6000,
+                                  "heartbeat.interval.ms": 1000})
+        partitions = self.consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        self.consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        self.pubsub: list = []  # google.pubsub_v1.PubsubMessage
+        self.kafka: list = []  # confluent_kafka.Message
+
+    def read(self) -> None:
+        """What arrived since the last read (waits up to ~2.5 s)."""
+        from google.api_core.exceptions import DeadlineExceeded
+
+        try:
+            received = self.subscriber.pull(subscription=self.subscription, max_messages=1000,
+                                            timeout=2).received_messages
+        except DeadlineExceeded:
+            received = []
+        if received:
+            self.subscriber.acknowledge(subscription=self.subscription, ack_ids=[m.ack_id for m in received])
+            self.pubsub += [m.message for m in received]
+        for message in self.consumer.consume(1000, timeout=0.5):
+            if message.error() is not None:
+                raise RuntimeError(f"kafka: {message.error()}")
+            self.kafka.append(message)
+
+    def close(self) -> None:
+        self.subscriber.close()
+        self.consumer.close()
