@@ -6,7 +6,7 @@ port, offline-safe) and stopped by its process id in teardown. Run this file to 
 from __future__ import annotations
 
 import argparse
-import subprocess
+import os
 from typing import Iterator
 
 import pytest
@@ -39,7 +39,5 @@ if __name__ == "__main__":
     parser.add_argument("--port", type=int, default=9050)
     parser.add_argument("--project", default=PROJECT)
     args = parser.parse_args()
-    try:
-        subprocess.run(bigquery_emulator_argv(args.port, args.project), check=False)
-    except KeyboardInterrupt:
-        pass
+    argv = bigquery_emulator_argv(args.port, args.project)
+    os.execv(argv[0], argv)  # the emulator takes this process's id: stopping it stops the emulator
