@@ -1,9 +1,10 @@
 """`issue-platform live` (`make live`): the local stack on loopback, end to end.
 
-Starts the Pub/Sub emulator and a Kafka-protocol broker (Tansu), sends generated payloads through
-the detector producer to both, runs the streaming pipeline on the Pub/Sub subscription until every
-sent payload has an outcome, runs a Kafka backfill over the same payloads, prints what arrived, and
-stops everything it started.
+Starts the Pub/Sub emulator, a Kafka-protocol broker (Tansu) and the BigQuery emulator, sends
+generated payloads through the detector producer to Pub/Sub and Kafka, runs the streaming pipeline on
+the Pub/Sub subscription (tables to BigQuery, post-process messages to a Pub/Sub and a Kafka topic)
+until every sent payload has an outcome and every post-process message arrived, runs a Kafka backfill
+over the same payloads (JSON Lines files), prints what arrived, and stops everything it started.
 """
 from __future__ import annotations
 
@@ -16,15 +17,15 @@ from typing import Iterator
 import orjson
 
 from issue_platform.config import ConfigError
-from issue_platform.tables import read_jsonl
 
 PROJECT, TOPIC = "issue-platform-live", "ingest-occurrences"
+DATASET, POST_PROCESS_TOPIC = "live", "post-process"
 HEARTBEAT_PROJECT = 999_999
 _SHIFTED_FIELDS = ("detection_time", "update_date")
 
 
 def register(sub) -> None:
-    parser = sub.add_parser("live", help="run the local stack (Pub/Sub emulator, Kafka broker) end to end")
+    parser = sub.add_parser("live", help="run the local stack (Pub/Sub, Kafka, BigQuery emulators) end to end")
     parser.add_argument("--count", type=int, default=300, help="generated payloads to send (default 300)")
     parser.add_argument("--seed", type=int, default=7, help="random seed of the generated payloads (default 7)")
     parser.add_argument("--output", default="out/live", help="output directory (default out/live)")
@@ -59,18 +60,19 @@ def recent_payloads(count: int, seed: int, end: float, window: float = 240.0) ->
 
 @contextlib.contextmanager
 def _local_stack() -> Iterator[tuple]:
-    from pipelines.local_stack import start_pubsub_emulator, start_tansu
+    from pipelines.local_stack import start_bigquery_emulator, start_pubsub_emulator, start_tansu
 
     started = []
     saved = os.environ.get("PUBSUB_EMULATOR_HOST")
     try:
-        pubsub = start_pubsub_emulator()
-        started.append(pubsub)
-        kafka = start_tansu()
-        started.append(kafka)
-        os.environ["PUBSUB_EMULATOR_HOST"] = pubsub.address
-        yield pubsub, kafka
+        for start in (start_pubsub_emulator, start_tansu, lambda: start_bigquery_emulator(PROJECT)):
+            started.append(start())
+        os.environ["PUBSUB_EMULATOR_HOST"] = started[0].address
+        yield started
     finally:
+        from transforms.sinks import close_producers
+
+        close_producers()  # the post-process step's cached Kafka producer, else it retries the stopped broker
         for server in reversed(started):
             server.stop()
             print(f"stopped {server.name} (pid {server.process.pid})")
@@ -98,36 +100,72 @@ def _send(target: str, lines: list[bytes]) -> tuple[int, int]:
     return sent, refused
 
 
-def _outcomes(output: str) -> int:
-    """Rows for the sent payloads so far (every payload ends in exactly one of these tables)."""
-    count = sum(1 for table in ("occurrences", "status_changes") for row in read_jsonl(output, table)
-                if row["project_id"] != HEARTBEAT_PROJECT)
-    return count + sum(1 for _ in read_jsonl(output, "dead_letter"))
+class _BigQueryTables:
+    """The stream's tables in the BigQuery emulator, without the heartbeat's rows."""
+
+    def __init__(self, endpoint: str):
+        from transforms.sinks import bigquery_client
+
+        self._client = bigquery_client(PROJECT, endpoint)
+
+    def rows(self, table: str) -> list[dict]:
+        from issue_platform.tables import DEAD_LETTER
+
+        where = "" if table == DEAD_LETTER else f" WHERE project_id != {HEARTBEAT_PROJECT}"  # no project there
+        return [dict(row) for row in self._client.query(f"SELECT * FROM `{PROJECT}.{DATASET}.{table}`{where}").result()]
+
+    def outcomes(self) -> int:
+        """Rows for the sent payloads so far (every payload ends in exactly one of these tables)."""
+        from issue_platform import outcomes as R
+        from issue_platform.tables import DEAD_LETTER, OCCURRENCES, STATUS_CHANGES
+
+        return (len(self.rows(OCCURRENCES)) + len(self.rows(STATUS_CHANGES))
+                + sum(row["stage"] != R.STAGE_SINK for row in self.rows(DEAD_LETTER)))
+
+
+def _not_heartbeat(messages: list, project_of) -> list:
+    return [m for m in messages if project_of(m) != str(HEARTBEAT_PROJECT)]
+
+
+def _group_states(groups: list[dict]) -> dict:
+    return {g["group_id"]: (g["times_seen"], g["status"], g["substatus"], g["priority"]) for g in groups}
 
 
 def cmd_live(args: argparse.Namespace) -> int:
     from issue_platform.config import load_config
     from issue_platform.producer import IssueOccurrence, PayloadType, connect
+    from issue_platform.tables import GROUPS_CURRENT, POST_PROCESS
     from pipelines.issue_pipeline import run, submit
-    from pipelines.local_stack import create_kafka_topic, create_pubsub_topic
-    from pipelines.summary import counts_from_outputs, latest_groups, render
+    from pipelines.local_stack import TopicReader, create_kafka_topic, create_pubsub_topic
+    from pipelines.summary import counts_from_outputs, counts_from_rows, latest_groups, render
 
     if args.count < 1:
         raise ConfigError("--count must be >= 1")
     lines = recent_payloads(args.count, args.seed, time.time() - 30)
-    stream_out, backfill_out = os.path.join(args.output, "stream"), os.path.join(args.output, "kafka-backfill")
-    with _local_stack() as (pubsub, kafka):
-        print(f"Pub/Sub emulator on {pubsub.address}, Kafka broker (Tansu) on {kafka.address}")
+    backfill_out = os.path.join(args.output, "kafka-backfill")
+    with _local_stack() as (pubsub, kafka, bigquery):
+        endpoint = f"http://{bigquery.address}"
+        print(f"Pub/Sub emulator on {pubsub.address}, Kafka broker (Tansu) on {kafka.address}, "
+              f"BigQuery emulator on {endpoint}")
         create_pubsub_topic(PROJECT, TOPIC, ("pipeline",), ordering=True)
+        create_pubsub_topic(PROJECT, POST_PROCESS_TOPIC, ("reader",), ordering=True)
         create_kafka_topic(kafka.address, TOPIC, partitions=2)
+        create_kafka_topic(kafka.address, POST_PROCESS_TOPIC, partitions=2)
         sent, refused = _send(f"pubsub:projects/{PROJECT}/topics/{TOPIC}", lines)
         _send(f"kafka:{kafka.address}/{TOPIC}", lines)
         print(f"producer: {sent} sent to Pub/Sub and to Kafka, {refused} refused (invalid, never sent)")
 
         started = time.monotonic()
+        post_process_topics = (f"pubsub:projects/{PROJECT}/topics/{POST_PROCESS_TOPIC}",
+                               f"kafka:{kafka.address}/{POST_PROCESS_TOPIC}")
         result = submit(["--source", "pubsub", "--subscription", f"projects/{PROJECT}/subscriptions/pipeline",
-                         "--streaming", "--output", stream_out], load_config(None))
+                         "--streaming", "--sink", "bigquery", "--bigquery_dataset", f"{PROJECT}:{DATASET}",
+                         "--bigquery_endpoint", endpoint,
+                         *(flag for topic in post_process_topics for flag in ("--post_process_topic", topic))],
+                        load_config(None))
         heartbeat = connect(f"pubsub:projects/{PROJECT}/topics/{TOPIC}")
+        tables = _BigQueryTables(endpoint)
+        topics = TopicReader(f"projects/{PROJECT}/subscriptions/reader", kafka.address, POST_PROCESS_TOPIC)
 
         def beat() -> None:  # keeps the local reader pulling, so its wall-clock watermark advances
             heartbeat.produce(PayloadType.OCCURRENCE, occurrence=IssueOccurrence(
@@ -135,26 +173,43 @@ def cmd_live(args: argparse.Namespace) -> int:
                 culprit="live", type=4001, detection_time=time.time() - 30))
             heartbeat.flush(10)
 
-        deadline, arrived = time.monotonic() + args.timeout, 0
+        def messages() -> tuple[list, list]:
+            topics.read()
+            return (_not_heartbeat(topics.pubsub, lambda m: m.attributes["project_id"]),
+                    _not_heartbeat(topics.kafka, lambda m: dict(m.headers())["project_id"].decode()))
+
+        deadline, seen, arrived, posted, on_pubsub, on_kafka = time.monotonic() + args.timeout, None, 0, 0, [], []
         try:
-            while arrived < sent and time.monotonic() < deadline:
+            while time.monotonic() < deadline:
                 beat()
-                time.sleep(1.0)
-                arrived = _outcomes(stream_out)
+                arrived, posted = tables.outcomes(), len(tables.rows(POST_PROCESS))
+                on_pubsub, on_kafka = messages()
+                # Done when every payload has its outcome row and the counts held still for one more round
+                # (a post-process row or message may trail its occurrence row: another step writes it).
+                done = arrived >= sent and len(on_pubsub) == len(on_kafka) == posted
+                if done and seen == (arrived, posted):
+                    break
+                seen = (arrived, posted) if done else None
         finally:
             beat()  # the pending pull returns at once: cancel() need not wait out an idle pull (~30 s)
             result.cancel()
             heartbeat.close()
-        print(f"\n== streaming pipeline on Pub/Sub: {arrived} of {sent} payloads have an outcome "
-              f"(plus heartbeats in project {HEARTBEAT_PROJECT}) ==")
-        print(render(counts_from_outputs(stream_out), latest_groups(stream_out), stream_out,
-                     time.monotonic() - started))
+            topics.close()
+        print(f"\n== streaming pipeline on Pub/Sub -> BigQuery {PROJECT}:{DATASET}: {arrived} of {sent} payloads "
+              f"have an outcome (heartbeats in project {HEARTBEAT_PROJECT} left out) ==")
+        current = tables.rows(GROUPS_CURRENT)
+        print(render(counts_from_rows(tables.rows), current, None, time.monotonic() - started))
+        print(f"groups in {DATASET}.{GROUPS_CURRENT}: {len(current)}")
+        print(f"post-process messages: {posted} rows in {DATASET}.{POST_PROCESS}; {len(on_pubsub)} on Pub/Sub "
+              f"{post_process_topics[0]}, {len(on_kafka)} on Kafka {post_process_topics[1]}")
 
         started = time.monotonic()
         run(["--source", "kafka", "--bootstrap_servers", kafka.address, "--topic", TOPIC,
              "--output", backfill_out], load_config(None))
         print(f"\n== Kafka backfill of {TOPIC} ==")
-        print(render(counts_from_outputs(backfill_out), latest_groups(backfill_out), backfill_out,
-                     time.monotonic() - started))
-    print(f"\noutput: {stream_out}/, {backfill_out}/")
-    return 0 if arrived >= sent else 1
+        backfilled = latest_groups(backfill_out)
+        print(render(counts_from_outputs(backfill_out), backfilled, backfill_out, time.monotonic() - started))
+        same = _group_states(backfilled) == _group_states(current)
+        print(f"groups: the stream's in BigQuery and the backfill's are {'the same' if same else 'DIFFERENT'}")
+    print(f"\noutput: BigQuery {PROJECT}:{DATASET} (gone with the emulator), {backfill_out}/")
+    return 0 if arrived >= sent and len(on_pubsub) == len(on_kafka) == posted else 1

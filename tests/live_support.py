@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Optional
 
 from issue_platform.config import load_config
 from issue_platform.producer import IssueOccurrence, IssueProducer, PayloadType, connect
@@ -41,15 +41,26 @@ class LiveStream:
             argv += ["--config", str(config_path)]
         self.result = submit(argv, load_config(str(config_path) if config_path else None))
 
-    def wait_for(self, condition: Callable[[dict], bool], timeout: float = 90.0) -> dict:
-        """The output tables once `condition(tables)` holds (the last tables read on timeout)."""
+    def wait_for(self, condition: Callable[[dict], bool], timeout: float = 90.0,
+                 read: Optional[Callable[[], dict]] = None) -> dict:
+        """The output tables (or what `read()` returns) once `condition(tables)` holds (the last read
+        on timeout)."""
         deadline = time.monotonic() + timeout
         while True:
-            tables = read_tables(self.out)
+            tables = read_tables(self.out) if read is None else read()
             if condition(tables) or time.monotonic() > deadline:
                 return tables
             self.filler()
             time.sleep(1.0)
+
+    def stop(self) -> float:
+        """Cancels the pipeline after one more message (so no idle pull is waited out); the seconds
+        it took."""
+        started = time.monotonic()
+        self.filler()
+        self.result.cancel()
+        self.result = None
+        return time.monotonic() - started
 
 
 @contextlib.contextmanager
@@ -64,6 +75,5 @@ def live_stream(tmp_path) -> Iterator[LiveStream]:
         yield stream
     finally:
         if stream.result is not None:
-            stream.filler()
-            stream.result.cancel()
+            stream.stop()
         producer.close()

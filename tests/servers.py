@@ -17,13 +17,8 @@ from typing import Iterator
 
 import pytest
 
-from pipelines.local_stack import (HOST, Server, create_kafka_topic, create_pubsub_topic, free_port,  # noqa: F401
-                                   start_pubsub_emulator, start_server, start_tansu)
-
-_start = start_server  # the name tests/bigquery_server.py (issue #9) imports
-
-# Tansu's group join takes ~23 s with librdkafka's defaults; these make it ~1 s.
-KAFKA_CONSUMER_DEFAULTS = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 1000}
+from pipelines.local_stack import (HOST, KAFKA_CONSUMER_DEFAULTS, Server, create_kafka_topic,  # noqa: F401
+                                   create_pubsub_topic, free_port, start_pubsub_emulator, start_server, start_tansu)
 
 
 @pytest.fixture(scope="session")
