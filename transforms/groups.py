@@ -164,9 +164,9 @@ class ProcessGroupsFn(beam.DoFn):
         yield from self._emit(rows)
         encoded = None if state.is_empty() else state.encode()
         if horizon == math.inf:  # the end of time: nothing can follow; snapshot the key, keep nothing
-            if encoded is not None:
+            if encoded is not None or stored is not None:  # "nothing" replaces a stream's earlier snapshot
                 at = state.cursor if self._as_of == math.inf else max(state.cursor, self._as_of)
-                yield self._snapshot(key, state, encoded, at, revision + 1)
+                yield self._snapshot(key, state, encoded or b"", at, revision + 1)
             for cell in (events, key_state, clock):
                 cell.clear()
             return
@@ -187,8 +187,9 @@ class ProcessGroupsFn(beam.DoFn):
                 events.add(raw)
             for digest in {record_display_digest(raw) for _, raw in waiting} - {None}:
                 events.add(display_record(digest, interned[digest]))
-        candidates = [t for t in (waiting[0][0].time if waiting else None, wakeup) if t is not None]
-        wake = self._round_up(min(candidates)) if candidates else None
+        candidates = [t for t in (self._round_up(waiting[0][0].time) if waiting else None,
+                                  None if wakeup is None else float(math.ceil(wakeup))) if t is not None]
+        wake = min(candidates) if candidates else None
         if wake is not None:
             flush.set(Timestamp(wake))
             clock.write(_encode_clock(wake, horizon, revision))
@@ -230,7 +231,7 @@ class ProcessGroupsFn(beam.DoFn):
             clock.write(_encode_clock(*seen[:3]))
             yield self._snapshot(key, state, encoded, flushed, seen[2])
         if wake is not None:
-            self._wake(self._round_up(wake), clock, flush, seen)
+            self._wake(float(math.ceil(wake)), clock, flush, seen)
 
     def _apply(self, key, start, interned, events, horizon):
         """(state, rows, next wake-up) after applying `events` and the transitions up to `horizon` to
@@ -290,7 +291,8 @@ class ProcessGroupsFn(beam.DoFn):
         return pvalue.TaggedOutput(STATE, row)
 
     def _round_up(self, t: float) -> float:
-        """When FLUSH fires for something due at `t`: the next whole `flush_seconds`."""
+        """When FLUSH fires for an event waiting at `t`: the next whole `flush_seconds` (a transition
+        due at `t` fires at the next whole second, so that it is applied when a 1 s rounding would)."""
         return float(math.ceil(t / self._flush_seconds) * self._flush_seconds)
 
     @staticmethod
@@ -383,8 +385,8 @@ class ProcessGroups(beam.PTransform):
     on it. `bounded=False` (a live stream) arms no end-of-time timer, so a key that holds nothing
     (no group, no noise count, no recent id) keeps no state and no timer.
 
-    `flush_seconds` is how finely FLUSH rounds up the times it waits for: 1 s judges lateness to the
-    second. A replay in event-time order may pass more (`REPLAY_FLUSH_SECONDS`): no event of it can
+    `flush_seconds` is how finely FLUSH rounds up the times of the events it waits for (transitions
+    wait to the next whole second): 1 s judges lateness to the second. A replay in event-time order may pass more (`REPLAY_FLUSH_SECONDS`): no event of it can
     arrive behind the watermark, so none is late whatever the rounding, and each flush applies
     its events sorted with the transitions due between them, as the batch run's one flush does; the
     final results are the same, with fewer flushes (and fewer intermediate snapshots)."""

@@ -1,4 +1,5 @@
-"""ParsePayloads, GateIngest and KeyByGroup: the stateless steps before a group's stateful step."""
+"""The stateless steps before a group's stateful step: parse and validate (ParsePayloads), the ingest
+gate (GateIngest) and keying; `Ingest` runs the three as one step, which is what the pipeline uses."""
 from __future__ import annotations
 
 import dataclasses
@@ -204,6 +205,11 @@ KeyedRecord = Tuple[str, Tuple[bytes, bytes]]
 
 @beam.typehints.with_output_types(KeyedRecord)
 class _KeyByGroupFn(beam.DoFn):
+    """Keys each payload by `"<project_id>:<md5(fingerprint[0])>"`, stamps its event time and encodes
+    it compactly for the group's buffer. Event time: `detection_time`; a status change's
+    `update_date`, else `received_at` when given (file replays pass their as-of time), else the
+    time we received it. Each occurrence's evidence and event go to output `evidence`."""
+
     def __init__(self, received_at: Optional[float]):
         self._received_at = received_at
         self._times = Metrics.distribution(NAMESPACE, EVENT_TIMES)  # its min warns of an --as_of before all data
@@ -235,26 +241,12 @@ class _KeyByGroupFn(beam.DoFn):
         return [TimestampedValue((key, (record, b"")), change.update_date or received_at)]
 
 
-class KeyByGroup(beam.PTransform):
-    """Keys each payload by `"<project_id>:<md5(fingerprint[0])>"`, stamps its event time and encodes
-    it compactly for the group's buffer. Event time: `detection_time`; a status change's
-    `update_date`, else `received_at` when given (file replays pass their as-of time), else the
-    time we received it. Output `evidence` carries each occurrence's evidence and event."""
-
-    def __init__(self, received_at: Optional[float] = None):
-        super().__init__()
-        self._received_at = received_at
-
-    def expand(self, admitted):
-        return admitted | "EncodeAndKey" >> beam.ParDo(_KeyByGroupFn(self._received_at)).with_outputs(
-            EVIDENCE, DEAD_LETTER, main="keyed")
-
-
 class _IngestFn(beam.DoFn):
     """ParsePayloads, GateIngest and KeyByGroup as one step: each payload goes through the three
     steps' own per-record code, and every output keeps the table part of the step that made it.
     With `per_key`, the keyed records of one input element (a batch of `Lines`) leave as one
-    `(key, [(record, display), ...])` per key, for the batch stateful step."""
+    `(key, [(record, display), ...])` per key, for the batch stateful step, each display only with
+    the first record that uses it (the others carry b"")."""
 
     def __init__(self, config: PlatformConfig, max_bytes: int, validator: str, progress: bool,
                  refresh_seconds: Optional[float], received_at: Optional[float], per_key: bool):
@@ -283,14 +275,21 @@ class _IngestFn(beam.DoFn):
                     if batches is None:
                         yield output
                     else:
-                        key, value = output.value
-                        batches.setdefault(key, []).append(value)
+                        key, (record, display) = output.value
+                        batch = batches.get(key)
+                        if batch is None:
+                            batch = batches[key] = ([], set())
+                        if display in batch[1]:  # carried once per key and batch (the stateful step interns it)
+                            display = b""
+                        elif display:
+                            batch[1].add(display)
+                        batch[0].append((record, display))
                 elif output.tag == DEAD_LETTER:
                     yield pvalue.TaggedOutput(PART_KEY, output.value)
                 else:
                     yield output
         if batches:
-            yield from batches.items()
+            yield from ((key, records) for key, (records, _) in batches.items())
 
 
 class Ingest(beam.PTransform):
@@ -316,4 +315,4 @@ class Ingest(beam.PTransform):
             keyed_type).with_outputs(OCCURRENCES, EVIDENCE, PART_PARSE, PART_GATE, PART_KEY, main="keyed")
 
 
-__all__ = ["Lines", "SourcedPayload", "ParsePayloads", "GateIngest", "KeyByGroup", "KeyedRecord", "Ingest"]
+__all__ = ["SourcedPayload", "ParsePayloads", "GateIngest", "Ingest", "KeyedRecord"]

@@ -56,6 +56,19 @@ def to_json_line(row: dict) -> bytes:
 
 # --- JSON Lines -----------------------------------------------------------------------------------
 
+class _JsonLineCoder(coders.Coder):
+    """A row as its JSON line: the text sink encodes each row as it writes it (no step of its own)."""
+
+    def encode(self, row: dict) -> bytes:
+        return to_json_line(row)
+
+    def decode(self, encoded: bytes) -> dict:
+        return orjson.loads(encoded)
+
+    def is_deterministic(self) -> bool:
+        return True
+
+
 class _AppendJsonLinesFn(beam.DoFn):
     """Streaming: each bundle's rows go to a new `<table>.<part>-<uuid>.jsonl` (local replays and
     tests; a production stream writes to BigQuery and the post-process topic instead)."""
@@ -97,10 +110,8 @@ class WriteJsonLines(beam.PTransform):
                 continue
             for part, rows in sorted(parts.items()):
                 label, prefix = _label(table, part), jsonl_prefix(self._output_dir, table, part)
-                (rows
-                 | f"Encode{label}" >> beam.Map(to_json_line)
-                 | f"Write{label}" >> beam.io.WriteToText(prefix, file_name_suffix=JSONL_SUFFIX,
-                                                         coder=coders.BytesCoder()))
+                rows | f"Write{label}" >> beam.io.WriteToText(prefix, file_name_suffix=JSONL_SUFFIX,
+                                                             coder=_JsonLineCoder())
         return pvalue.PDone(_pipeline_of(tables))
 
 
