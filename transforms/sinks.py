@@ -43,9 +43,6 @@ class SinkError(ConfigError):
     """A sink that cannot be used as configured (one line and exit 2, before the job starts)."""
 
 
-STREAM_PART = "stream"  # a streaming run's files hold every part of their table: `<table>.stream-<uuid>.jsonl`
-
-
 def _label(*names: str) -> str:
     return "".join(n.title().replace("_", "") for n in names)
 
@@ -55,19 +52,6 @@ def to_json_line(row: dict) -> bytes:
 
 
 # --- JSON Lines -----------------------------------------------------------------------------------
-
-class _JsonLineCoder(coders.Coder):
-    """A row as its JSON line: the text sink encodes each row as it writes it (no step of its own)."""
-
-    def encode(self, row: dict) -> bytes:
-        return to_json_line(row)
-
-    def decode(self, encoded: bytes) -> dict:
-        return orjson.loads(encoded)
-
-    def is_deterministic(self) -> bool:
-        return True
-
 
 class _AppendJsonLinesFn(beam.DoFn):
     """Streaming: each bundle's rows go to a new `<table>.<part>-<uuid>.jsonl` (local replays and
@@ -91,8 +75,7 @@ class _AppendJsonLinesFn(beam.DoFn):
 
 class WriteJsonLines(beam.PTransform):
     """Writes each part of each table to `<output_dir>/<table>.<part>-SSSSS-of-NNNNN.jsonl` with
-    Beam's transactional text sink (batch), or every part of a table to `<table>.stream-<uuid>.jsonl`
-    per bundle (streaming).
+    Beam's transactional text sink (batch), or `<table>.<part>-<uuid>.jsonl` per bundle (streaming).
     Read a table as `<table>.*.jsonl` (`issue_platform.tables.read_jsonl`): no table's or part's
     files match another's, so a writer's finalisation never deletes another part's output."""
 
@@ -103,15 +86,15 @@ class WriteJsonLines(beam.PTransform):
     def expand(self, tables: dict):
         streaming = _pipeline_of(tables).options.view_as(StandardOptions).streaming
         for table, parts in sorted(tables.items()):
-            if streaming:  # one writer per table: the streaming DirectRunner's cost is per bundle and writer
-                (tuple(rows for _, rows in sorted(parts.items())) | f"Flatten{_label(table)}" >> beam.Flatten()
-                 | f"Append{_label(table)}" >> beam.ParDo(
-                     _AppendJsonLinesFn(jsonl_prefix(self._output_dir, table, STREAM_PART))))
-                continue
             for part, rows in sorted(parts.items()):
                 label, prefix = _label(table, part), jsonl_prefix(self._output_dir, table, part)
-                rows | f"Write{label}" >> beam.io.WriteToText(prefix, file_name_suffix=JSONL_SUFFIX,
-                                                             coder=_JsonLineCoder())
+                if streaming:
+                    rows | f"Append{label}" >> beam.ParDo(_AppendJsonLinesFn(prefix))
+                else:
+                    (rows
+                     | f"Encode{label}" >> beam.Map(to_json_line)
+                     | f"Write{label}" >> beam.io.WriteToText(prefix, file_name_suffix=JSONL_SUFFIX,
+                                                             coder=coders.BytesCoder()))
         return pvalue.PDone(_pipeline_of(tables))
 
 
