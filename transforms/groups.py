@@ -386,10 +386,11 @@ class ProcessGroups(beam.PTransform):
     (no group, no noise count, no recent id) keeps no state and no timer.
 
     `flush_seconds` is how finely FLUSH rounds up the times of the events it waits for (transitions
-    wait to the next whole second): 1 s judges lateness to the second. A replay in event-time order may pass more (`REPLAY_FLUSH_SECONDS`): no event of it can
-    arrive behind the watermark, so none is late whatever the rounding, and each flush applies
-    its events sorted with the transitions due between them, as the batch run's one flush does; the
-    final results are the same, with fewer flushes (and fewer intermediate snapshots)."""
+    wait to the next whole second): 1 s judges lateness to the second. A replay in event-time order
+    may pass more (`REPLAY_FLUSH_SECONDS`): no event of it can arrive behind the watermark, so none
+    is late whatever the rounding, and each flush applies its events sorted with the transitions due
+    between them, as the batch run's one flush does; the final results are the same, with fewer
+    flushes (and fewer intermediate snapshots)."""
 
     def __init__(self, config: PlatformConfig, dedupe_window: float = DEFAULT_DEDUPE_WINDOW_SECONDS,
                  as_of: float = math.inf, allowed_lateness: float = DEFAULT_ALLOWED_LATENESS_SECONDS,
