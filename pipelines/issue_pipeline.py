@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import inspect
 import math
 import os
 import shutil
 import tempfile
 import time
+import weakref
 from importlib import resources
 from typing import Iterator, Optional
 
@@ -29,10 +31,10 @@ from issue_platform.config import ConfigError, PlatformConfig, load_config
 from issue_platform.validation import TIME_EXPECTED, PayloadValidator, Rejected, bounded_time
 from pipelines.replay import event_time_range, latest_valid_time, replay_stream, timed
 from pipelines.options import ConfigRefreshOptions, IssuePlatformOptions, SinkOptions, SourceOptions
-from transforms.groups import ProcessGroups
+from transforms.groups import REPLAY_FLUSH_SECONDS, ProcessGroups
 from issue_platform.tables import (ALL_TABLES, DEAD_LETTER, EVIDENCE, OCCURRENCES, PART_GATE, PART_GROUP, PART_KEY,
                                    PART_PARSE, jsonl_glob)
-from transforms.parse import GateIngest, KeyByGroup, ParsePayloads
+from transforms.parse import Ingest
 from transforms.read import Progress, ReadPayloads, input_files
 from transforms.sinks import WriteOutputs
 from transforms.snapshot import ReadSnapshot, check, locate
@@ -49,7 +51,8 @@ def sample_path() -> str:
 def build_pipeline(pipeline: beam.Pipeline, opts: IssuePlatformOptions, config: PlatformConfig,
                    raw: Optional[beam.PCollection] = None, as_of: float = math.inf,
                    received_at: Optional[float] = None, config_updates: Optional[beam.PCollection] = None,
-                   seeds: Optional[beam.PCollection] = None, bounded: bool = True) -> dict:
+                   seeds: Optional[beam.PCollection] = None, bounded: bool = True,
+                   flush_seconds: float = 1.0) -> dict:
     """Builds the graph on `pipeline` (writing nothing) and returns every table as
     its parts, `{table: {part: PCollection of rows}}`, a part per step that produces the table's
     rows (`issue_platform.tables.PART_*`); the sinks (transforms/sinks.py) decide how to combine them.
@@ -58,24 +61,26 @@ def build_pipeline(pipeline: beam.Pipeline, opts: IssuePlatformOptions, config: 
     time-driven transitions; `received_at` stamps status changes that carry no `update_date`;
     `config_updates` is a PCollection of `PlatformConfig` versions (default: `config`, once); `seeds`
     are a previous run's key states (`ReadSnapshot`), applied ahead of each key's events; `bounded`
-    is False for a live stream (no end of time)."""
+    is False for a live stream (no end of time); `flush_seconds`: see `ProcessGroups` (a replay in
+    event-time order passes `REPLAY_FLUSH_SECONDS`)."""
     if raw is None:
         raw = pipeline | "ReadPayloads" >> ReadPayloads(opts.input or [sample_path()])
-    parsed = raw | "ParsePayloads" >> ParsePayloads(config, opts.max_payload_bytes, opts.validator, opts.progress)
-    refresh = opts.view_as(ConfigRefreshOptions).config_refresh_seconds
-    gated = parsed.valid | "GateIngest" >> GateIngest(config, config_updates, refresh)
-    keyed = gated.allowed | "KeyByGroup" >> KeyByGroup(received_at)
-    events = keyed.keyed
+    streaming = bool(opts.view_as(StandardOptions).streaming)
+    # One step from raw payload to keyed record; in batch, a key's records of one read batch travel
+    # together (the batch stateful step only buffers them; a stream's needs each event's timestamp).
+    ingested = raw | "Ingest" >> Ingest(config, opts.max_payload_bytes, opts.validator, opts.progress, config_updates,
+                                        opts.view_as(ConfigRefreshOptions).config_refresh_seconds, received_at,
+                                        per_key=not streaming)
+    events = ingested.keyed
     if seeds is not None:
         events = (events, seeds) | "WithSnapshot" >> beam.Flatten()
     tables = events | "ProcessGroups" >> ProcessGroups(
         config, opts.dedupe_window_seconds, as_of, opts.allowed_lateness_seconds,
-        streaming=bool(opts.view_as(StandardOptions).streaming), bounded=bounded)
+        streaming=streaming, bounded=bounded, flush_seconds=flush_seconds)
     parts = {table: {PART_GROUP: rows} for table, rows in tables.items()}
-    parts[OCCURRENCES][PART_GATE] = gated[OCCURRENCES]
-    parts[DEAD_LETTER].update({PART_PARSE: parsed[DEAD_LETTER], PART_GATE: gated[DEAD_LETTER],
-                               PART_KEY: keyed[DEAD_LETTER]})
-    parts[EVIDENCE] = {PART_KEY: keyed[EVIDENCE]}
+    parts[OCCURRENCES][PART_GATE] = ingested[OCCURRENCES]
+    parts[DEAD_LETTER].update({part: ingested[part] for part in (PART_PARSE, PART_GATE, PART_KEY)})
+    parts[EVIDENCE] = {PART_KEY: ingested[EVIDENCE]}
     return parts
 
 
@@ -155,6 +160,55 @@ def fnapi_state_cache_off(runner: Optional[str]) -> Iterator[None]:
         worker_handlers.STATE_CACHE_SIZE_MB = saved
 
 
+@contextlib.contextmanager
+def dofn_signatures_cached() -> Iterator[None]:
+    """Beam's runners re-read a DoFn's method parameters (`inspect.signature`) each time they build a
+    DoFnSignature or look for its state and timers: several times per bundle on the streaming
+    DirectRunner, ~0.8 ms each and most of a replay's time (reference: performance-anchors.md). They
+    are fixed by the DoFn's class, so for the run we remember them, and the state and timer specs, per
+    class; an object with a method set on the instance (or an `_inspect_<method>` override) is read as
+    before. Results are identical either way (tests/test_performance.py checks)."""
+    from apache_beam.runners.direct import transform_evaluator
+    from apache_beam.transforms import core, userstate
+
+    arguments, specs = core.get_function_arguments, userstate.get_dofn_specs
+    cache = weakref.WeakKeyDictionary()  # class -> {method name or None (the specs): result}
+
+    def by_class(obj) -> Optional[dict]:
+        if any(inspect.ismethod(v) or inspect.isfunction(v) for v in getattr(obj, "__dict__", {}).values()):
+            return None
+        return cache.setdefault(type(obj), {})
+
+    def get_function_arguments(obj, func):
+        known = by_class(obj)
+        if known is None or hasattr(obj, f"_inspect_{func}"):
+            return arguments(obj, func)
+        if func not in known:
+            known[func] = arguments(obj, func)
+        args, defaults = known[func]
+        return list(args), list(defaults)
+
+    def get_dofn_specs(dofn):
+        known = by_class(dofn)
+        if known is None:
+            return specs(dofn)
+        if None not in known:
+            known[None] = specs(dofn)
+        state_specs, timer_specs = known[None]
+        return set(state_specs), set(timer_specs)
+
+    patched = [(core, "get_function_arguments", get_function_arguments), (userstate, "get_dofn_specs", get_dofn_specs),
+               (transform_evaluator, "get_dofn_specs", get_dofn_specs)]
+    saved = [(module, name, getattr(module, name)) for module, name, _ in patched]
+    for module, name, value in patched:
+        setattr(module, name, value)
+    try:
+        yield
+    finally:
+        for module, name, value in saved:
+            setattr(module, name, value)
+
+
 def _prepare(argv, config: Optional[PlatformConfig], output_dir: Optional[str] = None,
              facts: Optional[dict] = None):
     """Checks options and inputs, resolves `as_of` and builds the pipeline writing to `output_dir`
@@ -208,7 +262,7 @@ def _prepare(argv, config: Optional[PlatformConfig], output_dir: Optional[str] =
     unbounded = live and standard.streaming
     received_at = None if unbounded else as_of if math.isfinite(as_of) else time.time()
     tables = build_pipeline(pipeline, opts, config, raw=raw, as_of=as_of, received_at=received_at, seeds=seeds,
-                            bounded=not unbounded)
+                            bounded=not unbounded, flush_seconds=1.0 if replay is None else REPLAY_FLUSH_SECONDS)
     tables | "WriteOutputs" >> sinks
     return pipeline, standard.runner
 
@@ -247,7 +301,7 @@ def run(argv=None, config: Optional[PlatformConfig] = None, facts: Optional[dict
     staged = replacing_output(output) if options.view_as(SinkOptions).sink == "jsonl" else contextlib.nullcontext(output)
     with staged as output_dir:
         pipeline, runner = _prepare(argv, config, output_dir, facts)
-        with fnapi_state_cache_off(runner):
+        with fnapi_state_cache_off(runner), dofn_signatures_cached():
             result = pipeline.run()
             result.wait_until_finish()
     return result

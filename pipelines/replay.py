@@ -67,7 +67,7 @@ def event_time_range(records: Iterable[tuple[Optional[float], Raw]]) -> tuple[Op
     return earliest, latest
 
 
-def replay_stream(records: Sequence[tuple[Optional[float], Raw]], batch_size: int = 200):
+def replay_stream(records: Sequence[tuple[Optional[float], Raw]], batch_size: int = 1000):
     """Timed records (see `timed`) as a `TestStream` in event-time order: elements in batches, each followed by a
     watermark advance to just before the next batch's earliest event, then to +infinity. Records
     without a time (invalid ones, to be dead-lettered, and status changes without update_date, stamped

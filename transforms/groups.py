@@ -29,6 +29,7 @@ from transforms.parse import NAMESPACE, internal_error_row
 
 TABLES = (GROUPS, OCCURRENCES, STATUS_CHANGES, POST_PROCESS, ACTIVITY, STATE)
 DEFAULT_ALLOWED_LATENESS_SECONDS = 600.0
+REPLAY_FLUSH_SECONDS = 3600.0  # FLUSH's rounding in a replay in event-time order (see ProcessGroups)
 _END_OF_TIME = GlobalWindow().max_timestamp()
 _SUMMARY_BYTES = 1024  # a late event's dead-letter payload is its summary (kind, key, id, time)
 _LOGGER = logging.getLogger(__name__)
@@ -85,9 +86,10 @@ class ProcessGroupsFn(beam.DoFn):
 
     def __init__(self, config: PlatformConfig, dedupe_window: float = DEFAULT_DEDUPE_WINDOW_SECONDS,
                  as_of: float = math.inf, allowed_lateness: float = DEFAULT_ALLOWED_LATENESS_SECONDS,
-                 bounded: bool = True):
+                 bounded: bool = True, flush_seconds: float = 1.0):
         self._config, self._as_of, self._allowed_lateness = config, as_of, allowed_lateness
         self._bounded = bounded  # only a bounded input has an end of time to arm FINAL for
+        self._flush_seconds = flush_seconds
         # A redelivery inside the allowed lateness must still be recognised as a duplicate.
         self._dedupe_window = max(dedupe_window, allowed_lateness)
         self._counters = {}
@@ -117,7 +119,7 @@ class ProcessGroupsFn(beam.DoFn):
         if digest is not None and digest not in seen[3]:
             events.add(display_record(digest, display))
             seen[3].add(digest)
-        self._wake(float(math.ceil(event_time)), clock, flush, seen)
+        self._wake(self._round_up(event_time), clock, flush, seen)
 
     @on_timer(FLUSH)
     def on_flush(self, key=beam.DoFn.KeyParam, timestamp=beam.DoFn.TimestampParam,
@@ -164,9 +166,9 @@ class ProcessGroupsFn(beam.DoFn):
         yield from self._emit(rows)
         encoded = None if state.is_empty() else state.encode()
         if horizon == math.inf:  # the end of time: nothing can follow; snapshot the key, keep nothing
-            if encoded is not None:
+            if encoded is not None or stored is not None:  # "nothing" replaces a stream's earlier snapshot
                 at = state.cursor if self._as_of == math.inf else max(state.cursor, self._as_of)
-                yield self._snapshot(key, state, encoded, at, revision + 1)
+                yield self._snapshot(key, state, encoded or b"", at, revision + 1)
             for cell in (events, key_state, clock):
                 cell.clear()
             return
@@ -189,8 +191,9 @@ class ProcessGroupsFn(beam.DoFn):
                 events.add(display_record(digest, interned[digest]))
         if wakeup is not None and wakeup <= horizon:  # fired ahead of the wall clock (a drain): see _apply
             wakeup = None
-        candidates = [t for t in (waiting[0][0].time if waiting else None, wakeup) if t is not None]
-        wake = float(math.ceil(min(candidates))) if candidates else None
+        candidates = [t for t in (self._round_up(waiting[0][0].time) if waiting else None,
+                                  None if wakeup is None else float(math.ceil(wakeup))) if t is not None]
+        wake = min(candidates) if candidates else None
         if wake is not None:
             flush.set(Timestamp(wake))
             clock.write(_encode_clock(wake, horizon, revision))
@@ -301,6 +304,11 @@ class ProcessGroupsFn(beam.DoFn):
         self._counter(counter_name(STATE, row)).inc()
         return pvalue.TaggedOutput(STATE, row)
 
+    def _round_up(self, t: float) -> float:
+        """When FLUSH fires for an event waiting at `t`: the next whole `flush_seconds` (a transition
+        due at `t` fires at the next whole second, so that it is applied when a 1 s rounding would)."""
+        return float(math.ceil(t / self._flush_seconds) * self._flush_seconds)
+
     @staticmethod
     def _wake(wake, clock, flush, seen):
         if seen[0] is None or wake < seen[0]:
@@ -353,16 +361,17 @@ class BatchProcessGroupsFn(ProcessGroupsFn):
 
     def process(self, element, events=beam.DoFn.StateParam(ProcessGroupsFn.EVENTS),
                 final=beam.DoFn.TimerParam(ProcessGroupsFn.FINAL)):
-        key, (record, display) = element
+        key, value = element  # one (record, display), or a list of them (`transforms.parse.Ingest`)
         digests = self._seen_in_bundle.get(key)  # the digests added this bundle, concatenated (compact)
         if digests is None:
             digests = b""
             final.set(_END_OF_TIME)
-        events.add(record)
-        digest = record_display_digest(record)
-        if digest is not None and not _has_digest(digests, digest):
-            events.add(display_record(digest, display))
-            digests += digest
+        for record, display in value if isinstance(value, list) else (value,):
+            events.add(record)
+            digest = record_display_digest(record)
+            if digest is not None and not _has_digest(digests, digest):
+                events.add(display_record(digest, display))
+                digests += digest
         self._seen_in_bundle[key] = digests
 
 
@@ -388,14 +397,21 @@ class ProcessGroups(beam.PTransform):
     `post_process` and `activity` outputs, plus `dead_letter` for events too late to apply (a dict
     of PCollections by table name). `streaming` picks the DoFn variant; the results do not depend
     on it. `bounded=False` (a live stream) arms no end-of-time timer, so a key that holds nothing
-    (no group, no noise count, no recent id) keeps no state and no timer."""
+    (no group, no noise count, no recent id) keeps no state and no timer.
+
+    `flush_seconds` is how finely FLUSH rounds up the times of the events it waits for (transitions
+    wait to the next whole second): 1 s judges lateness to the second. A replay in event-time order
+    may pass more (`REPLAY_FLUSH_SECONDS`): no event of it can arrive behind the watermark, so none
+    is late whatever the rounding, and each flush applies its events sorted with the transitions due
+    between them, as the batch run's one flush does; the final results are the same, with fewer
+    flushes (and fewer intermediate snapshots)."""
 
     def __init__(self, config: PlatformConfig, dedupe_window: float = DEFAULT_DEDUPE_WINDOW_SECONDS,
                  as_of: float = math.inf, allowed_lateness: float = DEFAULT_ALLOWED_LATENESS_SECONDS,
-                 streaming: bool = True, bounded: bool = True):
+                 streaming: bool = True, bounded: bool = True, flush_seconds: float = 1.0):
         super().__init__()
         fn_class = ProcessGroupsFn if streaming else BatchProcessGroupsFn
-        self._fn = fn_class(config, dedupe_window, as_of, allowed_lateness, bounded or not streaming)
+        self._fn = fn_class(config, dedupe_window, as_of, allowed_lateness, bounded or not streaming, flush_seconds)
 
     def expand(self, keyed):
         results = keyed | "ApplyInEventTimeOrder" >> beam.ParDo(self._fn).with_outputs(*TABLES, DEAD_LETTER)

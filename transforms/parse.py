@@ -1,10 +1,11 @@
-"""ParsePayloads, GateIngest and KeyByGroup: the stateless steps before a group's stateful step."""
+"""The stateless steps before a group's stateful step: parse and validate (ParsePayloads), the ingest
+gate (GateIngest) and keying; `Ingest` runs the three as one step, which is what the pipeline uses."""
 from __future__ import annotations
 
 import dataclasses
 import logging
 import time
-from typing import NamedTuple, Optional, Tuple
+from typing import List, NamedTuple, Optional, Tuple
 
 import apache_beam as beam
 import orjson
@@ -17,11 +18,12 @@ from issue_platform import outcomes as R
 from issue_platform.config import PlatformConfig
 from issue_platform.config_cache import CACHE as CONFIG_CACHE
 from issue_platform.fingerprint import group_key
-from issue_platform.tables import DEAD_LETTER, EVIDENCE, OCCURRENCES, dead_letter_row, evidence_row, occurrence_row
+from issue_platform.tables import (DEAD_LETTER, EVIDENCE, OCCURRENCES, PART_GATE, PART_KEY, PART_PARSE, dead_letter_row,
+                                   evidence_row, occurrence_row)
 from issue_platform.pending import Admission, Display, encode_occurrence, encode_status_change
 from issue_platform.validation import (DEFAULT_MAX_PAYLOAD_BYTES, Occurrence, PayloadValidator, Rejected,
                                        StatusChange, parse)
-from transforms.read import NAMESPACE, Progress
+from transforms.read import NAMESPACE, Lines, Progress
 
 EVENT_TIMES = "events.time"  # a distribution of the valid events' times (unix seconds)
 _LOGGER = logging.getLogger(__name__)
@@ -72,18 +74,23 @@ class _ParseFn(beam.DoFn):
         self._validator = PayloadValidator(self._mode, self._config.registry())
 
     def process(self, raw):
+        for one in raw if isinstance(raw, Lines) else (raw,):
+            yield self.parse_one(one)
+
+    def parse_one(self, raw):
+        """One raw payload -> its validated payload, or its dead-letter row as a TaggedOutput."""
         source = None
         if isinstance(raw, SourcedPayload):  # a live message: its coordinates go with any dead letter
             raw, source = raw
         self._records_in.inc()
         Progress.tick(self._progress)
         try:
-            yield self._validator.validate(parse(raw, self._max_bytes))
+            return self._validator.validate(parse(raw, self._max_bytes))
         except Rejected as rejected:
             _counter("dead_letter", rejected.reason).inc()
-            yield pvalue.TaggedOutput(DEAD_LETTER, dead_letter_row(rejected, raw, self._max_bytes, source))
+            return pvalue.TaggedOutput(DEAD_LETTER, dead_letter_row(rejected, raw, self._max_bytes, source))
         except Exception as exc:
-            yield _internal_error(R.STAGE_PARSE, exc, raw, self._max_bytes, source)
+            return _internal_error(R.STAGE_PARSE, exc, raw, self._max_bytes, source)
 
 
 class ParsePayloads(beam.PTransform):
@@ -124,10 +131,14 @@ class _GateIngestFn(beam.DoFn):
         self._cache, self._versions, self._current = {}, None, self._config
 
     def process(self, payload, versions: list):
+        yield self.admit(payload, versions)
+
+    def admit(self, payload, versions: list):
+        """(payload, Admission), or the payload's `occurrences` or dead-letter row as a TaggedOutput."""
         try:
-            yield from self._admit(payload, versions)
+            return self._admit(payload, versions)
         except Exception as exc:
-            yield _internal_error(R.STAGE_GATE, exc, payload)
+            return _internal_error(R.STAGE_GATE, exc, payload)
 
     def _admit(self, payload, versions: list):
         if versions is not self._versions:  # a new side-input value: pick the newest config
@@ -138,8 +149,7 @@ class _GateIngestFn(beam.DoFn):
         config = self._current
         project = config.project(payload.project_id)
         if not isinstance(payload, Occurrence):  # status changes are never gated (as in Sentry)
-            yield payload, Admission(resolve_age_hours=project.resolve_age_hours)
-            return
+            return payload, Admission(resolve_age_hours=project.resolve_age_hours)
         cache_key = (payload.type, payload.project_id)
         admission = self._cache.get(cache_key)
         if admission is None:
@@ -149,10 +159,9 @@ class _GateIngestFn(beam.DoFn):
                 Admission(config.allows(gtype, "post_process", project.project_id),
                           config.allows(gtype, "visible", project.project_id), project.resolve_age_hours))
         if admission[0]:
-            yield payload, admission[1]
-        else:
-            self._dropped.inc()
-            yield pvalue.TaggedOutput(OCCURRENCES, _ingest_disabled_row(payload))
+            return payload, admission[1]
+        self._dropped.inc()
+        return pvalue.TaggedOutput(OCCURRENCES, _ingest_disabled_row(payload))
 
     def _refresh(self):
         config, outcome = CONFIG_CACHE.get(self._current, self._refresh_seconds, FileSystems.open, _file_stamp)
@@ -196,17 +205,26 @@ KeyedRecord = Tuple[str, Tuple[bytes, bytes]]
 
 @beam.typehints.with_output_types(KeyedRecord)
 class _KeyByGroupFn(beam.DoFn):
+    """Keys each payload by `"<project_id>:<md5(fingerprint[0])>"`, stamps its event time and encodes
+    it compactly for the group's buffer. Event time: `detection_time`; a status change's
+    `update_date`, else `received_at` when given (file replays pass their as-of time), else the
+    time we received it. Each occurrence's evidence and event go to output `evidence`."""
+
     def __init__(self, received_at: Optional[float]):
         self._received_at = received_at
         self._times = Metrics.distribution(NAMESPACE, EVENT_TIMES)  # its min warns of an --as_of before all data
 
     def process(self, admitted):
+        yield from self.key(admitted)
+
+    def key(self, admitted) -> list:
+        """[evidence row as a TaggedOutput, keyed record] for an occurrence, [keyed record] for a status
+        change, or [its dead-letter row as a TaggedOutput]: nothing half-done."""
         payload, admission = admitted
         try:
-            outputs = self._encode(payload, admission)
+            return self._encode(payload, admission)
         except Exception as exc:
-            outputs = [_internal_error(R.STAGE_KEY, exc, payload)]
-        yield from outputs
+            return [_internal_error(R.STAGE_KEY, exc, payload)]
 
     def _encode(self, payload, admission) -> list:
         key = group_key(payload.project_id, payload.fingerprint[0])
@@ -223,19 +241,78 @@ class _KeyByGroupFn(beam.DoFn):
         return [TimestampedValue((key, (record, b"")), change.update_date or received_at)]
 
 
-class KeyByGroup(beam.PTransform):
-    """Keys each payload by `"<project_id>:<md5(fingerprint[0])>"`, stamps its event time and encodes
-    it compactly for the group's buffer. Event time: `detection_time`; a status change's
-    `update_date`, else `received_at` when given (file replays pass their as-of time), else the
-    time we received it. Output `evidence` carries each occurrence's evidence and event."""
+class _IngestFn(beam.DoFn):
+    """ParsePayloads, GateIngest and KeyByGroup as one step: each payload goes through the three
+    steps' own per-record code, and every output keeps the table part of the step that made it.
+    With `per_key`, the keyed records of one input element (a batch of `Lines`) leave as one
+    `(key, [(record, display), ...])` per key, for the batch stateful step, each display only with
+    the first record that uses it (the others carry b"")."""
 
-    def __init__(self, received_at: Optional[float] = None):
+    def __init__(self, config: PlatformConfig, max_bytes: int, validator: str, progress: bool,
+                 refresh_seconds: Optional[float], received_at: Optional[float], per_key: bool):
+        self._parse = _ParseFn(config, max_bytes, validator, progress)
+        self._gate = _GateIngestFn(config, refresh_seconds)
+        self._key = _KeyByGroupFn(received_at)
+        self._per_key = per_key
+
+    def setup(self):
+        self._parse.setup()
+        self._gate.setup()
+
+    def process(self, raw, versions: list):
+        batches = {} if self._per_key else None
+        for one in raw if isinstance(raw, Lines) else (raw,):
+            payload = self._parse.parse_one(one)
+            if isinstance(payload, pvalue.TaggedOutput):
+                yield pvalue.TaggedOutput(PART_PARSE, payload.value)
+                continue
+            admitted = self._gate.admit(payload, versions)
+            if isinstance(admitted, pvalue.TaggedOutput):
+                yield admitted if admitted.tag == OCCURRENCES else pvalue.TaggedOutput(PART_GATE, admitted.value)
+                continue
+            for output in self._key.key(admitted):
+                if not isinstance(output, pvalue.TaggedOutput):
+                    if batches is None:
+                        yield output
+                    else:
+                        key, (record, display) = output.value
+                        batch = batches.get(key)
+                        if batch is None:
+                            batch = batches[key] = ([], set())
+                        if display in batch[1]:  # carried once per key and batch (the stateful step interns it)
+                            display = b""
+                        elif display:
+                            batch[1].add(display)
+                        batch[0].append((record, display))
+                elif output.tag == DEAD_LETTER:
+                    yield pvalue.TaggedOutput(PART_KEY, output.value)
+                else:
+                    yield output
+        if batches:
+            yield from ((key, records) for key, (records, _) in batches.items())
+
+
+class Ingest(beam.PTransform):
+    """ParsePayloads | GateIngest | KeyByGroup fused into one step (the same code per record, one
+    runner step instead of three). Outputs: `keyed` (per key and input element with `per_key`),
+    `occurrences` (ingest disabled), `evidence`, and the dead letters of each stage under
+    `issue_platform.tables.PART_PARSE`, `PART_GATE` and `PART_KEY`."""
+
+    def __init__(self, config: PlatformConfig, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES, validator: str = "fast",
+                 progress: bool = False, config_updates: Optional[beam.PCollection] = None,
+                 refresh_seconds: Optional[float] = None, received_at: Optional[float] = None,
+                 per_key: bool = False):
         super().__init__()
-        self._received_at = received_at
+        self._config, self._updates, self._per_key = config, config_updates, per_key
+        self._fn = _IngestFn(config, max_bytes, validator, progress, refresh_seconds, received_at, per_key)
 
-    def expand(self, admitted):
-        return admitted | "EncodeAndKey" >> beam.ParDo(_KeyByGroupFn(self._received_at)).with_outputs(
-            EVIDENCE, DEAD_LETTER, main="keyed")
+    def expand(self, raw):
+        updates = self._updates
+        if updates is None:
+            updates = raw.pipeline | "Config" >> beam.Create([self._config])
+        keyed_type = Tuple[str, List[Tuple[bytes, bytes]]] if self._per_key else KeyedRecord
+        return raw | "ParseGateAndKey" >> beam.ParDo(self._fn, beam.pvalue.AsList(updates)).with_output_types(
+            keyed_type).with_outputs(OCCURRENCES, EVIDENCE, PART_PARSE, PART_GATE, PART_KEY, main="keyed")
 
 
-__all__ = ["SourcedPayload", "ParsePayloads", "GateIngest", "KeyByGroup", "KeyedRecord"]
+__all__ = ["SourcedPayload", "ParsePayloads", "GateIngest", "Ingest", "KeyedRecord"]

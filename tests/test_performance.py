@@ -1,0 +1,40 @@
+"""The run's workarounds for Beam's runner overheads (pipelines.issue_pipeline) must not change what
+Beam sees: the same method parameters and the same state and timer specs, and nothing left patched."""
+from apache_beam.runners.direct import transform_evaluator
+from apache_beam.transforms import core, userstate
+
+from issue_platform.config import load_config
+from pipelines.issue_pipeline import dofn_signatures_cached
+from transforms.groups import BatchProcessGroupsFn, ProcessGroupsFn
+from transforms.parse import _GateIngestFn, _ParseFn
+
+
+def _dofns():
+    config = load_config()
+    return [ProcessGroupsFn(config, 60.0, float("inf"), 600.0, True),
+            BatchProcessGroupsFn(config, 60.0, float("inf"), 600.0, True),
+            _ParseFn(config, 1000, "fast", False), _GateIngestFn(config)]
+
+
+def _view(dofn):
+    methods = sorted(n for n in dir(dofn) if callable(getattr(dofn, n, None)) and not n.startswith("__"))
+    return ({n: core.get_function_arguments(dofn, n) for n in methods}, userstate.get_dofn_specs(dofn),
+            transform_evaluator.get_dofn_specs(dofn))
+
+
+def test_cached_signatures_equal_beams_own_and_are_restored():
+    originals = (core.get_function_arguments, userstate.get_dofn_specs, transform_evaluator.get_dofn_specs)
+    expected = [_view(dofn) for dofn in _dofns()]
+    with dofn_signatures_cached():
+        assert core.get_function_arguments is not originals[0]
+        for _ in range(2):  # the first pass fills the cache, the second reads it
+            assert [_view(dofn) for dofn in _dofns()] == expected
+    assert (core.get_function_arguments, userstate.get_dofn_specs, transform_evaluator.get_dofn_specs) == originals
+
+
+def test_a_method_set_on_the_instance_is_not_taken_from_the_cache():
+    with dofn_signatures_cached():
+        dofn = _dofns()[2]
+        assert core.get_function_arguments(dofn, "process")[0] == ["raw"]
+        dofn.process = lambda element, extra=None: None
+        assert core.get_function_arguments(dofn, "process")[0] == ["element", "extra"]
