@@ -128,7 +128,8 @@ class EndpointClient:
     """Beam's BigQuery client for another server (an emulator), anonymous: what `WriteToBigQuery`'s
     and `BigQueryWriteFn`'s documented `test_client` argument takes. That one object stands for both
     clients Beam uses: the apitools services (tables, jobs, ...) and google-cloud-bigquery's
-    `insert_rows_json` (streaming inserts). Built on first use in each process; it pickles."""
+    `insert_rows_json` (streaming inserts). It pickles as its two strings; the clients behind it are
+    built once per process."""
 
     def __init__(self, project: str, endpoint: str):
         self._project, self._endpoint = project, endpoint.rstrip("/")
@@ -136,15 +137,13 @@ class EndpointClient:
     def __getstate__(self):
         return {"_project": self._project, "_endpoint": self._endpoint}
 
-    @functools.cached_property
+    @property
     def _apitools(self):
-        from apache_beam.io.gcp.internal.clients.bigquery import bigquery_v2_client
+        return _apitools_client(self._endpoint)
 
-        return bigquery_v2_client.BigqueryV2(url=f"{self._endpoint}/bigquery/v2/", get_credentials=False)
-
-    @functools.cached_property
+    @property
     def _cloud(self):
-        return bigquery_client(self._project, self._endpoint)
+        return _cloud_client(self._project, self._endpoint)
 
     def insert_rows_json(self, *args, **kwargs):
         return self._cloud.insert_rows_json(*args, **kwargs)
@@ -153,6 +152,19 @@ class EndpointClient:
         if name.startswith("_"):
             raise AttributeError(name)
         return getattr(self._apitools, name)
+
+
+@functools.lru_cache(maxsize=None)
+def _apitools_client(endpoint: str):
+    """One per process: the local runner unpickles a fresh copy of every DoFn (and its client) per bundle."""
+    from apache_beam.io.gcp.internal.clients.bigquery import bigquery_v2_client
+
+    return bigquery_v2_client.BigqueryV2(url=f"{endpoint}/bigquery/v2/", get_credentials=False)
+
+
+@functools.lru_cache(maxsize=None)
+def _cloud_client(project: str, endpoint: str):
+    return bigquery_client(project, endpoint)
 
 
 def _table_definition(bigquery, ref: str, table: str):
