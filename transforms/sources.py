@@ -132,8 +132,8 @@ class _ReadPartitionFn(beam.DoFn):
         consumer = _consumer(self._servers, self._config)
         try:
             consumer.assign([TopicPartition(self._topic, partition, start)])
-            empty = 0
-            while empty < 2:
+            empty, ended = 0, False
+            while empty < 2 and not ended:
                 batch = consumer.consume(_BATCH, timeout=EMPTY_POLL_SECONDS)
                 empty = 0 if batch else empty + 1
                 for message in batch:
@@ -141,7 +141,8 @@ class _ReadPartitionFn(beam.DoFn):
                         raise KafkaException(message.error())
                     offset, (_, timestamp) = message.offset(), message.timestamp()
                     if offset >= reported_end and timestamp > stop_ms:
-                        return  # appended after the job started
+                        ended = True  # appended after the job started: the backfill ends here
+                        break
                     if self._start_ms is not None and 0 <= timestamp < self._start_ms:
                         continue  # before --kafka_start_time (a lagging watermark can return these)
                     self._read.inc()
