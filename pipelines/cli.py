@@ -73,7 +73,7 @@ def _duration(seconds: int) -> str:
 def cmd_validate(args) -> int:
     """Every record of every file through the pipeline's own reader and validator."""
     from issue_platform.validation import PayloadValidator, Rejected, parse
-    from transforms.read import input_files, read_file
+    from transforms.read import input_files, numbered_records
 
     _load(args)
     if args.max_payload_bytes <= 0:
@@ -81,14 +81,7 @@ def cmd_validate(args) -> int:
     validator = PayloadValidator(args.validator, registry)
     bad = total = 0
     for path in input_files(args.files, option=""):
-        number = 0  # the line (JSON Lines, blank ones included) or the record (Avro)
-
-        def blank():
-            nonlocal number
-            number += 1
-
-        for raw in read_file(path, blank):
-            number += 1
+        for number, raw in numbered_records(path):
             total += 1
             try:
                 validator.validate(parse(raw, args.max_payload_bytes))

@@ -9,19 +9,19 @@ sent. Exit 0 if every line was sent, 1 if any was refused or not confirmed, 2 on
 from __future__ import annotations
 
 import argparse
-import gzip
-import os
 import sys
-from typing import Iterator
+
+import orjson
 
 from issue_platform.config import ConfigError, load_config
 from issue_platform.grouptype import registry
+from transforms.read import input_files, numbered_records
 
 
 def register(sub) -> None:
     """Adds the `produce` subcommand to the CLI's subparsers."""
     parser = sub.add_parser("produce", help="validate and send JSON Lines payloads to Pub/Sub or Kafka")
-    parser.add_argument("files", nargs="+", help="JSON Lines files (.jsonl or .jsonl.gz)")
+    parser.add_argument("files", nargs="+", help="payload files or globs: JSON Lines (.jsonl, .jsonl.gz) or Avro")
     parser.add_argument("--to", required=True, metavar="TARGET",
                         help="pubsub:projects/P/topics/T or kafka:HOST:PORT[,HOST:PORT...]/TOPIC")
     parser.add_argument("--config", help="YAML or JSON file with extra group_types")
@@ -31,36 +31,22 @@ def register(sub) -> None:
     parser.set_defaults(handler=cmd_produce)
 
 
-def _lines(path: str) -> Iterator[tuple[int, bytes]]:
-    opener = gzip.open if path.endswith(".gz") else open
-    try:
-        with opener(path, "rb") as handle:
-            for number, line in enumerate(handle, 1):
-                line = line.rstrip(b"\r\n")
-                if line.strip():
-                    yield number, line
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read it ({exc.strerror or exc})") from exc
-
-
 def cmd_produce(args: argparse.Namespace) -> int:
     from issue_platform.producer import ProduceError, connect
     from issue_platform.validation import Rejected
 
     load_config(args.config, tuple(args.group_types_module)).install()
-    for path in args.files:  # before connecting: a typo costs no connection
-        if not os.path.isfile(path):
-            raise ConfigError(f"{path}: no such file")
+    paths = input_files(args.files, option="")  # before connecting: a typo costs no connection
     try:
         producer = connect(args.to, registry)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
     sent = refused = 0
     try:
-        for path in args.files:
-            for number, line in _lines(path):
+        for path in paths:  # the pipeline's own reader: JSON Lines (.gz too) or Avro, never a partial file
+            for number, raw in numbered_records(path):
                 try:
-                    producer.send_raw(line)
+                    producer.send_raw(raw if isinstance(raw, bytes) else orjson.dumps(raw))
                     sent += 1
                 except Rejected as rejected:
                     refused += 1

@@ -83,6 +83,20 @@ def read_file(path: str, on_blank: Callable[[], None] = lambda: None) -> Iterato
         raise InputError(f"{path}: unreadable {what} ({type(exc).__name__}: {str(exc)[:120]})") from None
 
 
+def numbered_records(path: str) -> Iterator[tuple[int, Raw]]:
+    """`read_file` with each record's number in its file: the line (blank lines counted, so it is the
+    line an editor shows) or the Avro record, for messages that point a user at a record."""
+    number = 0
+
+    def blank():
+        nonlocal number
+        number += 1
+
+    for raw in read_file(path, blank):
+        number += 1
+        yield number, raw
+
+
 class Progress:
     """Records handled so far in this process (read by a scan, or taken in by the job), reported on
     stderr every few seconds when enabled: a slow run must not look hung. Process-wide: every
