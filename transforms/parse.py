@@ -203,8 +203,7 @@ class GateIngest(beam.PTransform):
 KeyedRecord = Tuple[str, Tuple[bytes, bytes]]
 
 
-@beam.typehints.with_output_types(KeyedRecord)
-class _KeyByGroupFn(beam.DoFn):
+class _KeyByGroup:
     """Keys each payload by `"<project_id>:<md5(fingerprint[0])>"`, stamps its event time and encodes
     it compactly for the group's buffer. Event time: `detection_time`; a status change's
     `update_date`, else `received_at` when given (file replays pass their as-of time), else the
@@ -213,9 +212,6 @@ class _KeyByGroupFn(beam.DoFn):
     def __init__(self, received_at: Optional[float]):
         self._received_at = received_at
         self._times = Metrics.distribution(NAMESPACE, EVENT_TIMES)  # its min warns of an --as_of before all data
-
-    def process(self, admitted):
-        yield from self.key(admitted)
 
     def key(self, admitted) -> list:
         """[evidence row as a TaggedOutput, keyed record] for an occurrence, [keyed record] for a status
@@ -252,7 +248,7 @@ class _IngestFn(beam.DoFn):
                  refresh_seconds: Optional[float], received_at: Optional[float], per_key: bool):
         self._parse = _ParseFn(config, max_bytes, validator, progress)
         self._gate = _GateIngestFn(config, refresh_seconds)
-        self._key = _KeyByGroupFn(received_at)
+        self._key = _KeyByGroup(received_at)
         self._per_key = per_key
 
     def setup(self):
