@@ -2,6 +2,7 @@
 key for ProcessGroups; `locate` and `check` resolve and pre-flight `--resume_from`."""
 from __future__ import annotations
 
+import itertools
 from typing import NamedTuple, Optional
 
 import apache_beam as beam
@@ -72,7 +73,7 @@ def check(snapshot: Snapshot) -> None:
             if not paths:
                 raise ConfigError(f"--resume_from {where}: no {STATE} table files (the output directory of a "
                                   "previous run holds them)")
-            rows = [row for path in paths for row in _first(_file_rows(path))]
+            rows = [row for path in paths for row in itertools.islice(_file_rows(path), 1)]
         for row in rows:
             seed_from_row(row)
     except (SnapshotError, orjson.JSONDecodeError) as exc:
@@ -81,10 +82,6 @@ def check(snapshot: Snapshot) -> None:
         raise
     except Exception as exc:  # the table is missing, or the service refused: one line, not a traceback
         raise ConfigError(f"--resume_from {where}: cannot read it ({type(exc).__name__})") from exc
-
-
-def _first(rows):
-    return [row for row, _ in zip(rows, range(1))]
 
 
 class ReadSnapshot(beam.PTransform):
