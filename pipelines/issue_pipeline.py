@@ -54,8 +54,9 @@ def build_pipeline(pipeline: beam.Pipeline, opts: IssuePlatformOptions, config: 
                    seeds: Optional[beam.PCollection] = None, bounded: bool = True,
                    flush_seconds: float = 1.0) -> dict:
     """Builds the graph on `pipeline` (writing nothing) and returns every table as
-    its parts, `{table: {part: PCollection of rows}}`, a part per step that produces the table's
-    rows (`issue_platform.tables.PART_*`); the sinks (transforms/sinks.py) decide how to combine them.
+    its parts, `{table: {part: PCollection of row batches}}`, a part per step that produces the table's
+    rows (`issue_platform.tables.PART_*`; each element is a list of rows from one step invocation); the
+    sinks (transforms/sinks.py) decide how to combine them.
 
     `raw` replaces the file read (tests pass `beam.Create` or a `TestStream`); `as_of` bounds the
     time-driven transitions; `received_at` stamps status changes that carry no `update_date`;

@@ -65,7 +65,9 @@ def test_a_detector_sends_through_pubsub_and_sees_its_issue_in_bigquery_and_on_t
                          "--bigquery_endpoint", f"http://{bigquery_emulator.address}",
                          "--post_process_topic", f"pubsub:projects/{PROJECT}/topics/{topic}",
                          "--post_process_topic", f"kafka:{kafka_broker.address}/{topic}")
-            seen = stream.wait_for(lambda t: len(t[OCCURRENCES]) == 3 and len(t["current"]) == 2, read=bigquery)
+            # Each table has its own writer: wait until the groups have caught up with the occurrences.
+            seen = stream.wait_for(lambda t: len(t[OCCURRENCES]) == 3 and sum(
+                g["times_seen"] for g in t["current"].values()) == 3, read=bigquery)
             assert {f: (g["times_seen"], g["status"]) for f, g in seen["current"].items()} == {
                 "cron-a": (2, GroupStatus.UNRESOLVED), "cron-b": (1, GroupStatus.UNRESOLVED)}
             assert sorted((r["culprit"], r["outcome"], r["group_id"]) for r in seen[OCCURRENCES]) == sorted(

@@ -31,8 +31,8 @@ def test_rejected_rows_go_to_dead_letter_and_the_rest_is_written(streaming, bigq
     options = PipelineOptions(["--runner=BundleBasedDirectRunner", "--streaming"] if streaming else
                               ["--runner=FnApiRunner", f"--temp_location={tmp_path}"])
     with beam.Pipeline(options=options) as p:
-        tables = {GROUPS: {PART_GROUP: p | "Groups" >> beam.Create([GOOD, BAD])},
-                  ACTIVITY: {PART_GROUP: p | "Activity" >> beam.Create([ACTIVITY_ROW])}}
+        tables = {GROUPS: {PART_GROUP: p | "Groups" >> beam.Create([[GOOD, BAD]])},
+                  ACTIVITY: {PART_GROUP: p | "Activity" >> beam.Create([[ACTIVITY_ROW]])}}
         tables | WriteBigQuery(f"{PROJECT}:{dataset}", endpoint=f"http://{bigquery_emulator.address}")
     client = bigquery_client(bigquery_emulator)
     groups = [dict(r) for r in client.query(f"SELECT group_id FROM `{PROJECT}.{dataset}.{GROUPS}`").result()]

@@ -24,7 +24,7 @@ def test_writing_one_part_never_deletes_another_parts_files(tmp_path):
     gated = tmp_path / f"{os.path.basename(jsonl_prefix(str(tmp_path), OCCURRENCES, PART_GATE))}-00000-of-00001.jsonl"
     gated.write_bytes(orjson.dumps({"occurrence_id": "gated"}) + b"\n")
     with beam.Pipeline(options=PipelineOptions(["--runner=FnApiRunner"])) as p:
-        {OCCURRENCES: {PART_GROUP: p | beam.Create([{"occurrence_id": "grouped"}])}} | WriteJsonLines(str(tmp_path))
+        {OCCURRENCES: {PART_GROUP: p | beam.Create([[{"occurrence_id": "grouped"}]])}} | WriteJsonLines(str(tmp_path))
     assert gated.exists()
     assert sorted(r["occurrence_id"] for r in read_jsonl(str(tmp_path), OCCURRENCES)) == ["gated", "grouped"]
 

@@ -91,9 +91,9 @@ def _run_stream(tmp_path, stream: BeamTestStream, as_of: float = float("inf"), c
     opts = options.view_as(IssuePlatformOptions)
     with beam.Pipeline(options=options) as p:
         tables = build_pipeline(p, opts, config, raw=p | stream, as_of=as_of, received_at=as_of)
-        stamped = {name: {part: rows | f"Stamp{name}{part}" >> beam.Map(
-            lambda row, ts=beam.DoFn.TimestampParam: {**row, "_emitted_at": float(ts.micros) / 1e6})
-            for part, rows in parts.items()} for name, parts in tables.items()}
+        stamped = {name: {part: batches | f"Stamp{name}{part}" >> beam.Map(
+            lambda rows, ts=beam.DoFn.TimestampParam: [{**row, "_emitted_at": float(ts.micros) / 1e6} for row in rows])
+            for part, batches in parts.items()} for name, parts in tables.items()}
         stamped | WriteJsonLines(str(tmp_path / "out"))
     return read_tables(tmp_path / "out")
 

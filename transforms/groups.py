@@ -1,6 +1,7 @@
 """ProcessGroups: the stateful step that owns each group and applies its events in event-time order."""
 from __future__ import annotations
 
+import collections
 import logging
 import math
 import struct
@@ -112,7 +113,7 @@ class ProcessGroupsFn(beam.DoFn):
                 final.set(_END_OF_TIME)
         event_time = timestamp.micros / 1e6
         if seen[1] is not None and event_time <= seen[1] and not is_seed_record(record):
-            yield from self._late(key, record, display, event_time, key_state, clock, flush, seen)
+            yield from self._emit(self._late(key, record, display, event_time, key_state, clock, flush, seen))
             return
         events.add(record)
         digest = record_display_digest(record)
@@ -125,16 +126,17 @@ class ProcessGroupsFn(beam.DoFn):
     def on_flush(self, key=beam.DoFn.KeyParam, timestamp=beam.DoFn.TimestampParam,
                  events=beam.DoFn.StateParam(EVENTS), key_state=beam.DoFn.StateParam(KEY_STATE),
                  clock=beam.DoFn.StateParam(CLOCK), flush=beam.DoFn.TimerParam(FLUSH)):
-        yield from self._flush(key, timestamp.micros / 1e6, events, key_state, clock, flush)
+        yield from self._emit(self._flush(key, timestamp.micros / 1e6, events, key_state, clock, flush))
 
     @on_timer(FINAL)
     def on_final(self, key=beam.DoFn.KeyParam, events=beam.DoFn.StateParam(EVENTS),
                  key_state=beam.DoFn.StateParam(KEY_STATE), clock=beam.DoFn.StateParam(CLOCK),
                  flush=beam.DoFn.TimerParam(FLUSH)):
-        yield from self._flush(key, math.inf, events, key_state, clock, flush)
+        yield from self._emit(self._flush(key, math.inf, events, key_state, clock, flush))
 
     def _flush(self, key, horizon, events, key_state, clock, flush):
         """Apply every buffered event and transition at or before `horizon`, in order; keep the rest.
+        Yields the (table, row) pairs that makes (`_emit` batches them).
 
         Events at or before the key's previous clock were applied by an earlier flush and are skipped;
         the buffer is rewritten without them only once they are at least half of it, so a flush that
@@ -163,7 +165,7 @@ class ProcessGroupsFn(beam.DoFn):
         waiting = [(event, raw) for event, raw in pending if event.time > horizon]
         limit = self._transitions_until()
         state, rows, wakeup = self._apply(key, start, interned, ready, horizon, limit)
-        yield from self._emit(rows)
+        yield from rows
         encoded = None if state.is_empty() else state.encode()
         if horizon == math.inf:  # the end of time: nothing can follow; snapshot the key, keep nothing
             if encoded is not None or stored is not None:  # "nothing" replaces a stream's earlier snapshot
@@ -219,7 +221,7 @@ class ProcessGroupsFn(beam.DoFn):
         return state, revision
 
     def _late(self, key, record, display, event_time, key_state, clock, flush, seen):
-        """An event behind the key's clock: apply it now (out of order) or dead-letter it."""
+        """An event behind the key's clock: apply it now (out of order) or dead-letter it ((table, row) pairs)."""
         event, flushed = decode(record), seen[1]
         if flushed - event_time > self._allowed_lateness:
             yield self._late_letter(key, event, flushed)
@@ -227,7 +229,7 @@ class ProcessGroupsFn(beam.DoFn):
         interned = {record_display_digest(record): display} if display else {}
         stored, limit = key_state.read(), self._transitions_until()
         state, rows, wake = self._apply(key, stored, interned, [event], flushed, limit)
-        yield from self._emit(rows)
+        yield from rows
         encoded = state.encode()
         if encoded != stored:
             key_state.write(encoded)
@@ -292,17 +294,13 @@ class ProcessGroupsFn(beam.DoFn):
 
     def _late_letter(self, key, event, clock_at):
         """The dead-letter row of an event too far behind its key's clock (its id, key and time only)."""
-        self._counter(f"dead_letter.{R.LATE}").inc()
         late = Rejected(R.LATE, "detection_time", f"{clock_at - event.time:.0f}s behind the key's clock; "
                         f"allowed lateness {self._allowed_lateness:.0f}s", stage=R.STAGE_GROUP)
-        return pvalue.TaggedOutput(DEAD_LETTER, dead_letter_row(late, orjson.dumps(_summary(key, event)),
-                                                                _SUMMARY_BYTES))
+        return DEAD_LETTER, dead_letter_row(late, orjson.dumps(_summary(key, event)), _SUMMARY_BYTES)
 
     def _snapshot(self, key, state, encoded, at, revision):
         group_id = state.group.group_id if state.group is not None else None
-        row = snapshot_row(key, encoded, at, revision, group_id)
-        self._counter(counter_name(STATE, row)).inc()
-        return pvalue.TaggedOutput(STATE, row)
+        return STATE, snapshot_row(key, encoded, at, revision, group_id)
 
     def _round_up(self, t: float) -> float:
         """When FLUSH fires for an event waiting at `t`: the next whole `flush_seconds` (a transition
@@ -317,11 +315,17 @@ class ProcessGroupsFn(beam.DoFn):
             clock.write(_encode_clock(*seen[:3]))
 
     def _emit(self, rows):
+        """(table, row) pairs -> one batch (list) of rows per table, each row counted: a table part is a
+        PCollection of row batches (see `ProcessGroups`)."""
+        batches, counts = {}, collections.Counter()
         for table, row in rows:
-            name = counter_name(table, row)
+            batches.setdefault(table, []).append(row)
+            counts[counter_name(table, row)] += 1
+        for name, count in counts.items():
             if name is not None:
-                self._counter(name).inc()
-            yield pvalue.TaggedOutput(table, row)
+                self._counter(name).inc(count)
+        for table, batch in batches.items():
+            yield pvalue.TaggedOutput(table, batch)
 
     def _counter(self, name):
         counter = self._counters.get(name)
@@ -394,8 +398,10 @@ class _Displays(dict):
 
 class ProcessGroups(beam.PTransform):
     """Keyed, timestamped compact events -> the `groups`, `occurrences`, `status_changes`,
-    `post_process` and `activity` outputs, plus `dead_letter` for events too late to apply (a dict
-    of PCollections by table name). `streaming` picks the DoFn variant; the results do not depend
+    `post_process`, `activity` and `state` outputs, plus `dead_letter` for events too late to apply (a
+    dict of PCollections by table name). Each element is a batch: the list of one table's rows from one
+    flush (or late event) of one key, so that the runner's per-element cost downstream is paid per
+    batch, not per row. `streaming` picks the DoFn variant; the results do not depend
     on it. `bounded=False` (a live stream) arms no end-of-time timer, so a key that holds nothing
     (no group, no noise count, no recent id) keeps no state and no timer.
 

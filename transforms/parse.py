@@ -239,10 +239,11 @@ class _KeyByGroup:
 
 class _IngestFn(beam.DoFn):
     """ParsePayloads, GateIngest and KeyByGroup as one step: each payload goes through the three
-    steps' own per-record code, and every output keeps the table part of the step that made it.
-    With `per_key`, the keyed records of one input element (a batch of `Lines`) leave as one
-    `(key, [(record, display), ...])` per key, for the batch stateful step, each display only with
-    the first record that uses it (the others carry b"")."""
+    steps' own per-record code, and every output keeps the table part of the step that made it. The
+    rows of one input element (a batch of `Lines`) leave as one list per output (table part), so
+    that the steps after it pay their per-element cost per batch. With `per_key`, the keyed records
+    of one input element leave as one `(key, [(record, display), ...])` per key, for the batch
+    stateful step, each display only with the first record that uses it (the others carry b"")."""
 
     def __init__(self, config: PlatformConfig, max_bytes: int, validator: str, progress: bool,
                  refresh_seconds: Optional[float], received_at: Optional[float], per_key: bool):
@@ -256,43 +257,43 @@ class _IngestFn(beam.DoFn):
         self._gate.setup()
 
     def process(self, raw, versions: list):
+        rows = {}  # output tag -> the rows this element produced for it
         batches = {} if self._per_key else None
         for one in raw if isinstance(raw, Lines) else (raw,):
             payload = self._parse.parse_one(one)
             if isinstance(payload, pvalue.TaggedOutput):
-                yield pvalue.TaggedOutput(PART_PARSE, payload.value)
+                rows.setdefault(PART_PARSE, []).append(payload.value)
                 continue
             admitted = self._gate.admit(payload, versions)
             if isinstance(admitted, pvalue.TaggedOutput):
-                yield admitted if admitted.tag == OCCURRENCES else pvalue.TaggedOutput(PART_GATE, admitted.value)
+                rows.setdefault(OCCURRENCES if admitted.tag == OCCURRENCES else PART_GATE, []).append(admitted.value)
                 continue
             for output in self._key.key(admitted):
-                if not isinstance(output, pvalue.TaggedOutput):
-                    if batches is None:
-                        yield output
-                    else:
-                        key, (record, display) = output.value
-                        batch = batches.get(key)
-                        if batch is None:
-                            batch = batches[key] = ([], set())
-                        if display in batch[1]:  # carried once per key and batch (the stateful step interns it)
-                            display = b""
-                        elif display:
-                            batch[1].add(display)
-                        batch[0].append((record, display))
-                elif output.tag == DEAD_LETTER:
-                    yield pvalue.TaggedOutput(PART_KEY, output.value)
-                else:
+                if isinstance(output, pvalue.TaggedOutput):
+                    rows.setdefault(PART_KEY if output.tag == DEAD_LETTER else output.tag, []).append(output.value)
+                elif batches is None:
                     yield output
+                else:
+                    key, (record, display) = output.value
+                    batch = batches.get(key)
+                    if batch is None:
+                        batch = batches[key] = ([], set())
+                    if display in batch[1]:  # carried once per key and batch (the stateful step interns it)
+                        display = b""
+                    elif display:
+                        batch[1].add(display)
+                    batch[0].append((record, display))
         if batches:
             yield from ((key, records) for key, (records, _) in batches.items())
+        for tag, batch in rows.items():
+            yield pvalue.TaggedOutput(tag, batch)
 
 
 class Ingest(beam.PTransform):
     """ParsePayloads | GateIngest | KeyByGroup fused into one step (the same code per record, one
-    runner step instead of three). Outputs: `keyed` (per key and input element with `per_key`),
-    `occurrences` (ingest disabled), `evidence`, and the dead letters of each stage under
-    `issue_platform.tables.PART_PARSE`, `PART_GATE` and `PART_KEY`."""
+    runner step instead of three). Outputs: `keyed` (per key and input element with `per_key`), and
+    as batches of rows (a list per input element): `occurrences` (ingest disabled), `evidence`, and
+    the dead letters of each stage under `issue_platform.tables.PART_PARSE`, `PART_GATE` and `PART_KEY`."""
 
     def __init__(self, config: PlatformConfig, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES, validator: str = "fast",
                  progress: bool = False, config_updates: Optional[beam.PCollection] = None,

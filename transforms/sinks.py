@@ -1,8 +1,9 @@
 """Sinks: where the tables and the post-process messages go, chosen by `SinkOptions`.
 
-`build_pipeline` returns every table as its parts, `{table: {part: PCollection of rows}}` (one part
-per step that produces rows of that table); each sink decides how to combine them. None flattens
-them: the FnApiRunner holds a Flatten of inputs from different stages entirely in memory.
+`build_pipeline` returns every table as its parts, `{table: {part: PCollection of row batches}}` (one
+part per step that produces rows of that table; each element a list of rows, one per step invocation,
+so that a sink pays the runner's per-element cost per batch); each sink decides how to combine them.
+None flattens them: the FnApiRunner holds a Flatten of inputs from different stages entirely in memory.
 
 - `WriteJsonLines`: `<table>.<part>-*.jsonl` files under a directory (the local default).
 - `WriteBigQuery`: the BigQuery tables of `issue_platform.tables` (FILE_LOADS in batch,
@@ -51,6 +52,12 @@ def to_json_line(row: dict) -> bytes:
     return orjson.dumps(row, option=orjson.OPT_NON_STR_KEYS)
 
 
+def to_json_lines(rows: list):
+    """A batch of rows as one text-sink record: its JSON lines joined (the sink adds the last newline)."""
+    if rows:
+        yield b"\n".join(map(to_json_line, rows))
+
+
 # --- JSON Lines -----------------------------------------------------------------------------------
 
 class _AppendJsonLinesFn(beam.DoFn):
@@ -63,8 +70,8 @@ class _AppendJsonLinesFn(beam.DoFn):
     def start_bundle(self):
         self._lines = []
 
-    def process(self, row):
-        self._lines.append(to_json_line(row))
+    def process(self, rows):
+        self._lines.extend(map(to_json_line, rows))
 
     def finish_bundle(self):
         if self._lines:
@@ -92,7 +99,7 @@ class WriteJsonLines(beam.PTransform):
                     rows | f"Append{label}" >> beam.ParDo(_AppendJsonLinesFn(prefix))
                 else:
                     (rows
-                     | f"Encode{label}" >> beam.Map(to_json_line)
+                     | f"Encode{label}" >> beam.FlatMap(to_json_lines)
                      | f"Write{label}" >> beam.io.WriteToText(prefix, file_name_suffix=JSONL_SUFFIX,
                                                              coder=coders.BytesCoder()))
         return pvalue.PDone(_pipeline_of(tables))
@@ -230,21 +237,22 @@ def _json_fields(table: str) -> frozenset:
 
 
 class _CheckRowsFn(beam.DoFn):
-    """Rows that break their table's schema (BigQuery would reject them: in a load job, the whole
-    job) become dead-letter rows; the rest go on, encoded for BigQuery."""
+    """Batches of rows -> rows: those that break their table's schema (BigQuery would reject them: in
+    a load job, the whole job) become dead-letter rows; the rest go on, encoded for BigQuery."""
 
     REJECTED = "rejected"
 
     def __init__(self, table: str, streaming: bool, max_bytes: int):
         self._table, self._streaming, self._max_bytes = table, streaming, max_bytes
 
-    def process(self, row):
-        problem = schema_problem(self._table, row)
-        if problem is None:
-            yield bigquery_row(row, self._table, self._streaming)
-        else:
-            yield pvalue.TaggedOutput(self.REJECTED, _rejected_row(self._table, problem[0], problem[1], row,
-                                                                   self._max_bytes))
+    def process(self, rows):
+        for row in rows:
+            problem = schema_problem(self._table, row)
+            if problem is None:
+                yield bigquery_row(row, self._table, self._streaming)
+            else:
+                yield pvalue.TaggedOutput(self.REJECTED, _rejected_row(self._table, problem[0], problem[1], row,
+                                                                       self._max_bytes))
 
 
 def _rejected_row(table: str, field: str, message: str, row: dict, max_bytes: int) -> dict:
@@ -463,12 +471,12 @@ class WritePostProcessTopic(beam.PTransform):
                 from apache_beam.io.gcp.pubsub import WriteToPubSub
 
                 (rows
-                 | f"ToPubSubMessage{label}" >> beam.Map(_to_pubsub_message)
+                 | f"ToPubSubMessage{label}" >> beam.FlatMap(lambda rows: map(_to_pubsub_message, rows))
                  | f"PublishPubSub{label}" >> WriteToPubSub(self._topic, with_attributes=True,
                                                            publish_with_ordering_key=True))
             else:
                 (rows
-                 | f"ToKafkaMessage{label}" >> beam.Map(_to_kafka_message)
+                 | f"ToKafkaMessage{label}" >> beam.FlatMap(lambda rows: map(_to_kafka_message, rows))
                  | f"ProduceKafka{label}" >> beam.ParDo(KafkaProduceFn(self._servers, self._topic)))
         return pvalue.PDone(next(iter(parts.values())).pipeline)
 
