@@ -3,11 +3,14 @@ event in the input) and the event-time-ordered stream that `run --streaming` rep
 from __future__ import annotations
 
 import math
+import re
+from itertools import chain, islice, repeat
 from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import orjson
 
-from issue_platform.validation import Occurrence, PayloadValidator, parse, parse_time
+from issue_platform.validation import (EARLIEST_TIME, LATEST_TIME, Occurrence, PayloadValidator, Rejected, parse,
+                                       parse_time)
 from transforms.read import Progress, Raw, input_files, read_file
 
 
@@ -25,16 +28,89 @@ def timed(patterns: Sequence[str], validator: PayloadValidator, max_bytes: int, 
 def latest_valid_time(patterns: Sequence[str], validator: PayloadValidator, max_bytes: int,
                       progress: bool = False) -> Optional[float]:
     """The latest time of a valid event in the files (the default `--as_of` of a batch run). Exactly
-    `max` over the valid events of `timed`, but only a record whose raw time would raise the maximum
-    is validated, so the scan costs about one JSON decode a record."""
+    `max` over the valid events of `timed`, but a record is decoded and validated only if an upper
+    bound of its time, read off its bytes in blocks of records, could raise the maximum."""
     latest = None
     for path in input_files(patterns):
-        for raw in read_file(path):
-            Progress.tick(progress)
-            candidate = _raw_time(raw)
-            if candidate is not None and (latest is None or candidate > latest):
-                valid = _valid_time(raw, validator, max_bytes)
-                latest = valid if valid is not None and (latest is None or valid > latest) else latest
+        records = read_file(path)
+        for block in iter(lambda: list(islice(records, _BLOCK)), []):
+            if progress:  # (only shown counts matter: the job's own count starts after this scan)
+                for _ in block:
+                    Progress.tick(progress)
+            latest = _block_latest(block, latest, validator, max_bytes)
+    return latest
+
+
+_BLOCK = 1000  # records bounded together
+# A time field's key spelled without escapes, and the start of its value: a number, a string without
+# escapes, else one character (null, true, false, an object, an array, something invalid). It starts
+# at the '_' (checking the rest of the key behind it) because re scans fast for a leading literal.
+_TIME_VALUES = re.compile(rb'_(?:time"(?<="detection_time")|date"(?<="update_date"))[ \t\r]*:[ \t\r]*'
+                          rb'(-?[0-9][0-9.eE+-]*|"[^"\\\n]*"|[^\n]?)')
+
+
+def _block_latest(block: list, latest: Optional[float], validator: PayloadValidator, max_bytes: int) -> Optional[float]:
+    """`latest` raised by the valid times of a block of records: the records whose bound exceeds it
+    are checked exactly, highest bound first, until no bound left can raise it."""
+    bounds, owners = _bounds(block)
+    if latest is not None and max(bounds, default=-math.inf) <= latest:
+        return latest
+    checked = set()
+    for k in sorted(range(len(bounds)), key=bounds.__getitem__, reverse=True):
+        if latest is not None and bounds[k] <= latest:
+            break
+        if owners[k] not in checked:
+            checked.add(owners[k])
+            latest = _raise(latest, block[owners[k]], validator, max_bytes)
+    return latest
+
+
+def _bounds(block: list) -> tuple[list, Sequence[int]]:
+    """Upper bounds of the valid times of a block and the record each one bounds. The common block
+    (JSON lines without a backslash whose time values are all numbers) is bounded by every time value
+    it holds, decoded as the full decode does, at a few C-level passes a block; any other block by
+    one `_bound` a record."""
+    try:
+        if b"\\" not in b"".join(block):  # TypeError: Avro records (dicts, str)
+            found = list(map(_TIME_VALUES.findall, block))
+            values = list(map(orjson.loads, chain.from_iterable(found)))  # ValueError: not JSON
+            if isinstance(max(values, default=0), (int, float)):  # TypeError: numbers and strings
+                return values, list(chain.from_iterable(map(repeat, range(len(block)), map(len, found))))
+    except (TypeError, ValueError):
+        pass
+    return list(map(_bound, block)), range(len(block))
+
+
+def _bound(raw: Raw) -> float:
+    """A number at least the time `raw` has if it is valid (-inf: it has none). A valid record's time
+    is its last top-level `detection_time` or `update_date` (which one depends on payload_type), so
+    it is one of the values `_TIME_VALUES` finds, unless a key is spelled with a \\u escape (the only
+    escape that yields a letter or '_'). Values that cannot be a valid time are left out; anything
+    not certainly bounded (an escaped key or string, an odd value, an Avro record) bounds it by +inf."""
+    if not isinstance(raw, bytes) or b"\\u" in raw:
+        return math.inf
+    bound = -math.inf
+    for token in _TIME_VALUES.findall(raw):
+        if token[:1] in (b"n", b"t", b"f", b"{", b"["):  # null, true, false, object, array: no time
+            continue
+        try:
+            value = parse_time(orjson.loads(token), "")  # the value the full decode has
+        except Rejected:  # a string that is not a time: no valid record has it as its time
+            continue
+        except orjson.JSONDecodeError:
+            return math.inf
+        if EARLIEST_TIME < value <= LATEST_TIME:
+            bound = max(bound, value)
+    return bound
+
+
+def _raise(latest: Optional[float], raw: Raw, validator: PayloadValidator, max_bytes: int) -> Optional[float]:
+    """`latest`, or the record's time if it is valid and later: only a record whose raw time would
+    raise the maximum is validated."""
+    candidate = _raw_time(raw)
+    if candidate is not None and (latest is None or candidate > latest):
+        valid = _valid_time(raw, validator, max_bytes)
+        return valid if valid is not None and (latest is None or valid > latest) else latest
     return latest
 
 
