@@ -62,6 +62,9 @@ CASES = [
      [dumps({**SC, "update_date": "2026-11-01T01:10:00+01:00"})], BASE + 600),
     ("RFC 3339 update_date with an escape",
      [dumps({**SC, "update_date": "2026-11-01T00:10:00Z"}).replace(b'00Z"', b'00\\u005a"')], BASE + 600),
+    ("RFC 3339 update_date with an escaped separator",
+     [dumps({**SC, "update_date": "2026-11-01T00:10:00Z"}).replace(b"T", b"\\/"),
+      dumps({**SC, "update_date": "2026-11-01T00:10:01Z"}).replace(b"T", b"\\t")], BASE + 601),
     ("not a time string", [dumps({**SC, "update_date": "tomorrow"})], BASE),
     ("unix seconds as a string in a status change", [dumps({**SC, "update_date": "1793491900"})], BASE),
     ("detection_time as a string", [dumps(occurrence("x", t="2026-11-01T00:10:00Z"))], BASE),
@@ -76,6 +79,11 @@ CASES = [
         b"{", b'{"detection_time":%s,' % late(900), 1)], BASE + 5),
     ("duplicated key, late last", [dumps(occurrence("x", t=BASE + 900)).replace(
         b"{", b'{"detection_time":%s,' % late(5), 1)], BASE + 900),
+    ("duplicated key, the first below every other time", [dumps(occurrence("x", t=BASE + 900)).replace(
+        b"{", b'{"detection_time":%s,' % late(-100), 1)], BASE + 900),
+    ("a hair later than the others, after a later reject",
+     [dumps({**occurrence("x", t=BASE + 900), "level": 3}), dumps(occurrence("x", t=math.nextafter(BASE, 2 * BASE)))],
+     math.nextafter(BASE, 2 * BASE)),
     ("status change carrying a later detection_time", [dumps({**SC, "detection_time": BASE + 900})], BASE + 10),
     ("occurrence carrying a later update_date", [dumps(occurrence("x", t=BASE + 5, update_date=BASE + 900))],
      BASE + 5),
@@ -105,7 +113,7 @@ CASES = [
 
 
 @pytest.mark.parametrize("name,lines,expected", CASES, ids=[c[0] for c in CASES])
-@pytest.mark.parametrize("block", [1, 1000])
+@pytest.mark.parametrize("block", [1, 2, 1000])
 def test_each_trap_gives_the_exact_latest_valid_time(tmp_path, monkeypatch, name, lines, expected, block):
     monkeypatch.setattr(replay, "_BLOCK", block)
     path = write_jsonl(tmp_path / "in.jsonl", [dumps(OCC), *lines, dumps(occurrence("y", t=BASE - 5))])
@@ -145,33 +153,36 @@ def test_avro_records_plain_and_wrapped(tmp_path):
 
 # Hostile lines at random: a valid payload, then a few of the traps above, then maybe broken. Their
 # times sit where `generate`'s latest ones do, so hostile and plain records compete for the maximum.
+# `plain` lines hold no backslash and only numbers after their time keys (the scan's fast path).
 LAST = BASE + 3 * 86400
-_TIME_TEXTS = [b"NaN", b"Infinity", b"-Infinity", b"1e300", b"-1e300", b"1e400", b"0", b"-0", b"null", b"true",
-               b"{}", b"[]", b'"tomorrow"', b'"%d"' % LAST, b"18446744073709551616", b"%d" % LATEST_TIME,
-               b"32503680000.001", b"1.79375e9", b"%d" % LAST, b"-%d" % LAST]
+_NUMBER_TEXTS = [b"1e300", b"-1e300", b"1e400", b"0", b"-0", b"18446744073709551616",
+                 b"32503680000.001", b"1.79375e9", b"%d" % LAST, b"-%d" % LAST]
+_OTHER_TEXTS = [b"NaN", b"Infinity", b"-Infinity", b"null", b"true", b"{}", b"[]", b'"tomorrow"', b'"%d"' % LAST]
 
 
-def _time_text(rng: random.Random) -> bytes:
+def _time_text(rng: random.Random, plain: bool) -> bytes:
     t = LAST + rng.randrange(-40, 40) + rng.choice([0, 0.5, 0.001])
     roll = rng.random()
-    if roll < 0.55:
+    if roll < 0.002:  # the last time accepted
+        return b"%d" % LATEST_TIME
+    if roll < 0.55 or plain and roll < 0.85:
         return orjson.dumps(t)
+    if plain:
+        return rng.choice(_NUMBER_TEXTS)
     if roll < 0.75:
         text = datetime.fromtimestamp(t, timezone.utc).isoformat().replace("+00:00", rng.choice(["Z", "+00:00"]))
-        quoted = orjson.dumps(text)
-        return quoted.replace(b'Z"', b'\\u005a"') if rng.random() < 0.2 else quoted
-    return rng.choice(_TIME_TEXTS)
+        escape = rng.choice([None, None, None, (b'Z"', b'\\u005a"'), (b"T", b"\\/"), (b"T", b"\\t")])
+        return orjson.dumps(text).replace(*escape) if escape else orjson.dumps(text)
+    return rng.choice(_NUMBER_TEXTS + _OTHER_TEXTS)
 
 
-def _key(name: str, rng: random.Random) -> bytes:
-    """The key as JSON, one of its characters sometimes written as a \\u escape."""
-    if rng.random() < 0.9:
-        return orjson.dumps(name)
+def _escaped(name: str, rng: random.Random) -> bytes:
+    """The key as JSON with one of its characters written as a \\u escape."""
     i = rng.randrange(len(name))
     return orjson.dumps(name[:i])[:-1] + b"\\u%04x" % ord(name[i]) + orjson.dumps(name[i + 1:])[1:]
 
 
-def hostile_line(rng: random.Random) -> bytes:
+def hostile_line(rng: random.Random, plain: bool = False) -> bytes:
     if rng.random() < 0.6:
         payload = occurrence(f"fp{rng.randrange(5)}", id=str(uuid.UUID(int=rng.getrandbits(128))),
                              event_id=uuid.UUID(int=rng.getrandbits(128)).hex)
@@ -179,31 +190,38 @@ def hostile_line(rng: random.Random) -> bytes:
     else:
         payload = {**status_change(f"fp{rng.randrange(5)}"), "id": str(uuid.UUID(int=rng.getrandbits(128)))}
         field = "update_date"
-    pairs = [[k, _time_text(rng) if k == field else orjson.dumps(v)] for k, v in payload.items()]
+    pairs = [[k, _time_text(rng, plain) if k == field else orjson.dumps(v)] for k, v in payload.items()]
     for _ in range(rng.randrange(4)):
         trap = rng.randrange(8)
         if trap == 0:  # a duplicate of either time field, anywhere
-            pairs.insert(rng.randrange(len(pairs) + 1), [rng.choice(["detection_time", "update_date"]), _time_text(rng)])
+            pairs.insert(rng.randrange(len(pairs) + 1),
+                         [rng.choice(["detection_time", "update_date"]), _time_text(rng, plain)])
         elif trap == 1:  # times nested in evidence or activity data
-            nested = b'{"detection_time":%s,"update_date":%s}' % (_time_text(rng), _time_text(rng))
+            nested = b'{"detection_time":%s,"update_date":%s}' % (_time_text(rng, plain), _time_text(rng, plain))
             pairs.append([rng.choice(["evidence_data", "activity_data"]), nested])
         elif trap == 2:  # payload_type moved, dropped, changed or escaped
             pairs = [p for p in pairs if p[0] != "payload_type"]
-            value = rng.choice([b'"occurrence"', b'"status_change"', b'"status\\u005fchange"', b"null", b'"other"'])
+            value = rng.choice([b'"occurrence"', b'"status_change"', b"null", b'"other"',
+                                b'"status_change"' if plain else b'"status\\u005fchange"'])
             if rng.random() < 0.8:
                 pairs.insert(rng.randrange(len(pairs) + 1), ["payload_type", value])
-        elif trap == 3:  # an escaped quote inside a key that ends like a time key
-            pairs.append(['q"detection_time', _time_text(rng)])
-        elif trap == 4:  # backslashes in an unrelated string
+        elif trap == 3 and not plain:  # an escaped quote inside a key that ends like a time key
+            pairs.append(['q"detection_time', _time_text(rng, plain)])
+        elif trap == 4 and not plain:  # backslashes in an unrelated string
             pairs.append(["note", orjson.dumps('a\\b"c\n')])
         elif trap == 5:  # too big for the small max_bytes
             pairs.append(["pad", b'"' + b"p" * rng.choice([100, 2000]) + b'"'])
         elif trap == 6:  # a key dropped
             pairs.pop(rng.randrange(len(pairs)))
-        else:  # the time field dropped
+        elif trap == 7:  # the time field dropped
             pairs = [p for p in pairs if p[0] != field]
     sep = rng.choice([b":", b":", b" : ", b"\t:\r"])
-    line = b"{" + b",".join(_key(k, rng) + sep + v for k, v in pairs) + b"}"
+    keys = [orjson.dumps(k) for k, _ in pairs]
+    if not plain and rng.random() < 0.2:  # one key (of the time fields more often) escaped
+        i = rng.choice([i for i, (k, _) in enumerate(pairs) if k in ("detection_time", "update_date")] or [0]
+                       if rng.random() < 0.5 else range(len(pairs)))
+        keys[i] = _escaped(pairs[i][0], rng)
+    line = b"{" + b",".join(k + sep + v for k, (_, v) in zip(keys, pairs)) + b"}"
     roll = rng.random()
     if roll < 0.04:
         line = line[:rng.randrange(len(line))]
@@ -218,18 +236,20 @@ def hostile_line(rng: random.Random) -> bytes:
     return line
 
 
-@pytest.mark.parametrize("seed", range(40))
+@pytest.mark.parametrize("seed", range(100))
 def test_random_hostile_inputs_give_the_exact_latest_valid_time(tmp_path, monkeypatch, seed):
     rng = random.Random(seed)
-    monkeypatch.setattr(replay, "_BLOCK", rng.choice([1, 3, 16, 1000]))
-    lines = [hostile_line(rng) for _ in range(rng.choice([5, 60, 400]))]
-    if rng.random() < 0.5:
+    monkeypatch.setattr(replay, "_BLOCK", rng.choice([1, 2, 3, 16, 1000]))
+    plain = rng.random() < 0.4
+    lines = [hostile_line(rng, plain) for _ in range(rng.choice([5, 60, 400]))]
+    if rng.random() < 0.3:
         lines += list(generate(rng.choice([50, 300]), seed=seed, invalid_share=0.1, status_change_share=0.1))
     order = rng.choice(["random", "ascending", "descending"])
-    if order == "random":
-        rng.shuffle(lines)
-    else:
-        lines.sort(key=lambda line: line[-60:], reverse=order == "descending")  # any other order will do
+    rng.shuffle(lines)
+    if order != "random":  # by valid time, the rejects anywhere
+        validator = PayloadValidator()
+        lines.sort(key=lambda line: replay._valid_time(line, validator, MAX_BYTES) or rng.uniform(LAST - 50, LAST + 50),
+                   reverse=order == "descending")
     lines = [line if rng.random() > 0.02 else b"" for line in lines]
     cut = rng.randrange(len(lines) + 1)
     first = write_jsonl(tmp_path / "a.jsonl", lines[:cut])
@@ -279,6 +299,9 @@ def test_the_scan_validates_only_records_that_could_raise_the_maximum(tmp_path, 
         random.Random(3).shuffle(lines)
     elif order == "reversed":
         lines.reverse()
+    # a reject claiming the latest time at the top level and in 200 nested keys: validated once
+    claims = {"detection_time": LAST + 3600, "nested": [{"detection_time": LAST + 3600 + i} for i in range(200)]}
+    lines.insert(2500, dumps({**occurrence("claims", t=LAST + 3600), "level": 3, **claims}))
     path = write_jsonl(tmp_path / "in.jsonl", lines)
     validator = CountingValidator()
     assert latest_valid_time([path], validator, MAX_BYTES) == exact([path])
