@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import re
-from itertools import chain, islice, repeat
+from itertools import islice
 from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import orjson
@@ -30,7 +30,7 @@ def latest_valid_time(patterns: Sequence[str], validator: PayloadValidator, max_
     """The latest time of a valid event in the files (the default `--as_of` of a batch run). Exactly
     `max` over the valid events of `timed`, but a record is decoded and validated only if an upper
     bound of its time, read off its bytes in blocks of records, could raise the maximum."""
-    latest = None
+    latest = -math.inf
     for path in input_files(patterns):
         records = read_file(path)
         for block in iter(lambda: list(islice(records, _BLOCK)), []):
@@ -38,47 +38,54 @@ def latest_valid_time(patterns: Sequence[str], validator: PayloadValidator, max_
                 for _ in block:
                     Progress.tick(progress)
             latest = _block_latest(block, latest, validator, max_bytes)
-    return latest
+    return None if latest == -math.inf else latest
 
 
 _BLOCK = 1000  # records bounded together
 # A time field's key spelled without escapes, and the start of its value: a number, a string without
 # escapes, else one character (null, true, false, an object, an array, something invalid). It starts
 # at the '_' (checking the rest of the key behind it) because re scans fast for a leading literal.
-_TIME_VALUES = re.compile(rb'_(?:time"(?<="detection_time")|date"(?<="update_date"))[ \t\r]*:[ \t\r]*'
-                          rb'(-?[0-9][0-9.eE+-]*|"[^"\\\n]*"|[^\n]?)')
+_TIME_VALUES = re.compile(rb'_(?:time"(?<="detection_time")|date"(?<="update_date"))[ \t\n\r]*:[ \t\n\r]*'
+                          rb'(-?[0-9][0-9.eE+-]*|"[^"\\]*"|.?)', re.DOTALL)
 
 
-def _block_latest(block: list, latest: Optional[float], validator: PayloadValidator, max_bytes: int) -> Optional[float]:
-    """`latest` raised by the valid times of a block of records: the records whose bound exceeds it
-    are checked exactly, highest bound first, until no bound left can raise it."""
-    bounds, owners = _bounds(block)
-    if latest is not None and max(bounds, default=-math.inf) <= latest:
+def _block_latest(block: list, latest: float, validator: PayloadValidator, max_bytes: int) -> float:
+    """`latest` raised by the valid times of a block of records. A plain block is bounded by its
+    largest time value (`_top`); if that could raise `latest`, the record holding it is checked
+    first: in input ordered by time it is the block's latest event and settles the block. Otherwise
+    every record is bounded, and those whose bound exceeds `latest` are checked, highest first."""
+    top, likely = _top(block)
+    if top <= latest:
         return latest
-    checked = set()
-    for k in sorted(range(len(bounds)), key=bounds.__getitem__, reverse=True):
-        if latest is not None and bounds[k] <= latest:
+    if likely is not None:
+        latest = _raise(latest, likely, validator, max_bytes)
+        if top <= latest:
+            return latest
+    for bound, i in sorted(zip(map(_bound, block), range(len(block))), reverse=True):
+        if bound <= latest:
             break
-        if owners[k] not in checked:
-            checked.add(owners[k])
-            latest = _raise(latest, block[owners[k]], validator, max_bytes)
+        latest = _raise(latest, block[i], validator, max_bytes)
     return latest
 
 
-def _bounds(block: list) -> tuple[list, Sequence[int]]:
-    """Upper bounds of the valid times of a block and the record each one bounds. The common block
-    (JSON lines without a backslash whose time values are all numbers) is bounded by every time value
-    it holds, decoded as the full decode does, at a few C-level passes a block; any other block by
-    one `_bound` a record."""
+def _top(block: list) -> tuple[float, Optional[bytes]]:
+    """At least every `_bound` of the block, and a record likely to hold it. For a plain block
+    (records of bytes without a backslash whose time values are all numbers) that is its largest
+    time value, decoded as the full decode does, for one regex scan; any other block gets +inf."""
     try:
-        if b"\\" not in b"".join(block):  # TypeError: Avro records (dicts, str)
-            found = list(map(_TIME_VALUES.findall, block))
-            values = list(map(orjson.loads, chain.from_iterable(found)))  # ValueError: not JSON
-            if isinstance(max(values, default=0), (int, float)):  # TypeError: numbers and strings
-                return values, list(chain.from_iterable(map(repeat, range(len(block)), map(len, found))))
+        joined = b"\n".join(block)  # TypeError: Avro records (dicts, str)
+        if b"\\" in joined:
+            return math.inf, None
+        # ValueError: a value that is not JSON; TypeError: numbers and strings
+        text = max(_TIME_VALUES.findall(joined), key=orjson.loads, default=None)
     except (TypeError, ValueError):
-        pass
-    return list(map(_bound, block)), range(len(block))
+        return math.inf, None
+    if text is None:
+        return -math.inf, None
+    top = orjson.loads(text)
+    if not isinstance(top, (int, float)):  # strings only
+        return math.inf, None
+    return top, next(raw for raw in reversed(block) if text in raw)
 
 
 def _bound(raw: Raw) -> float:
@@ -86,7 +93,8 @@ def _bound(raw: Raw) -> float:
     is its last top-level `detection_time` or `update_date` (which one depends on payload_type), so
     it is one of the values `_TIME_VALUES` finds, unless a key is spelled with a \\u escape (the only
     escape that yields a letter or '_'). Values that cannot be a valid time are left out; anything
-    not certainly bounded (an escaped key or string, an odd value, an Avro record) bounds it by +inf."""
+    not certainly bounded (an escaped key or string, an odd value, a record that is not bytes)
+    bounds it by +inf."""
     if not isinstance(raw, bytes) or b"\\u" in raw:
         return math.inf
     bound = -math.inf
@@ -104,13 +112,12 @@ def _bound(raw: Raw) -> float:
     return bound
 
 
-def _raise(latest: Optional[float], raw: Raw, validator: PayloadValidator, max_bytes: int) -> Optional[float]:
-    """`latest`, or the record's time if it is valid and later: only a record whose raw time would
-    raise the maximum is validated."""
+def _raise(latest: float, raw: Raw, validator: PayloadValidator, max_bytes: int) -> float:
+    """`latest`, or the record's time if it is valid and later (validated only if its raw time is)."""
     candidate = _raw_time(raw)
-    if candidate is not None and (latest is None or candidate > latest):
+    if candidate is not None and candidate > latest:
         valid = _valid_time(raw, validator, max_bytes)
-        return valid if valid is not None and (latest is None or valid > latest) else latest
+        return valid if valid is not None and valid > latest else latest
     return latest
 
 

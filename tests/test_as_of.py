@@ -146,9 +146,20 @@ def test_avro_records_plain_and_wrapped(tmp_path):
                 ("level", "string"), ("event_id", "string"), ("evidence_data", {"type": "map", "values": "long"}),
                 ("evidence_display", {"type": "array", "items": "string"})]]},
             [flat_payload, {**flat_payload, "detection_time": 1e300}, {**flat_payload, "detection_time": BASE + 400}])
+    # JSON across lines: a time after a newline, and a valid occurrence on a line of its own that is
+    # only part of an invalid record
+    inner = dumps(occurrence("inner", t=BASE + 900))
+    split = tmp_path / "split.avro"
+    with open(split, "wb") as handle:
+        fastavro.writer(handle, {"type": "record", "name": "P", "fields": [{"name": "payload", "type": "bytes"}]},
+                        [{"payload": p} for p in (
+                            orjson.dumps(occurrence("i", t=BASE + 600), option=orjson.OPT_INDENT_2).replace(
+                                b'"detection_time": ', b'"detection_time":\n'),
+                            b'{"detection_time": "late",\n"evidence_data": {"x":\n' + inner + b"\n}}", inner[:-1])])
     paths = [str(wrapped), str(flat)]
     assert scanned(paths) == exact(paths) == BASE + 500
     assert scanned([str(wrapped)]) == exact([str(wrapped)]) == BASE + 450
+    assert scanned([str(split), str(wrapped)]) == exact([str(split), str(wrapped)]) == BASE + 600
 
 
 # Hostile lines at random: a valid payload, then a few of the traps above, then maybe broken. Their
