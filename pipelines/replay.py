@@ -47,6 +47,9 @@ _BLOCK = 1000  # records bounded together
 # at the '_' (checking the rest of the key behind it) because re scans fast for a leading literal.
 _TIME_VALUES = re.compile(rb'_(?:time"(?<="detection_time")|date"(?<="update_date"))[ \t\n\r]*:[ \t\n\r]*'
                           rb'(-?[0-9][0-9.eE+-]*|"[^"\\]*"|.?)', re.DOTALL)
+# The escapes that could spell a time key: \u escapes of '_' or a lowercase letter (no other JSON
+# escape yields one). A key spelled with one is a key `_TIME_VALUES` cannot see.
+_KEY_ESCAPE = re.compile(rb"\\u00(?:5[fF]|[67][0-9a-fA-F])")
 
 
 def _block_latest(block: list, latest: float, validator: PayloadValidator, max_bytes: int) -> float:
@@ -70,11 +73,12 @@ def _block_latest(block: list, latest: float, validator: PayloadValidator, max_b
 
 def _top(block: list) -> tuple[float, Optional[bytes]]:
     """At least every `_bound` of the block, and a record likely to hold it. For a plain block
-    (records of bytes without a backslash whose time values are all numbers) that is its largest
-    time value, decoded as the full decode does, for one regex scan; any other block gets +inf."""
+    (records of bytes with no escape `_KEY_ESCAPE` finds and only numbers as time values) that is
+    its largest time value, decoded as the full decode does, for one regex scan; any other block
+    gets +inf."""
     try:
         joined = b"\n".join(block)  # TypeError: Avro records (dicts, str)
-        if b"\\" in joined:
+        if b"\\" in joined and _KEY_ESCAPE.search(joined):
             return math.inf, None
         # ValueError: a value that is not JSON; TypeError: numbers and strings
         text = max(_TIME_VALUES.findall(joined), key=orjson.loads, default=None)
@@ -91,11 +95,11 @@ def _top(block: list) -> tuple[float, Optional[bytes]]:
 def _bound(raw: Raw) -> float:
     """A number at least the time `raw` has if it is valid (-inf: it has none). A valid record's time
     is its last top-level `detection_time` or `update_date` (which one depends on payload_type), so
-    it is one of the values `_TIME_VALUES` finds, unless a key is spelled with a \\u escape (the only
-    escape that yields a letter or '_'). Values that cannot be a valid time are left out; anything
-    not certainly bounded (an escaped key or string, an odd value, a record that is not bytes)
-    bounds it by +inf."""
-    if not isinstance(raw, bytes) or b"\\u" in raw:
+    it is one of the values `_TIME_VALUES` finds, unless a key is spelled with an escape
+    (`_KEY_ESCAPE`). Values that cannot be a valid time are left out; anything not certainly
+    bounded (a possibly escaped key, a string with escapes, an odd value, a record that is not
+    bytes) bounds it by +inf."""
+    if not isinstance(raw, bytes) or b"\\" in raw and _KEY_ESCAPE.search(raw):
         return math.inf
     bound = -math.inf
     for token in _TIME_VALUES.findall(raw):

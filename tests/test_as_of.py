@@ -97,6 +97,10 @@ CASES = [
      BASE + 700),
     ("escaped key loses as the first duplicate", [dumps(occurrence("x", t=BASE + 1)).replace(
         b"{", b'{"detection\\u005ftime":%s,' % late(700), 1)], BASE + 1),
+    ("escaped key, upper-case hex", [dumps(occurrence("x", t=BASE + 700)).replace(
+        b'"detection_time"', b'"detection_ti\\u006De"')], BASE + 700),
+    ("escapes that spell no key", [dumps(occurrence("x", t=BASE + 7, culprit="c")).replace(
+        b'"culprit":"c"', b'"culprit":"caf\\u00e9 \\u0041\\u005b \\"q\\" \\\\"')], BASE + 7),
     ("escaped update_date key", [dumps({**SC, "update_date": BASE + 300}).replace(
         b'"update_date"', b'"\\u0075pdate_date"')], BASE + 300),
     ("escaped status_change type", [dumps({**SC, "update_date": BASE + 300, "detection_time": 1.0}).replace(
@@ -164,36 +168,37 @@ def test_avro_records_plain_and_wrapped(tmp_path):
 
 # Hostile lines at random: a valid payload, then a few of the traps above, then maybe broken. Their
 # times sit where `generate`'s latest ones do, so hostile and plain records compete for the maximum.
-# `plain` lines hold no backslash and only numbers after their time keys (the scan's fast path).
+# Without `strings` only numbers follow time keys, without `escapes` no backslash is written.
 LAST = BASE + 3 * 86400
 _NUMBER_TEXTS = [b"1e300", b"-1e300", b"1e400", b"0", b"-0", b"18446744073709551616",
                  b"32503680000.001", b"1.79375e9", b"%d" % LAST, b"-%d" % LAST]
 _OTHER_TEXTS = [b"NaN", b"Infinity", b"-Infinity", b"null", b"true", b"{}", b"[]", b'"tomorrow"', b'"%d"' % LAST]
 
 
-def _time_text(rng: random.Random, plain: bool) -> bytes:
+def _time_text(rng: random.Random, strings: bool) -> bytes:
     t = LAST + rng.randrange(-40, 40) + rng.choice([0, 0.5, 0.001])
     roll = rng.random()
     if roll < 0.002:  # the last time accepted
         return b"%d" % LATEST_TIME
-    if roll < 0.55 or plain and roll < 0.85:
+    if roll < 0.55 or not strings and roll < 0.85:
         return orjson.dumps(t)
-    if plain:
+    if not strings:
         return rng.choice(_NUMBER_TEXTS)
     if roll < 0.75:
         text = datetime.fromtimestamp(t, timezone.utc).isoformat().replace("+00:00", rng.choice(["Z", "+00:00"]))
-        escape = rng.choice([None, None, None, (b'Z"', b'\\u005a"'), (b"T", b"\\/"), (b"T", b"\\t")])
+        escape = rng.choice([None, None, (b'Z"', b'\\u005a"'), (b"T", b"\\/"), (b"T", b"\\t")])
         return orjson.dumps(text).replace(*escape) if escape else orjson.dumps(text)
     return rng.choice(_NUMBER_TEXTS + _OTHER_TEXTS)
 
 
 def _escaped(name: str, rng: random.Random) -> bytes:
-    """The key as JSON with one of its characters written as a \\u escape."""
-    i = rng.randrange(len(name))
-    return orjson.dumps(name[:i])[:-1] + b"\\u%04x" % ord(name[i]) + orjson.dumps(name[i + 1:])[1:]
+    """The key as JSON with one of its characters (often its '_') written as a \\u escape."""
+    i = name.find("_") if "_" in name and rng.random() < 0.4 else rng.randrange(len(name))
+    escape = (b"\\u%04x" if rng.random() < 0.5 else b"\\u%04X") % ord(name[i])
+    return orjson.dumps(name[:i])[:-1] + escape + orjson.dumps(name[i + 1:])[1:]
 
 
-def hostile_line(rng: random.Random, plain: bool = False) -> bytes:
+def hostile_line(rng: random.Random, strings: bool = True, escapes: bool = True) -> bytes:
     if rng.random() < 0.6:
         payload = occurrence(f"fp{rng.randrange(5)}", id=str(uuid.UUID(int=rng.getrandbits(128))),
                              event_id=uuid.UUID(int=rng.getrandbits(128)).hex)
@@ -201,25 +206,25 @@ def hostile_line(rng: random.Random, plain: bool = False) -> bytes:
     else:
         payload = {**status_change(f"fp{rng.randrange(5)}"), "id": str(uuid.UUID(int=rng.getrandbits(128)))}
         field = "update_date"
-    pairs = [[k, _time_text(rng, plain) if k == field else orjson.dumps(v)] for k, v in payload.items()]
+    pairs = [[k, _time_text(rng, strings) if k == field else orjson.dumps(v)] for k, v in payload.items()]
     for _ in range(rng.randrange(4)):
         trap = rng.randrange(8)
         if trap == 0:  # a duplicate of either time field, anywhere
             pairs.insert(rng.randrange(len(pairs) + 1),
-                         [rng.choice(["detection_time", "update_date"]), _time_text(rng, plain)])
+                         [rng.choice(["detection_time", "update_date"]), _time_text(rng, strings)])
         elif trap == 1:  # times nested in evidence or activity data
-            nested = b'{"detection_time":%s,"update_date":%s}' % (_time_text(rng, plain), _time_text(rng, plain))
+            nested = b'{"detection_time":%s,"update_date":%s}' % (_time_text(rng, strings), _time_text(rng, strings))
             pairs.append([rng.choice(["evidence_data", "activity_data"]), nested])
         elif trap == 2:  # payload_type moved, dropped, changed or escaped
             pairs = [p for p in pairs if p[0] != "payload_type"]
             value = rng.choice([b'"occurrence"', b'"status_change"', b"null", b'"other"',
-                                b'"status_change"' if plain else b'"status\\u005fchange"'])
+                                b'"status\\u005fchange"' if escapes else b'"status_change"'])
             if rng.random() < 0.8:
                 pairs.insert(rng.randrange(len(pairs) + 1), ["payload_type", value])
-        elif trap == 3 and not plain:  # an escaped quote inside a key that ends like a time key
-            pairs.append(['q"detection_time', _time_text(rng, plain)])
-        elif trap == 4 and not plain:  # backslashes in an unrelated string
-            pairs.append(["note", orjson.dumps('a\\b"c\n')])
+        elif trap == 3 and escapes:  # an escaped quote inside a key that ends like a time key
+            pairs.append(['q"detection_time', _time_text(rng, strings)])
+        elif trap == 4 and escapes:  # backslashes in an unrelated string
+            pairs.append(["note", rng.choice([orjson.dumps('a\\b"c\n'), b'"caf\\u00e9 \\u0041\\\\u0064"'])])
         elif trap == 5:  # too big for the small max_bytes
             pairs.append(["pad", b'"' + b"p" * rng.choice([100, 2000]) + b'"'])
         elif trap == 6:  # a key dropped
@@ -228,7 +233,7 @@ def hostile_line(rng: random.Random, plain: bool = False) -> bytes:
             pairs = [p for p in pairs if p[0] != field]
     sep = rng.choice([b":", b":", b" : ", b"\t:\r"])
     keys = [orjson.dumps(k) for k, _ in pairs]
-    if not plain and rng.random() < 0.2:  # one key (of the time fields more often) escaped
+    if escapes and rng.random() < 0.25:  # one key (of the time fields more often) escaped
         i = rng.choice([i for i, (k, _) in enumerate(pairs) if k in ("detection_time", "update_date")] or [0]
                        if rng.random() < 0.5 else range(len(pairs)))
         keys[i] = _escaped(pairs[i][0], rng)
@@ -240,7 +245,7 @@ def hostile_line(rng: random.Random, plain: bool = False) -> bytes:
         line += b"}"
     elif roll < 0.08:
         line = b"[" + line + b"]"
-    elif roll < 0.09:
+    elif roll < 0.09 and escapes:
         line = line.replace(b'"fp', b'"\xfe', 1)
     elif roll < 0.11:
         line = b" \t" + line + b"  \r"
@@ -251,8 +256,8 @@ def hostile_line(rng: random.Random, plain: bool = False) -> bytes:
 def test_random_hostile_inputs_give_the_exact_latest_valid_time(tmp_path, monkeypatch, seed):
     rng = random.Random(seed)
     monkeypatch.setattr(replay, "_BLOCK", rng.choice([1, 2, 3, 16, 1000]))
-    plain = rng.random() < 0.4
-    lines = [hostile_line(rng, plain) for _ in range(rng.choice([5, 60, 400]))]
+    strings, escapes = rng.choice([(False, False), (False, True), (True, True)])
+    lines = [hostile_line(rng, strings, escapes) for _ in range(rng.choice([5, 60, 400]))]
     if rng.random() < 0.3:
         lines += list(generate(rng.choice([50, 300]), seed=seed, invalid_share=0.1, status_change_share=0.1))
     order = rng.choice(["random", "ascending", "descending"])
