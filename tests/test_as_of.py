@@ -31,16 +31,12 @@ def scanned(paths, max_bytes=MAX_BYTES):
     return latest_valid_time(paths, PayloadValidator(), max_bytes)
 
 
-def dumps(payload: dict) -> bytes:
-    return orjson.dumps(payload)
-
-
-def raw_time(t) -> bytes:
-    return orjson.dumps(t)
+dumps = orjson.dumps
 
 
 def late(seconds: float) -> bytes:
-    return raw_time(BASE + seconds)
+    """The time `seconds` after BASE as the JSON of a payload has it."""
+    return dumps(BASE + seconds)
 
 
 OCC, SC = occurrence("base", t=BASE), status_change("sc", t=BASE + 10)
@@ -134,7 +130,7 @@ def test_blank_and_crlf_lines_gz_and_an_oversized_record(tmp_path):
 
 
 def test_avro_records_plain_and_wrapped(tmp_path):
-    """Avro records are dicts (or JSON text in a `payload` field): never bounded from bytes."""
+    """Avro records are dicts, or JSON text (str or bytes, lines or not) in a `payload` field."""
     wrapped = tmp_path / "wrapped.avro"
     with open(wrapped, "wb") as handle:
         fastavro.writer(handle, {"type": "record", "name": "P", "fields": [{"name": "payload", "type": "string"}]},
@@ -310,6 +306,8 @@ class CountingValidator(PayloadValidator):
 
 @pytest.mark.parametrize("order", ["generated", "shuffled", "reversed"])
 def test_the_scan_validates_only_records_that_could_raise_the_maximum(tmp_path, order):
+    """Counted with the real validator: in input sorted by time, reversed or shuffled, a handful of
+    validations a block at most, a record with many claims validated once."""
     lines = list(generate(5000, seed=3, invalid_share=0.05, status_change_share=0.05))
     if order == "shuffled":
         random.Random(3).shuffle(lines)
