@@ -3,11 +3,14 @@ event in the input) and the event-time-ordered stream that `run --streaming` rep
 from __future__ import annotations
 
 import math
+import re
+from itertools import islice
 from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import orjson
 
-from issue_platform.validation import Occurrence, PayloadValidator, parse, parse_time
+from issue_platform.validation import (EARLIEST_TIME, LATEST_TIME, Occurrence, PayloadValidator, Rejected, parse,
+                                       parse_time)
 from transforms.read import Progress, Raw, input_files, read_file
 
 
@@ -25,16 +28,100 @@ def timed(patterns: Sequence[str], validator: PayloadValidator, max_bytes: int, 
 def latest_valid_time(patterns: Sequence[str], validator: PayloadValidator, max_bytes: int,
                       progress: bool = False) -> Optional[float]:
     """The latest time of a valid event in the files (the default `--as_of` of a batch run). Exactly
-    `max` over the valid events of `timed`, but only a record whose raw time would raise the maximum
-    is validated, so the scan costs about one JSON decode a record."""
-    latest = None
+    `max` over the valid events of `timed`, but a record is decoded and validated only if an upper
+    bound of its time, read off its bytes in blocks of records, could raise the maximum."""
+    latest = -math.inf
     for path in input_files(patterns):
-        for raw in read_file(path):
-            Progress.tick(progress)
-            candidate = _raw_time(raw)
-            if candidate is not None and (latest is None or candidate > latest):
-                valid = _valid_time(raw, validator, max_bytes)
-                latest = valid if valid is not None and (latest is None or valid > latest) else latest
+        records = read_file(path)
+        for block in iter(lambda: list(islice(records, _BLOCK)), []):
+            if progress:  # (only shown counts matter: the job's own count starts after this scan)
+                for _ in block:
+                    Progress.tick(progress)
+            latest = _block_latest(block, latest, validator, max_bytes)
+    return None if latest == -math.inf else latest
+
+
+_BLOCK = 1000  # records bounded together
+# A time field's key spelled without escapes, and the start of its value: a number, a string without
+# escapes, else one character (null, true, false, an object, an array, something invalid). It starts
+# at the '_' (checking the rest of the key behind it) because re scans fast for a leading literal.
+_TIME_VALUES = re.compile(rb'_(?:time"(?<="detection_time")|date"(?<="update_date"))[ \t\n\r]*:[ \t\n\r]*'
+                          rb'(-?[0-9][0-9.eE+-]*|"[^"\\]*"|.?)', re.DOTALL)
+# The escapes that could spell a time key: \u escapes of '_' or a lowercase letter (no other JSON
+# escape yields one). A key spelled with one is a key `_TIME_VALUES` cannot see.
+_KEY_ESCAPE = re.compile(rb"\\u00(?:5[fF]|[67][0-9a-fA-F])")
+
+
+def _block_latest(block: list, latest: float, validator: PayloadValidator, max_bytes: int) -> float:
+    """`latest` raised by the valid times of a block of records. A plain block is bounded by its
+    largest time value (`_top`); if that could raise `latest`, the record holding it is checked
+    first: in input ordered by time it is the block's latest event and settles the block. Otherwise
+    every record is bounded, and those whose bound exceeds `latest` are checked, highest first."""
+    top, likely = _top(block)
+    if top <= latest:
+        return latest
+    if likely is not None:
+        latest = _raise(latest, likely, validator, max_bytes)
+        if top <= latest:
+            return latest
+    for bound, i in sorted(zip(map(_bound, block), range(len(block))), reverse=True):
+        if bound <= latest:
+            break
+        latest = _raise(latest, block[i], validator, max_bytes)
+    return latest
+
+
+def _top(block: list) -> tuple[float, Optional[bytes]]:
+    """At least every `_bound` of the block, and a record likely to hold it. For a plain block
+    (records of bytes with no escape `_KEY_ESCAPE` finds and only numbers as time values) that is
+    its largest time value, decoded as the full decode does, for one regex scan; any other block
+    gets +inf."""
+    try:
+        joined = b"\n".join(block)  # TypeError: Avro records (dicts, str)
+        if b"\\" in joined and _KEY_ESCAPE.search(joined):
+            return math.inf, None
+        # ValueError: a value that is not JSON; TypeError: numbers and strings
+        text = max(_TIME_VALUES.findall(joined), key=orjson.loads, default=None)
+    except (TypeError, ValueError):
+        return math.inf, None
+    if text is None:
+        return -math.inf, None
+    top = orjson.loads(text)
+    if not isinstance(top, (int, float)):  # strings only
+        return math.inf, None
+    return top, next(raw for raw in reversed(block) if text in raw)
+
+
+def _bound(raw: Raw) -> float:
+    """A number at least the time `raw` has if it is valid (-inf: it has none). A valid record's time
+    is its last top-level `detection_time` or `update_date` (which one depends on payload_type), so
+    it is one of the values `_TIME_VALUES` finds, unless a key is spelled with an escape
+    (`_KEY_ESCAPE`). Values that cannot be a valid time are left out; anything not certainly
+    bounded (a possibly escaped key, a string with escapes, an odd value, a record that is not
+    bytes) bounds it by +inf."""
+    if not isinstance(raw, bytes) or b"\\" in raw and _KEY_ESCAPE.search(raw):
+        return math.inf
+    bound = -math.inf
+    for token in _TIME_VALUES.findall(raw):
+        if token[:1] in (b"n", b"t", b"f", b"{", b"["):  # null, true, false, object, array: no time
+            continue
+        try:
+            value = parse_time(orjson.loads(token), "")  # the value the full decode has
+        except Rejected:  # a string that is not a time: no valid record has it as its time
+            continue
+        except orjson.JSONDecodeError:
+            return math.inf
+        if EARLIEST_TIME < value <= LATEST_TIME:
+            bound = max(bound, value)
+    return bound
+
+
+def _raise(latest: float, raw: Raw, validator: PayloadValidator, max_bytes: int) -> float:
+    """`latest`, or the record's time if it is valid and later (validated only if its raw time is)."""
+    candidate = _raw_time(raw)
+    if candidate is not None and candidate > latest:
+        valid = _valid_time(raw, validator, max_bytes)
+        return valid if valid is not None and valid > latest else latest
     return latest
 
 
