@@ -163,6 +163,20 @@ def sort_key(event: Pending) -> tuple:
     return (event.time, isinstance(event, PendingStatusChange), event.id)
 
 
+_TIME_AND_ID = struct.Struct("<d16s")  # at offset 1 of both heads: the event time, then the id
+
+
+def record_time(record: bytes) -> float:
+    """The event time of an occurrence or status-change record, without decoding it."""
+    return _TIME_AND_ID.unpack_from(record, 1)[0]
+
+
+def record_sort_key(record: bytes) -> tuple:
+    """`sort_key` of the record's event, without decoding it (an id's bytes sort as its hex does)."""
+    t, ident = _TIME_AND_ID.unpack_from(record, 1)
+    return (t, record[0] & _KIND_MASK == STATUS_CHANGE, ident)
+
+
 _DISPLAY_AT = slice(46, 46 + DIGEST_SIZE)  # the display digest in an occurrence record's head
 
 

@@ -206,6 +206,36 @@ def test_a_failure_in_the_group_step_dead_letters_only_the_failing_events(tmp_pa
         assert totals["dead_letter.internal_error"] == 1 and totals["groups.created"] == 2
 
 
+@pytest.mark.parametrize("mode", ["batch", "streaming"])
+def test_a_failure_mid_flush_keeps_the_state_from_just_before_it_and_each_row_once(tmp_path, mode, monkeypatch):
+    """The failing event sits between two that succeed in the same flush: the group goes on from its
+    state after the first (times_seen 2 in the end, not 3 and not 1), and the first event's rows, emitted
+    before the failure, are neither lost nor written again when the step rebuilds the state."""
+    from issue_platform import groups
+
+    payloads = [occurrence("mid", type_id=2001, t=BASE), occurrence("mid", type_id=2001, t=BASE + 1),
+                occurrence("mid", type_id=2001, t=BASE + 2)]
+    failing = payloads[1]["id"].replace("-", "")
+    apply = groups.GroupProcessor.apply
+
+    def fragile_apply(self, event):
+        if event.id == failing:
+            self.state.group.times_seen += 100  # half-updated before it fails: must not survive
+            raise RuntimeError("injected failure")
+        return apply(self, event)
+
+    monkeypatch.setattr(groups.GroupProcessor, "apply", fragile_apply)
+    extra = ["--streaming"] if mode == "streaming" else []
+    tables, _ = run_tables(tmp_path, [write_jsonl(tmp_path / "in.jsonl", payloads)], mode, extra)
+    (dead,) = tables["dead_letter"]
+    assert (dead["stage"], dead["reason"]) == ("group", "internal_error") and failing in dead["payload"]
+    assert sorted(r["occurrence_id"] for r in tables["occurrences"]) == sorted(
+        p["id"].replace("-", "") for p in (payloads[0], payloads[2]))
+    (group,) = latest_groups(tables["groups"]).values()
+    assert group["times_seen"] == 2
+    assert len([r for r in tables["post_process"] if r["is_new"]]) == 1
+
+
 def test_a_failure_in_the_gate_dead_letters_the_element(tmp_path):
     """An unreleased type whose flag name cannot be computed breaks the ingest gate for its events."""
     def broken_flag(cls):

@@ -25,12 +25,13 @@ from issue_platform.tables import (ACTIVITY, DEAD_LETTER, GROUPS, OCCURRENCES, P
                                    counter_name, dead_letter_row, iso)
 from issue_platform.validation import Rejected
 from issue_platform.pending import (Display, PendingOccurrence, decode, display_record, is_display_record,
-                                    record_display_digest, sort_key, split_display_record)
+                                    record_display_digest, record_sort_key, record_time, split_display_record)
 from transforms.parse import NAMESPACE, internal_error_row
 
 TABLES = (GROUPS, OCCURRENCES, STATUS_CHANGES, POST_PROCESS, ACTIVITY, STATE)
 DEFAULT_ALLOWED_LATENESS_SECONDS = 600.0
 REPLAY_FLUSH_SECONDS = 3600.0  # FLUSH's rounding in a replay in event-time order (see ProcessGroups)
+ROWS_PER_BATCH = 1000  # the most rows of one table in one output element (a hot key's flush yields many)
 _END_OF_TIME = GlobalWindow().max_timestamp()
 _SUMMARY_BYTES = 1024  # a late event's dead-letter payload is its summary (kind, key, id, time)
 _LOGGER = logging.getLogger(__name__)
@@ -136,7 +137,7 @@ class ProcessGroupsFn(beam.DoFn):
 
     def _flush(self, key, horizon, events, key_state, clock, flush):
         """Apply every buffered event and transition at or before `horizon`, in order; keep the rest.
-        Yields the (table, row) pairs that makes (`_emit` batches them).
+        Yields the (table, row) pairs that makes as it goes (`_emit` batches them).
 
         Events at or before the key's previous clock were applied by an earlier flush and are skipped;
         the buffer is rewritten without them only once they are at least half of it, so a flush that
@@ -152,20 +153,20 @@ class ProcessGroupsFn(beam.DoFn):
             if is_seed_record(record):
                 seed = record if seed is None else newer_seed(seed, record)
                 continue
-            event = decode(record)
-            if event.time <= previous:
+            if record_time(record) <= previous:
                 applied += 1
             else:
-                pending.append((event, record))
+                pending.append(record)
         stored = start = key_state.read()
         if seed is not None:
             start, revision = yield from self._adopt(key, seed, stored, previous, pending)
-        pending.sort(key=lambda pair: sort_key(pair[0]))
-        ready = [event for event, _ in pending if event.time <= horizon]
-        waiting = [(event, raw) for event, raw in pending if event.time > horizon]
+        # Sorted and split as encoded records (each is decoded only when applied): a hot key's flush holds
+        # its records, not their decoded events nor its output rows.
+        pending.sort(key=record_sort_key)
+        ready = [record for record in pending if record_time(record) <= horizon]
+        waiting = pending[len(ready):]
         limit = self._transitions_until()
-        state, rows, wakeup = self._apply(key, start, interned, ready, horizon, limit)
-        yield from rows
+        state, wakeup = yield from self._apply(key, start, interned, ready, horizon, limit)
         encoded = None if state.is_empty() else state.encode()
         if horizon == math.inf:  # the end of time: nothing can follow; snapshot the key, keep nothing
             if encoded is not None or stored is not None:  # "nothing" replaces a stream's earlier snapshot
@@ -187,13 +188,13 @@ class ProcessGroupsFn(beam.DoFn):
             events.clear()
         elif seed is not None or applied + len(ready) >= len(waiting):
             events.clear()
-            for _, raw in waiting:
+            for raw in waiting:
                 events.add(raw)
-            for digest in {record_display_digest(raw) for _, raw in waiting} - {None}:
+            for digest in {record_display_digest(raw) for raw in waiting} - {None}:
                 events.add(display_record(digest, interned[digest]))
         if wakeup is not None and wakeup <= horizon:  # fired ahead of the wall clock (a drain): see _apply
             wakeup = None
-        candidates = [t for t in (self._round_up(waiting[0][0].time) if waiting else None,
+        candidates = [t for t in (self._round_up(record_time(waiting[0])) if waiting else None,
                                   None if wakeup is None else float(math.ceil(wakeup))) if t is not None]
         wake = min(candidates) if candidates else None
         if wake is not None:
@@ -215,21 +216,20 @@ class ProcessGroupsFn(beam.DoFn):
             self._counter("snapshot.ignored").inc()
             return stored, 0
         self._counter("snapshot.resumed").inc()
-        for item in [item for item in pending if snapshot_at - item[0].time > self._allowed_lateness]:
-            pending.remove(item)
-            yield self._late_letter(key, item[0], snapshot_at)
+        for record in [record for record in pending if snapshot_at - record_time(record) > self._allowed_lateness]:
+            pending.remove(record)
+            yield self._late_letter(key, record, snapshot_at)
         return state, revision
 
     def _late(self, key, record, display, event_time, key_state, clock, flush, seen):
         """An event behind the key's clock: apply it now (out of order) or dead-letter it ((table, row) pairs)."""
-        event, flushed = decode(record), seen[1]
+        flushed = seen[1]
         if flushed - event_time > self._allowed_lateness:
-            yield self._late_letter(key, event, flushed)
+            yield self._late_letter(key, record, flushed)
             return
         interned = {record_display_digest(record): display} if display else {}
         stored, limit = key_state.read(), self._transitions_until()
-        state, rows, wake = self._apply(key, stored, interned, [event], flushed, limit)
-        yield from rows
+        state, wake = yield from self._apply(key, stored, interned, [record], flushed, limit)
         encoded = state.encode()
         if encoded != stored:
             key_state.write(encoded)
@@ -244,59 +244,64 @@ class ProcessGroupsFn(beam.DoFn):
         (see `_apply`)."""
         return self._as_of if self._bounded else min(self._as_of, time.time())
 
-    def _apply(self, key, start, interned, events, horizon, limit):
-        """(state, rows, next wake-up) after applying `events` and the transitions up to `horizon` (and
-        never past `limit`) to the state encoded in `start`.
+    def _apply(self, key, start, interned, records, horizon, limit):
+        """Applies the events encoded in `records` (in order) and the transitions up to `horizon` (never
+        past `limit`) to the state encoded in `start`, yielding each event's (table, row) pairs as soon
+        as it is applied (a hot key's flush never holds all its rows); returns (state, next wake-up).
 
-        A failure of ours must neither stop the pipeline nor leave a group half-updated. If anything
-        fails, the flush is redone event by event from the state before it: an event that fails is
-        dead-lettered as `internal_error` (stage `group`) and the group keeps its state from just
-        before that event, so the other events count exactly as they would have. If the
-        transitions due at the end fail, the state from before them is kept and the key's next
-        transitions wait for its next event (retrying at once would fail again, forever).
+        A failure of ours must neither stop the pipeline nor leave a group half-updated. An event that
+        fails is dead-lettered as `internal_error` (stage `group`) and the group goes on from its state
+        just before that event, rebuilt by applying the flush's earlier events again from `start` (the
+        rules are deterministic; their rows were already emitted), so the other events count exactly as
+        they would have. If the transitions due at the end fail, the state from before them is kept and
+        the key's next transitions wait for its next event (retrying at once would fail again, forever).
 
         In a live stream transitions also never run past the wall clock: draining a Dataflow job moves
         the watermark to infinity and fires every timer, and a group must not be auto-resolved, turned
         ongoing or have its counts expired ahead of real time (in the output tables or in the snapshot
         the next job resumes from, whose clock is therefore never past `limit` either). Such an early
         timer applies nothing and arms nothing again."""
-        state = KeyState.decode(start)
-        had_group = state.group is not None
-        processor = GroupProcessor(key, state, _Displays(interned), self._types, self._dedupe_window, limit)
-        try:
-            rows = [row for event in events for row in processor.apply(event)]
-            rows += processor.finish(horizon)
-            wakeup = processor.next_wakeup(self._as_of)
-        except Exception:
-            processor.state = KeyState.decode(start)
-            rows, wakeup = self._apply_one_by_one(key, processor, events, horizon)
-        if not had_group and processor.state.group is not None:  # whether or not post-process messages are on
-            self._counter("groups.created").inc()
-        return processor.state, rows, wakeup
-
-    def _apply_one_by_one(self, key, processor, events, horizon):
-        rows = []
-        for event in events:
-            before = processor.state.encode()
+        displays = _Displays(interned)
+        processor = self._processor(key, start, displays, limit)
+        had_group = processor.state.group is not None
+        failed = set()  # positions of the events dead-lettered
+        for i, record in enumerate(records):
             try:
-                rows += processor.apply(event)
+                rows = processor.apply(decode(record))
             except Exception as exc:
-                processor.state = KeyState.decode(before)
-                rows.append((DEAD_LETTER, internal_error_row(R.STAGE_GROUP, exc, orjson.dumps(_summary(key, event)))))
-        before = processor.state.encode()
+                failed.add(i)
+                processor = self._rebuild(key, start, displays, limit, records[:i], failed)
+                yield DEAD_LETTER, internal_error_row(R.STAGE_GROUP, exc, orjson.dumps(_summary(key, record)))
+                continue
+            yield from rows
         try:
-            rows += processor.finish(horizon)
-            return rows, processor.next_wakeup(self._as_of)
+            rows, wakeup = processor.finish(horizon), processor.next_wakeup(self._as_of)
         except Exception as exc:
             _LOGGER.warning("group step: time-driven transitions failed: %s", type(exc).__name__)
-            processor.state = KeyState.decode(before)
-            return rows, None
+            processor = self._rebuild(key, start, displays, limit, records, failed)
+            rows, wakeup = [], None
+        yield from rows
+        if not had_group and processor.state.group is not None:  # whether or not post-process messages are on
+            self._counter("groups.created").inc()
+        return processor.state, wakeup
 
-    def _late_letter(self, key, event, clock_at):
+    def _processor(self, key, start, displays, limit) -> GroupProcessor:
+        return GroupProcessor(key, KeyState.decode(start), displays, self._types, self._dedupe_window, limit)
+
+    def _rebuild(self, key, start, displays, limit, records, failed) -> GroupProcessor:
+        """A processor holding the state after applying `records` to `start`, except those at the
+        positions in `failed` (their rows are not wanted: they were emitted already)."""
+        processor = self._processor(key, start, displays, limit)
+        for i, record in enumerate(records):
+            if i not in failed:
+                processor.apply(decode(record))
+        return processor
+
+    def _late_letter(self, key, record, clock_at):
         """The dead-letter row of an event too far behind its key's clock (its id, key and time only)."""
-        late = Rejected(R.LATE, "detection_time", f"{clock_at - event.time:.0f}s behind the key's clock; "
+        late = Rejected(R.LATE, "detection_time", f"{clock_at - record_time(record):.0f}s behind the key's clock; "
                         f"allowed lateness {self._allowed_lateness:.0f}s", stage=R.STAGE_GROUP)
-        return DEAD_LETTER, dead_letter_row(late, orjson.dumps(_summary(key, event)), _SUMMARY_BYTES)
+        return DEAD_LETTER, dead_letter_row(late, orjson.dumps(_summary(key, record)), _SUMMARY_BYTES)
 
     def _snapshot(self, key, state, encoded, at, revision):
         group_id = state.group.group_id if state.group is not None else None
@@ -315,17 +320,22 @@ class ProcessGroupsFn(beam.DoFn):
             clock.write(_encode_clock(*seen[:3]))
 
     def _emit(self, rows):
-        """(table, row) pairs -> one batch (list) of rows per table, each row counted: a table part is a
-        PCollection of row batches (see `ProcessGroups`)."""
+        """(table, row) pairs -> batches (lists) of at most ROWS_PER_BATCH rows of one table, each row
+        counted: a table part is a PCollection of row batches (see `ProcessGroups`)."""
         batches, counts = {}, collections.Counter()
         for table, row in rows:
-            batches.setdefault(table, []).append(row)
+            batch = batches.setdefault(table, [])
+            batch.append(row)
             counts[counter_name(table, row)] += 1
+            if len(batch) == ROWS_PER_BATCH:
+                yield pvalue.TaggedOutput(table, batch)
+                batches[table] = []
+        for table, batch in batches.items():
+            if batch:
+                yield pvalue.TaggedOutput(table, batch)
         for name, count in counts.items():
             if name is not None:
                 self._counter(name).inc(count)
-        for table, batch in batches.items():
-            yield pvalue.TaggedOutput(table, batch)
 
     def _counter(self, name):
         counter = self._counters.get(name)
@@ -334,8 +344,12 @@ class ProcessGroupsFn(beam.DoFn):
         return counter
 
 
-def _summary(key: str, event) -> dict:
+def _summary(key: str, record: bytes) -> dict:
     """What a dead-letter row of this step keeps of an event (the raw payload is long gone)."""
+    try:
+        event = decode(record)
+    except Exception:  # the record itself is what failed: the key is all there is to say
+        return {"key": key}
     return {"kind": "occurrence" if isinstance(event, PendingOccurrence) else "status_change",
             "key": key, "id": event.id, "time": iso(event.time)}
 
