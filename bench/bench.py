@@ -12,6 +12,8 @@ measurement in a fresh subprocess, so that its peak RSS (ru_maxrss) belongs to t
             serialised as the pipeline's writer does; bytes are counted, not written.
   pipeline  pipelines.issue_pipeline.run on FnApiRunner, wall clock from construction to finish (its
             --as_of pass over the input included), writing to a temporary directory deleted afterwards.
+            Its seconds and peak RSS are taken when `run` returns, before the cross-check reads the
+            output back (that reading is the bench's work, not the pipeline's).
   streaming `run --streaming` (BundleBasedDirectRunner, TestStream replay) on 5,000 and 20,000 payloads,
             beside the same replay into a pipeline that only counts, to separate what the replay holds
             (its whole input) from what the pipeline's state adds as input grows.
@@ -137,8 +139,9 @@ def plain(path: str) -> tuple[Counter, Counter]:
     return +counts, sizes
 
 
-def pipeline(path: str) -> tuple[dict, Counter]:
-    """The batch pipeline: (its issue_platform counters, output bytes per table)."""
+def pipeline(path: str) -> tuple[dict, Counter, dict]:
+    """The batch pipeline: (its issue_platform counters, output bytes per table, the seconds and peak RSS
+    of the run itself, before the output is read back for the cross-check)."""
     import orjson
     from pipelines.issue_pipeline import run
     from issue_platform.tables import GROUPS
@@ -149,19 +152,21 @@ def pipeline(path: str) -> tuple[dict, Counter]:
 
     out = tempfile.mkdtemp(prefix="bench-out-")
     try:
+        start = time.perf_counter()
         result = run(["--input", path, "--output", out])
+        measured = {"seconds": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb()}  # not the checks below
         sizes = Counter()
         for name in os.listdir(out):
             if os.path.isfile(os.path.join(out, name)) and not name.startswith(f"{GROUPS}."):
                 sizes[name.split(".", 1)[0]] += os.path.getsize(os.path.join(out, name))
         # The groups table holds a snapshot per flush; the loop flushes each key once, so compare the latest.
         sizes["groups"] = sum(len(orjson.dumps(row)) + 1 for row in latest_groups(out))
-        return {k: v for k, v in counters(result).items() if v}, sizes
+        return {k: v for k, v in counters(result).items() if v}, sizes, measured
     finally:
         shutil.rmtree(out, ignore_errors=True)
 
 
-def streaming(path: str) -> tuple[dict, Counter]:
+def streaming(path: str) -> tuple[dict, Counter, dict]:
     """`run --streaming` (BundleBasedDirectRunner, TestStream replay): counts recounted from its output
     tables (the streaming DirectRunner under-reports metric counters)."""
     from pipelines.issue_pipeline import run
@@ -169,8 +174,10 @@ def streaming(path: str) -> tuple[dict, Counter]:
 
     out = tempfile.mkdtemp(prefix="bench-stream-")
     try:
+        start = time.perf_counter()
         run(["--input", path, "--output", out, "--streaming"])
-        return counts_from_outputs(out), Counter()
+        measured = {"seconds": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb()}
+        return counts_from_outputs(out), Counter(), measured
     finally:
         shutil.rmtree(out, ignore_errors=True)
 
@@ -202,11 +209,15 @@ def child(kind: str, path: str) -> None:
         import issue_platform.groups, issue_platform.pending, issue_platform.validation  # noqa: F401,E401
     work = {"plain": plain, "pipeline": pipeline, "streaming": streaming, "replay": replay_only}[kind]
     start = time.perf_counter()
-    counts, sizes = work(path)
-    seconds = time.perf_counter() - start
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    print(json.dumps({"seconds": seconds, "records": counts.get("records.in", 0) + counts.get("records.blank_lines", 0),
-                      "peak_rss_mb": rss, "counters": dict(counts), "bytes": dict(sizes)}))
+    counts, sizes, *run_only = work(path)  # a pipeline measures its run alone, without the checks after it
+    measured = {"seconds": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb()}
+    measured.update(*run_only)
+    print(json.dumps({**measured, "records": counts.get("records.in", 0) + counts.get("records.blank_lines", 0),
+                      "counters": dict(counts), "bytes": dict(sizes)}))
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def measure(kind: str, path: str) -> dict:
