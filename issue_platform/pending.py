@@ -12,13 +12,13 @@ from __future__ import annotations
 import hashlib
 import math
 import struct
-from typing import NamedTuple, Optional, Union
+from typing import Iterable, Iterator, NamedTuple, Optional, Union
 
 import orjson
 
 from issue_platform.validation import Occurrence, Rejected, StatusChange, parse_time
 
-OCCURRENCE, STATUS_CHANGE, DISPLAY, SEED = 0, 1, 2, 3  # SEED: a resumed key's state (issue_platform.snapshot)
+OCCURRENCE, STATUS_CHANGE, DISPLAY, SEED, BATCH = 0, 1, 2, 3, 4  # SEED: a resumed key's state (issue_platform.snapshot)
 _NONE = 0xFF
 # kind | admission flags, time, id, event id, type, priority | initial priority, display digest,
 # n extra fingerprint parts, resolve age (hours), the event's timestamp
@@ -196,3 +196,27 @@ def is_display_record(record: bytes) -> bool:
 
 def split_display_record(record: bytes) -> tuple[bytes, bytes]:
     return record[1:1 + DIGEST_SIZE], record[1 + DIGEST_SIZE:]
+
+
+_FRAME = struct.Struct("<I")
+
+
+def batch_record(records: list) -> bytes:
+    """Many records of one key as one (a batch run buffers one object per key and input batch, not one
+    per event): each record after its length."""
+    pack = _FRAME.pack
+    return bytes((BATCH,)) + b"".join(pack(len(record)) + record for record in records)
+
+
+def unbatched(records: Iterable[bytes]) -> Iterator[bytes]:
+    """`records` with every batch record replaced by the records it holds."""
+    unpack, size = _FRAME.unpack_from, _FRAME.size
+    for record in records:
+        if record[0] != BATCH:
+            yield record
+            continue
+        at, end = 1, len(record)
+        while at < end:
+            (length,) = unpack(record, at)
+            at += size + length
+            yield record[at - length:at]

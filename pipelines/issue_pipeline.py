@@ -12,6 +12,7 @@ or over your own files, on the DirectRunner's FnApiRunner (pinned for batch)::
 from __future__ import annotations
 
 import contextlib
+import gc
 import glob
 import inspect
 import math
@@ -139,6 +140,18 @@ def check_options(opts: IssuePlatformOptions) -> None:
         value = getattr(opts, name)
         if not (math.isfinite(value) and value >= 0):
             raise ConfigError(f"--{name} must be a number of seconds >= 0, got {value:g}")
+
+
+@contextlib.contextmanager
+def imports_frozen() -> Iterator[None]:
+    """Moves every object alive before the run (Beam's modules, protos and the built pipeline: some
+    hundreds of thousands) out of the garbage collector's reach for the run: a full collection would
+    otherwise walk them all again and again while the run allocates (measured: ~6% of a batch run)."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 @contextlib.contextmanager
@@ -302,7 +315,7 @@ def run(argv=None, config: Optional[PlatformConfig] = None, facts: Optional[dict
     staged = replacing_output(output) if options.view_as(SinkOptions).sink == "jsonl" else contextlib.nullcontext(output)
     with staged as output_dir:
         pipeline, runner = _prepare(argv, config, output_dir, facts)
-        with fnapi_state_cache_off(runner), dofn_signatures_cached():
+        with fnapi_state_cache_off(runner), dofn_signatures_cached(), imports_frozen():
             result = pipeline.run()
             result.wait_until_finish()
     return result

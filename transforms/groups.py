@@ -25,7 +25,8 @@ from issue_platform.tables import (ACTIVITY, DEAD_LETTER, GROUPS, OCCURRENCES, P
                                    counter_name, dead_letter_row, iso)
 from issue_platform.validation import Rejected
 from issue_platform.pending import (Display, PendingOccurrence, decode, display_record, is_display_record,
-                                    record_display_digest, record_sort_key, record_time, split_display_record)
+                                    record_display_digest, record_sort_key, record_time, split_display_record,
+                                    unbatched)
 from transforms.parse import NAMESPACE, internal_error_row
 
 TABLES = (GROUPS, OCCURRENCES, STATUS_CHANGES, POST_PROCESS, ACTIVITY, STATE)
@@ -145,7 +146,7 @@ class ProcessGroupsFn(beam.DoFn):
         _, previous, revision = _read_clock(clock)
         previous = -math.inf if previous is None else previous
         interned, pending, applied, seed = {}, [], 0, None
-        for record in events.read():
+        for record in unbatched(events.read()):
             if is_display_record(record):
                 digest, display = split_display_record(record)
                 interned[digest] = display
@@ -379,23 +380,11 @@ class BatchProcessGroupsFn(ProcessGroupsFn):
 
     def process(self, element, events=beam.DoFn.StateParam(ProcessGroupsFn.EVENTS),
                 final=beam.DoFn.TimerParam(ProcessGroupsFn.FINAL)):
-        key, value = element  # one (record, display), or a list of them (`transforms.parse.Ingest`)
-        digests = self._seen_in_bundle.get(key)  # the digests added this bundle, concatenated (compact)
-        if digests is None:
-            digests = b""
+        key, value = element  # a batch record (`transforms.parse.Ingest`), or a resumed key's (seed, b"")
+        if key not in self._seen_in_bundle:
+            self._seen_in_bundle[key] = None
             final.set(_END_OF_TIME)
-        for record, display in value if isinstance(value, list) else (value,):
-            events.add(record)
-            digest = record_display_digest(record)
-            if digest is not None and not _has_digest(digests, digest):
-                events.add(display_record(digest, display))
-                digests += digest
-        self._seen_in_bundle[key] = digests
-
-
-def _has_digest(digests: bytes, digest: bytes) -> bool:
-    size = len(digest)
-    return any(digests[i:i + size] == digest for i in range(0, len(digests), size))
+        events.add(value if isinstance(value, bytes) else value[0])
 
 
 class _Displays(dict):

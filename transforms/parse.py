@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from typing import List, NamedTuple, Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import apache_beam as beam
 import orjson
@@ -20,7 +20,8 @@ from issue_platform.config_cache import CACHE as CONFIG_CACHE
 from issue_platform.fingerprint import group_key
 from issue_platform.tables import (DEAD_LETTER, EVIDENCE, OCCURRENCES, PART_GATE, PART_KEY, PART_PARSE, dead_letter_row,
                                    evidence_row, occurrence_row)
-from issue_platform.pending import Admission, Display, encode_occurrence, encode_status_change
+from issue_platform.pending import (DIGEST_SIZE, Admission, Display, batch_record, display_record,
+                                    encode_occurrence, encode_status_change, record_display_digest)
 from issue_platform.validation import (DEFAULT_MAX_PAYLOAD_BYTES, Occurrence, PayloadValidator, Rejected,
                                        StatusChange, parse)
 from transforms.read import NAMESPACE, Lines, Progress
@@ -214,8 +215,9 @@ class _KeyByGroup:
         self._times = Metrics.distribution(NAMESPACE, EVENT_TIMES)  # its min warns of an --as_of before all data
 
     def key(self, admitted) -> list:
-        """[evidence row as a TaggedOutput, keyed record] for an occurrence, [keyed record] for a status
-        change, or [its dead-letter row as a TaggedOutput]: nothing half-done."""
+        """[evidence row as a TaggedOutput, keyed event] for an occurrence, [keyed event] for a status
+        change, or [its dead-letter row as a TaggedOutput]: nothing half-done. A keyed event is the
+        tuple (key, record, display, event time)."""
         payload, admission = admitted
         try:
             return self._encode(payload, admission)
@@ -228,13 +230,13 @@ class _KeyByGroup:
             record, _, display = encode_occurrence(payload, admission)
             self._times.update(int(payload.detection_time))
             return [pvalue.TaggedOutput(EVIDENCE, evidence_row(payload)),
-                    TimestampedValue((key, (record, display)), payload.detection_time)]
+                    (key, record, display, payload.detection_time)]
         change: StatusChange = payload
         received_at = self._received_at if self._received_at is not None else time.time()
         record = encode_status_change(change, received_at, admission)
         if change.update_date is not None:
             self._times.update(int(change.update_date))
-        return [TimestampedValue((key, (record, b"")), change.update_date or received_at)]
+        return [(key, record, b"", change.update_date or received_at)]
 
 
 class _IngestFn(beam.DoFn):
@@ -242,8 +244,9 @@ class _IngestFn(beam.DoFn):
     steps' own per-record code, and every output keeps the table part of the step that made it. The
     rows of one input element (a batch of `Lines`) leave as one list per output (table part), so
     that the steps after it pay their per-element cost per batch. With `per_key`, the keyed records
-    of one input element leave as one `(key, [(record, display), ...])` per key, for the batch
-    stateful step, each display only with the first record that uses it (the others carry b"")."""
+    of one input element leave as one `(key, batch record)` per key for the batch stateful step
+    (issue_platform.pending.batch_record: the events, and the display records they reference that
+    this bundle has not sent for the key yet)."""
 
     def __init__(self, config: PlatformConfig, max_bytes: int, validator: str, progress: bool,
                  refresh_seconds: Optional[float], received_at: Optional[float], per_key: bool):
@@ -255,6 +258,9 @@ class _IngestFn(beam.DoFn):
     def setup(self):
         self._parse.setup()
         self._gate.setup()
+
+    def start_bundle(self):
+        self._digests = {}  # key -> the display digests sent this bundle, concatenated (compact)
 
     def process(self, raw, versions: list):
         rows = {}  # output tag -> the rows this element produced for it
@@ -272,21 +278,27 @@ class _IngestFn(beam.DoFn):
                 if isinstance(output, pvalue.TaggedOutput):
                     rows.setdefault(PART_KEY if output.tag == DEAD_LETTER else output.tag, []).append(output.value)
                 elif batches is None:
-                    yield output
-                else:
-                    key, (record, display) = output.value
-                    batch = batches.get(key)
-                    if batch is None:
-                        batch = batches[key] = ([], set())
-                    if display in batch[1]:  # carried once per key and batch (the stateful step interns it)
-                        display = b""
-                    elif display:
-                        batch[1].add(display)
-                    batch[0].append((record, display))
+                    key, record, display, at = output
+                    yield TimestampedValue((key, (record, display)), at)
+                else:  # the batch stateful step ignores event times: no timestamp is built
+                    key, record, display, _ = output
+                    batches.setdefault(key, []).append(record)
+                    if display:
+                        self._send_display(key, record, display, batches[key])
         if batches:
-            yield from ((key, records) for key, (records, _) in batches.items())
+            yield from ((key, batch_record(records)) for key, records in batches.items())
         for tag, batch in rows.items():
             yield pvalue.TaggedOutput(tag, batch)
+
+
+    def _send_display(self, key, record, display, records):
+        """Adds the display record an occurrence references to its key's batch, once per key and bundle
+        (the stateful step interns it; every bundle that sends a key events also sends their displays)."""
+        digest = record_display_digest(record)
+        sent = self._digests.get(key, b"")
+        if not any(sent[i:i + DIGEST_SIZE] == digest for i in range(0, len(sent), DIGEST_SIZE)):
+            records.append(display_record(digest, display))
+            self._digests[key] = sent + digest
 
 
 class Ingest(beam.PTransform):
@@ -307,7 +319,7 @@ class Ingest(beam.PTransform):
         updates = self._updates
         if updates is None:
             updates = raw.pipeline | "Config" >> beam.Create([self._config])
-        keyed_type = Tuple[str, List[Tuple[bytes, bytes]]] if self._per_key else KeyedRecord
+        keyed_type = Tuple[str, bytes] if self._per_key else KeyedRecord
         return raw | "ParseGateAndKey" >> beam.ParDo(self._fn, beam.pvalue.AsList(updates)).with_output_types(
             keyed_type).with_outputs(OCCURRENCES, EVIDENCE, PART_PARSE, PART_GATE, PART_KEY, main="keyed")
 
