@@ -180,22 +180,24 @@ def dofn_signatures_cached() -> Iterator[None]:
     DoFnSignature or look for its state and timers: several times per bundle on the streaming
     DirectRunner, ~0.8 ms each and most of a replay's time (reference: performance-anchors.md). They
     are fixed by the DoFn's class, so for the run we remember them, and the state and timer specs, per
-    class; an object with a method set on the instance (or an `_inspect_<method>` override) is read as
-    before. Results are identical either way (tests/test_performance.py checks)."""
+    class, or per object for one with a function set on the instance (a Map or FlatMap: its `process`
+    is the mapped function), which the runners keep for the whole run; an `_inspect_<method>` override
+    is read as before. Results are identical either way (tests/test_performance.py checks)."""
     from apache_beam.runners.direct import transform_evaluator
     from apache_beam.transforms import core, userstate
 
     arguments, specs = core.get_function_arguments, userstate.get_dofn_specs
     cache = weakref.WeakKeyDictionary()  # class -> {method name or None (the specs): result}
+    by_object = {}  # id(obj) -> (obj, {...}): obj is held so that its id is not reused during the run
 
-    def by_class(obj) -> Optional[dict]:
+    def remembered(obj) -> dict:
         if any(inspect.ismethod(v) or inspect.isfunction(v) for v in getattr(obj, "__dict__", {}).values()):
-            return None
+            return by_object.setdefault(id(obj), (obj, {}))[1]
         return cache.setdefault(type(obj), {})
 
     def get_function_arguments(obj, func):
-        known = by_class(obj)
-        if known is None or hasattr(obj, f"_inspect_{func}"):
+        known = remembered(obj)
+        if hasattr(obj, f"_inspect_{func}"):
             return arguments(obj, func)
         if func not in known:
             known[func] = arguments(obj, func)
@@ -203,9 +205,7 @@ def dofn_signatures_cached() -> Iterator[None]:
         return list(args), list(defaults)
 
     def get_dofn_specs(dofn):
-        known = by_class(dofn)
-        if known is None:
-            return specs(dofn)
+        known = remembered(dofn)
         if None not in known:
             known[None] = specs(dofn)
         state_specs, timer_specs = known[None]

@@ -288,6 +288,10 @@ def test_progress_reports_records_rate_and_elapsed_only_when_enabled(capsys, mon
         Progress.tick(True)
     line = capsys.readouterr().err.strip()
     assert line.startswith("progress: 3,072 records (") and "/s, " in line and line.endswith(" s)")
+    Progress.tick(True, 1000)  # a batch of records that stays within the same 1,024: no clock read, no line
+    assert capsys.readouterr().err == ""
+    Progress.tick(True, 1000)  # one that crosses the next 1,024
+    assert capsys.readouterr().err.startswith("progress: 5,072 records (")
 
 
 @pytest.mark.parametrize("failure, code, words", [

@@ -13,7 +13,8 @@ def _dofns():
     config = load_config()
     return [ProcessGroupsFn(config, 60.0, float("inf"), 600.0, True),
             BatchProcessGroupsFn(config, 60.0, float("inf"), 600.0, True),
-            _ParseFn(config, 1000, "fast", False), _GateIngestFn(config)]
+            _ParseFn(config, 1000, "fast", False), _GateIngestFn(config),
+            core.CallableWrapperDoFn(lambda rows, limit=3: rows[:limit]), core.CallableWrapperDoFn(len)]
 
 
 def _view(dofn):
@@ -38,3 +39,13 @@ def test_a_method_set_on_the_instance_is_not_taken_from_the_cache():
         assert core.get_function_arguments(dofn, "process")[0] == ["raw"]
         dofn.process = lambda element, extra=None: None
         assert core.get_function_arguments(dofn, "process")[0] == ["element", "extra"]
+
+
+def test_each_map_keeps_its_own_parameters():
+    """A Map's or FlatMap's `process` is its function, set on the instance: two of them must not share
+    an entry, and the same one asked twice answers the same."""
+    with dofn_signatures_cached():
+        first, second = core.CallableWrapperDoFn(lambda rows: rows), core.CallableWrapperDoFn(lambda a, b=2: a)
+        for _ in range(2):
+            assert core.get_function_arguments(first, "process")[0] == ["rows"]
+            assert core.get_function_arguments(second, "process") == (["a", "b"], [2])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from typing import NamedTuple, Optional, Tuple
+from typing import NamedTuple, Optional, Sequence, Tuple
 
 import apache_beam as beam
 import orjson
@@ -75,16 +75,22 @@ class _ParseFn(beam.DoFn):
         self._validator = PayloadValidator(self._mode, self._config.registry())
 
     def process(self, raw):
-        for one in raw if isinstance(raw, Lines) else (raw,):
+        records = self.take_in(raw)
+        for one in records:
             yield self.parse_one(one)
+
+    def take_in(self, raw) -> Sequence:
+        """The records of one input element (a `Lines` batch or one payload), counted as taken in."""
+        records = raw if isinstance(raw, Lines) else (raw,)
+        self._records_in.inc(len(records))
+        Progress.tick(self._progress, len(records))
+        return records
 
     def parse_one(self, raw):
         """One raw payload -> its validated payload, or its dead-letter row as a TaggedOutput."""
         source = None
         if isinstance(raw, SourcedPayload):  # a live message: its coordinates go with any dead letter
             raw, source = raw
-        self._records_in.inc()
-        Progress.tick(self._progress)
         try:
             return self._validator.validate(parse(raw, self._max_bytes))
         except Rejected as rejected:
@@ -265,7 +271,7 @@ class _IngestFn(beam.DoFn):
     def process(self, raw, versions: list):
         rows = {}  # output tag -> the rows this element produced for it
         batches = {} if self._per_key else None
-        for one in raw if isinstance(raw, Lines) else (raw,):
+        for one in self._parse.take_in(raw):
             payload = self._parse.parse_one(one)
             if isinstance(payload, pvalue.TaggedOutput):
                 rows.setdefault(PART_PARSE, []).append(payload.value)
@@ -296,7 +302,10 @@ class _IngestFn(beam.DoFn):
         (the stateful step interns it; every bundle that sends a key events also sends their displays)."""
         digest = record_display_digest(record)
         sent = self._digests.get(key, b"")
-        if not any(sent[i:i + DIGEST_SIZE] == digest for i in range(0, len(sent), DIGEST_SIZE)):
+        at = sent.find(digest)
+        while at > 0 and at % DIGEST_SIZE:  # found across two digests: look on
+            at = sent.find(digest, at + 1)
+        if at == -1:
             records.append(display_record(digest, display))
             self._digests[key] = sent + digest
 
