@@ -220,29 +220,28 @@ class _KeyByGroup:
         self._received_at = received_at
         self._times = Metrics.distribution(NAMESPACE, EVENT_TIMES)  # its min warns of an --as_of before all data
 
-    def key(self, admitted) -> list:
-        """[evidence row as a TaggedOutput, keyed event] for an occurrence, [keyed event] for a status
-        change, or [its dead-letter row as a TaggedOutput]: nothing half-done. A keyed event is the
-        tuple (key, record, display, event time)."""
+    def key(self, admitted):
+        """(keyed event, evidence row) for an occurrence, (keyed event, None) for a status change, or its
+        dead-letter row as a TaggedOutput: nothing half-done. A keyed event is the tuple (key, record,
+        display, event time)."""
         payload, admission = admitted
         try:
             return self._encode(payload, admission)
         except Exception as exc:
-            return [_internal_error(R.STAGE_KEY, exc, payload)]
+            return _internal_error(R.STAGE_KEY, exc, payload)
 
-    def _encode(self, payload, admission) -> list:
+    def _encode(self, payload, admission) -> tuple:
         key = group_key(payload.project_id, payload.fingerprint[0])
         if isinstance(payload, Occurrence):
             record, _, display = encode_occurrence(payload, admission)
             self._times.update(int(payload.detection_time))
-            return [pvalue.TaggedOutput(EVIDENCE, evidence_row(payload)),
-                    (key, record, display, payload.detection_time)]
+            return (key, record, display, payload.detection_time), evidence_row(payload)
         change: StatusChange = payload
         received_at = self._received_at if self._received_at is not None else time.time()
         record = encode_status_change(change, received_at, admission)
         if change.update_date is not None:
             self._times.update(int(change.update_date))
-        return [(key, record, b"", change.update_date or received_at)]
+        return (key, record, b"", change.update_date or received_at), None
 
 
 class _IngestFn(beam.DoFn):
@@ -280,22 +279,26 @@ class _IngestFn(beam.DoFn):
             if isinstance(admitted, pvalue.TaggedOutput):
                 rows.setdefault(OCCURRENCES if admitted.tag == OCCURRENCES else PART_GATE, []).append(admitted.value)
                 continue
-            for output in self._key.key(admitted):
-                if isinstance(output, pvalue.TaggedOutput):
-                    rows.setdefault(PART_KEY if output.tag == DEAD_LETTER else output.tag, []).append(output.value)
-                elif batches is None:
-                    key, record, display, at = output
-                    yield TimestampedValue((key, (record, display)), at)
-                else:  # the batch stateful step ignores event times: no timestamp is built
-                    key, record, display, _ = output
-                    batches.setdefault(key, []).append(record)
-                    if display:
-                        self._send_display(key, record, display, batches[key])
+            keyed = self._key.key(admitted)
+            if isinstance(keyed, pvalue.TaggedOutput):
+                rows.setdefault(PART_KEY, []).append(keyed.value)
+                continue
+            (key, record, display, at), evidence = keyed
+            if evidence is not None:
+                rows.setdefault(EVIDENCE, []).append(evidence)
+            if batches is None:
+                yield TimestampedValue((key, (record, display)), at)
+            else:  # the batch stateful step ignores event times: no timestamp is built
+                batch = batches.get(key)
+                if batch is None:
+                    batch = batches[key] = []
+                batch.append(record)
+                if display:
+                    self._send_display(key, record, display, batch)
         if batches:
             yield from ((key, batch_record(records)) for key, records in batches.items())
         for tag, batch in rows.items():
             yield pvalue.TaggedOutput(tag, batch)
-
 
     def _send_display(self, key, record, display, records):
         """Adds the display record an occurrence references to its key's batch, once per key and bundle
