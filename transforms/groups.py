@@ -381,7 +381,7 @@ class BatchProcessGroupsFn(ProcessGroupsFn):
     def process(self, element, events=beam.DoFn.StateParam(ProcessGroupsFn.EVENTS),
                 final=beam.DoFn.TimerParam(ProcessGroupsFn.FINAL)):
         key, value = element  # a batch record (`transforms.parse.Ingest`), or a resumed key's (seed, b"")
-        if key not in self._seen_in_bundle:
+        if key not in self._seen_in_bundle:  # FINAL is armed once per key and bundle (nothing else is kept)
             self._seen_in_bundle[key] = None
             final.set(_END_OF_TIME)
         events.add(value if isinstance(value, bytes) else value[0])
