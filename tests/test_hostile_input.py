@@ -236,6 +236,31 @@ def test_a_failure_mid_flush_keeps_the_state_from_just_before_it_and_each_row_on
     assert len([r for r in tables["post_process"] if r["is_new"]]) == 1
 
 
+def test_several_failures_in_one_flush_each_go_on_from_the_state_just_before_them(tmp_path, monkeypatch):
+    """Two of five events fail (the second and the fourth): after each, the group goes on from its state
+    just before it (rebuilt from the previous failure's checkpoint), so it counts the other three."""
+    from issue_platform import groups
+
+    payloads = [occurrence("twice", type_id=2001, t=BASE + i) for i in range(5)]
+    failing = {payloads[i]["id"].replace("-", "") for i in (1, 3)}
+    apply = groups.GroupProcessor.apply
+
+    def fragile_apply(self, event):
+        if event.id in failing:
+            self.state.group.times_seen += 100
+            raise RuntimeError("injected failure")
+        return apply(self, event)
+
+    monkeypatch.setattr(groups.GroupProcessor, "apply", fragile_apply)
+    tables, _ = run_tables(tmp_path, [write_jsonl(tmp_path / "in.jsonl", payloads)], "batch", [])
+    assert {failing_id for failing_id in failing if any(failing_id in d["payload"] for d in tables["dead_letter"])} \
+        == failing and len(tables["dead_letter"]) == 2
+    assert sorted(r["occurrence_id"] for r in tables["occurrences"]) == sorted(
+        payloads[i]["id"].replace("-", "") for i in (0, 2, 4))
+    (group,) = latest_groups(tables["groups"]).values()
+    assert group["times_seen"] == 3
+
+
 def test_a_failure_in_the_gate_dead_letters_the_element(tmp_path):
     """An unreleased type whose flag name cannot be computed breaks the ingest gate for its events."""
     def broken_flag(cls):

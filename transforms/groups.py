@@ -1,6 +1,7 @@
 """ProcessGroups: the stateful step that owns each group and applies its events in event-time order."""
 from __future__ import annotations
 
+import bisect
 import collections
 import logging
 import math
@@ -164,8 +165,8 @@ class ProcessGroupsFn(beam.DoFn):
         # Sorted and split as encoded records (each is decoded only when applied): a hot key's flush holds
         # its records, not their decoded events nor its output rows.
         pending.sort(key=record_sort_key)
-        ready = [record for record in pending if record_time(record) <= horizon]
-        waiting = pending[len(ready):]
+        split = bisect.bisect_right(pending, horizon, key=record_time)  # sorted by time first
+        ready, waiting = pending[:split], pending[split:]
         limit = self._transitions_until()
         state, wakeup = yield from self._apply(key, start, interned, ready, horizon, limit)
         encoded = None if state.is_empty() else state.encode()
@@ -252,10 +253,12 @@ class ProcessGroupsFn(beam.DoFn):
 
         A failure of ours must neither stop the pipeline nor leave a group half-updated. An event that
         fails is dead-lettered as `internal_error` (stage `group`) and the group goes on from its state
-        just before that event, rebuilt by applying the flush's earlier events again from `start` (the
-        rules are deterministic; their rows were already emitted), so the other events count exactly as
-        they would have. If the transitions due at the end fail, the state from before them is kept and
-        the key's next transitions wait for its next event (retrying at once would fail again, forever).
+        just before that event, rebuilt by applying again the events since the last checkpoint (`start`,
+        or the state encoded at the previous failure: the rules are deterministic and the rows were
+        already emitted), so the other events count exactly as they would have and many failures in one
+        flush cost one pass over it. If the transitions due at the end fail, the state from before them
+        is kept and the key's next transitions wait for its next event (retrying at once would fail
+        again, forever).
 
         In a live stream transitions also never run past the wall clock: draining a Dataflow job moves
         the watermark to infinity and fires every timer, and a group must not be auto-resolved, turned
@@ -265,13 +268,13 @@ class ProcessGroupsFn(beam.DoFn):
         displays = _Displays(interned)
         processor = self._processor(key, start, displays, limit)
         had_group = processor.state.group is not None
-        failed = set()  # positions of the events dead-lettered
+        checkpoint, since = start, 0  # the state before records[since:], none of which has failed
         for i, record in enumerate(records):
             try:
                 rows = processor.apply(decode(record))
             except Exception as exc:
-                failed.add(i)
-                processor = self._rebuild(key, start, displays, limit, records[:i], failed)
+                processor = self._rebuild(key, checkpoint, displays, limit, records[since:i])
+                checkpoint, since = processor.state.encode(), i + 1
                 yield DEAD_LETTER, internal_error_row(R.STAGE_GROUP, exc, orjson.dumps(_summary(key, record)))
                 continue
             yield from rows
@@ -279,7 +282,7 @@ class ProcessGroupsFn(beam.DoFn):
             rows, wakeup = processor.finish(horizon), processor.next_wakeup(self._as_of)
         except Exception as exc:
             _LOGGER.warning("group step: time-driven transitions failed: %s", type(exc).__name__)
-            processor = self._rebuild(key, start, displays, limit, records, failed)
+            processor = self._rebuild(key, checkpoint, displays, limit, records[since:])
             rows, wakeup = [], None
         yield from rows
         if not had_group and processor.state.group is not None:  # whether or not post-process messages are on
@@ -289,13 +292,12 @@ class ProcessGroupsFn(beam.DoFn):
     def _processor(self, key, start, displays, limit) -> GroupProcessor:
         return GroupProcessor(key, KeyState.decode(start), displays, self._types, self._dedupe_window, limit)
 
-    def _rebuild(self, key, start, displays, limit, records, failed) -> GroupProcessor:
-        """A processor holding the state after applying `records` to `start`, except those at the
-        positions in `failed` (their rows are not wanted: they were emitted already)."""
+    def _rebuild(self, key, start, displays, limit, records) -> GroupProcessor:
+        """A processor holding the state after applying `records` to `start` (their rows are not
+        wanted: they were emitted already)."""
         processor = self._processor(key, start, displays, limit)
-        for i, record in enumerate(records):
-            if i not in failed:
-                processor.apply(decode(record))
+        for record in records:
+            processor.apply(decode(record))
         return processor
 
     def _late_letter(self, key, record, clock_at):
