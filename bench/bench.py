@@ -154,7 +154,7 @@ def pipeline(path: str) -> tuple[dict, Counter, dict]:
     try:
         start = time.perf_counter()
         result = run(["--input", path, "--output", out])
-        measured = {"seconds": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb()}  # not the checks below
+        measured = measured_since(start)  # not the checks below
         sizes = Counter()
         for name in os.listdir(out):
             if os.path.isfile(os.path.join(out, name)) and not name.startswith(f"{GROUPS}."):
@@ -176,7 +176,7 @@ def streaming(path: str) -> tuple[dict, Counter, dict]:
     try:
         start = time.perf_counter()
         run(["--input", path, "--output", out, "--streaming"])
-        measured = {"seconds": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb()}
+        measured = measured_since(start)
         return counts_from_outputs(out), Counter(), measured
     finally:
         shutil.rmtree(out, ignore_errors=True)
@@ -210,14 +210,15 @@ def child(kind: str, path: str) -> None:
     work = {"plain": plain, "pipeline": pipeline, "streaming": streaming, "replay": replay_only}[kind]
     start = time.perf_counter()
     counts, sizes, *run_only = work(path)  # a pipeline measures its run alone, without the checks after it
-    measured = {"seconds": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb()}
-    measured.update(*run_only)
+    measured = run_only[0] if run_only else measured_since(start)
     print(json.dumps({**measured, "records": counts.get("records.in", 0) + counts.get("records.blank_lines", 0),
                       "counters": dict(counts), "bytes": dict(sizes)}))
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+def measured_since(start: float) -> dict:
+    """Seconds since `start` and this process's peak RSS so far (ru_maxrss is KiB on Linux)."""
+    return {"seconds": time.perf_counter() - start,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
 def measure(kind: str, path: str) -> dict:

@@ -75,8 +75,7 @@ class _ParseFn(beam.DoFn):
         self._validator = PayloadValidator(self._mode, self._config.registry())
 
     def process(self, raw):
-        records = self.take_in(raw)
-        for one in records:
+        for one in self.take_in(raw):
             yield self.parse_one(one)
 
     def take_in(self, raw) -> Sequence:
