@@ -143,3 +143,21 @@ def test_without_an_embedded_event_the_event_time_is_detection_time():
     assert decoded.event_datetime == decoded.time == T0
     hand_built = PendingOccurrence(T0, "1" * 32, "2" * 32, 1006, None, None, b"d" * 8, (), None)
     assert hand_built.event_datetime == T0
+
+
+def test_a_sealed_batch_gives_back_its_records_in_order_among_plain_ones():
+    import dataclasses
+    records = [pending.encode_occurrence(dataclasses.replace(occurrence(), detection_time=T0 + i,
+                                                             id=md5(str(i))))[0] for i in range(50)]
+    records.append(pending.encode_status_change(status_change(activity_data={"n": 1}), received_at=T0))
+    batch = pending.new_batch()
+    added = sum(pending.add_to_batch(batch, record) for record in records)
+    assert added == len(batch) == sum(len(record) + 4 for record in records)
+    sealed = pending.sealed_batch(batch)
+    plain = pending.display_record(b"d" * pending.DIGEST_SIZE, b"display")
+    assert list(pending.unbatched([plain, sealed, plain])) == [plain, *records, plain]
+    assert len(sealed) < len(batch) * 0.75  # one key's events share most of their bytes
+
+
+def test_an_empty_batch_holds_nothing():
+    assert list(pending.unbatched([pending.sealed_batch(pending.new_batch())])) == []

@@ -49,3 +49,20 @@ def test_each_map_keeps_its_own_parameters():
         for _ in range(2):
             assert core.get_function_arguments(first, "process")[0] == ["rows"]
             assert core.get_function_arguments(second, "process") == (["a", "b"], [2])
+
+
+def test_batches_sent_early_give_the_same_tables(tmp_path, monkeypatch):
+    """Ingest sends its keys' batches when the bundle ends, or as soon as it holds MAX_BUFFERED_BYTES:
+    a key then reaches the group step in several batches, each with the displays it needs."""
+    from pipelines.issue_pipeline import run
+    from tests.pipeline_support import BASE, canonical, occurrence, read_tables, write_jsonl
+    from transforms.parse import _IngestFn
+    payloads = [occurrence(f"fp-{i % 3}", t=BASE + i, title=f"title {i % 2}") for i in range(40)]
+    path = write_jsonl(tmp_path / "in.jsonl", payloads)
+    run(["--input", path, "--output", str(tmp_path / "at_end")])
+    monkeypatch.setattr(_IngestFn, "MAX_BUFFERED_BYTES", 1)
+    run(["--input", path, "--output", str(tmp_path / "early")])
+    at_end, early = read_tables(tmp_path / "at_end"), read_tables(tmp_path / "early")
+    assert len(at_end["occurrences"]) == 40 and len(at_end["groups"]) >= 3
+    assert {name: canonical(rows) for name, rows in early.items()} == {
+        name: canonical(rows) for name, rows in at_end.items()}

@@ -12,7 +12,9 @@ import orjson
 from apache_beam import pvalue
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
-from apache_beam.transforms.window import TimestampedValue
+from apache_beam.transforms.window import GlobalWindow, TimestampedValue
+from apache_beam.utils.timestamp import MIN_TIMESTAMP
+from apache_beam.utils.windowed_value import WindowedValue
 
 from issue_platform import outcomes as R
 from issue_platform.config import PlatformConfig
@@ -20,8 +22,8 @@ from issue_platform.config_cache import CACHE as CONFIG_CACHE
 from issue_platform.fingerprint import group_key
 from issue_platform.tables import (DEAD_LETTER, EVIDENCE, OCCURRENCES, PART_GATE, PART_KEY, PART_PARSE, dead_letter_row,
                                    evidence_row, occurrence_row)
-from issue_platform.pending import (DIGEST_SIZE, Admission, Display, batch_record, display_record,
-                                    encode_occurrence, encode_status_change, record_display_digest)
+from issue_platform.pending import (DIGEST_SIZE, Admission, Display, add_to_batch, display_record, encode_occurrence,
+                                    encode_status_change, new_batch, record_display_digest, sealed_batch)
 from issue_platform.validation import (DEFAULT_MAX_PAYLOAD_BYTES, Occurrence, PayloadValidator, Rejected,
                                        StatusChange, parse)
 from transforms.read import NAMESPACE, Lines, Progress
@@ -247,10 +249,15 @@ class _IngestFn(beam.DoFn):
     """ParsePayloads, GateIngest and KeyByGroup as one step: each payload goes through the three
     steps' own per-record code, and every output keeps the table part of the step that made it. The
     rows of one input element (a batch of `Lines`) leave as one list per output (table part), so
-    that the steps after it pay their per-element cost per batch. With `per_key`, the keyed records
-    of one input element leave as one `(key, batch record)` per key for the batch stateful step
-    (issue_platform.pending.batch_record: the events, and the display records they reference that
-    this bundle has not sent for the key yet)."""
+    that the steps after it pay their per-element cost per batch.
+
+    With `per_key` (a batch run), the keyed records of a bundle leave as one `(key, batch record)` per
+    key when the bundle finishes (issue_platform.pending.new_batch: the events, and the display
+    records they reference that this bundle has not sent for the key yet), or earlier once the bundle
+    holds MAX_BUFFERED_BYTES. The stateful step keeps what it receives until its own bundle commits,
+    so one compact object per key and bundle is what a batch run's memory grows with."""
+
+    MAX_BUFFERED_BYTES = 16 << 20
 
     def __init__(self, config: PlatformConfig, max_bytes: int, validator: str, progress: bool,
                  refresh_seconds: Optional[float], received_at: Optional[float], per_key: bool):
@@ -265,10 +272,11 @@ class _IngestFn(beam.DoFn):
 
     def start_bundle(self):
         self._digests = {}  # key -> the display digests sent this bundle, concatenated (compact)
+        self._batches, self._buffered = {}, 0  # key -> its batch record so far; their total size
 
     def process(self, raw, versions: list):
         rows = {}  # output tag -> the rows this element produced for it
-        batches = {} if self._per_key else None
+        batches = self._batches if self._per_key else None
         for one in self._parse.take_in(raw):
             payload = self._parse.parse_one(one)
             if isinstance(payload, pvalue.TaggedOutput):
@@ -290,16 +298,26 @@ class _IngestFn(beam.DoFn):
             else:  # the batch stateful step ignores event times: no timestamp is built
                 batch = batches.get(key)
                 if batch is None:
-                    batch = batches[key] = []
-                batch.append(record)
+                    batch = batches[key] = new_batch()
+                self._buffered += add_to_batch(batch, record)
                 if display:
                     self._send_display(key, record, display, batch)
-        if batches:
-            yield from ((key, batch_record(records)) for key, records in batches.items())
         for tag, batch in rows.items():
             yield pvalue.TaggedOutput(tag, batch)
+        if self._buffered >= self.MAX_BUFFERED_BYTES:
+            yield from self._batches_out()
 
-    def _send_display(self, key, record, display, records):
+    def finish_bundle(self):
+        for key, batch in self._batches_out():  # the batch stateful step runs in the global window
+            yield WindowedValue((key, batch), MIN_TIMESTAMP, (GlobalWindow(),))
+
+    def _batches_out(self):
+        batches, self._batches, self._buffered = self._batches, {}, 0
+        while batches:
+            key, batch = batches.popitem()
+            yield key, sealed_batch(batch)
+
+    def _send_display(self, key, record, display, batch):
         """Adds the display record an occurrence references to its key's batch, once per key and bundle
         (the stateful step interns it; every bundle that sends a key events also sends their displays)."""
         digest = record_display_digest(record)
@@ -308,13 +326,13 @@ class _IngestFn(beam.DoFn):
         while at > 0 and at % DIGEST_SIZE:  # found across two digests: look on
             at = sent.find(digest, at + 1)
         if at == -1:
-            records.append(display_record(digest, display))
+            self._buffered += add_to_batch(batch, display_record(digest, display))
             self._digests[key] = sent + digest
 
 
 class Ingest(beam.PTransform):
     """ParsePayloads | GateIngest | KeyByGroup fused into one step (the same code per record, one
-    runner step instead of three). Outputs: `keyed` (per key and input element with `per_key`), and
+    runner step instead of three). Outputs: `keyed` (per key and bundle with `per_key`), and
     as batches of rows (a list per input element): `occurrences` (ingest disabled), `evidence`, and
     the dead letters of each stage under `issue_platform.tables.PART_PARSE`, `PART_GATE` and `PART_KEY`."""
 
