@@ -229,9 +229,9 @@ def unbatched(records: Iterable[bytes]) -> Iterator[bytes]:
         if record[0] != BATCH:
             yield record
             continue
-        record = zlib.decompress(memoryview(record)[1:])
-        at, end = 0, len(record)
+        held = zlib.decompress(memoryview(record)[1:])
+        at, end = 0, len(held)
         while at < end:
-            (length,) = unpack(record, at)
+            (length,) = unpack(held, at)
             at += size + length
-            yield record[at - length:at]
+            yield held[at - length:at]

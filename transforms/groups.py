@@ -384,10 +384,10 @@ class BatchProcessGroupsFn(ProcessGroupsFn):
 
     def process(self, element, events=beam.DoFn.StateParam(ProcessGroupsFn.EVENTS),
                 final=beam.DoFn.TimerParam(FINAL)):
-        key, value = element  # a batch record (`transforms.parse.Ingest`), or a resumed key's (seed, b"")
-        if key not in self._seen_in_bundle:  # FINAL is armed once per key and bundle (nothing else is kept)
-            self._seen_in_bundle[key] = None
-            final.set(_END_OF_TIME)
+        # A batch record (`transforms.parse.Ingest`: one per key and bundle, so arming FINAL again is
+        # rare, and a timer set twice fires once), or a resumed key's (seed, b"").
+        _, value = element
+        final.set(_END_OF_TIME)
         events.add(value if isinstance(value, bytes) else value[0])
 
     @on_timer(FINAL)
