@@ -33,6 +33,7 @@ __all__ = ["DEFAULT_DEDUPE_WINDOW_SECONDS", "GroupProcessor", "KeyState"]
 # An id seen again within this much event time is a duplicate. Sentry keeps ids 300 s in
 # processing time; ours is event time, so batch and streaming agree (see README).
 DEFAULT_DEDUPE_WINDOW_SECONDS = 300.0
+_MIN_IDS_TO_FORGET = 1024  # a flush forgets old ids once a key holds this many (see _is_duplicate)
 
 Rows = list[tuple[str, dict]]
 
@@ -46,6 +47,7 @@ class GroupProcessor:
         self.project_id, self.primary_hash = split_group_key(key)
         self.dedupe_window, self.as_of = dedupe_window, as_of
         self._version_at_start = state.group.version if state.group else 0
+        self._forget_ids_at = _MIN_IDS_TO_FORGET
 
     def apply(self, event: Pending) -> Rows:
         """Transitions due at or before the event, then the event itself."""
@@ -94,8 +96,7 @@ class GroupProcessor:
         state, and a snapshot row if the group changed."""
         now = self.state.cursor if horizon is None else max(horizon, self.state.cursor)
         rows = self.advance_to(now)
-        forget_before = min(now, self.as_of) - self.id_retention
-        self.state.seen = {i: t for i, t in self.state.seen.items() if t > forget_before}
+        self._forget_ids(now)
         group = self.state.group
         if group is not None:
             lifecycle.prune(group, self.state.cursor)
@@ -104,12 +105,27 @@ class GroupProcessor:
                 rows.append((GROUPS, group_row(group)))
         return rows
 
+    def _forget_ids(self, now: float) -> None:
+        """Forget the ids more than `id_retention` behind `now` (never past `as_of`)."""
+        forget_before = min(now, self.as_of) - self.id_retention
+        self.state.seen = {i: t for i, t in self.state.seen.items() if t > forget_before}
+        self._forget_ids_at = max(2 * len(self.state.seen), _MIN_IDS_TO_FORGET)
+
     def _is_duplicate(self, event: Pending) -> bool:
-        """Seen within the window (a duplicate does not refresh the id, as in Sentry's cache)."""
-        previous = self.state.seen.get(event.id)
+        """Seen within the window (a duplicate does not refresh the id, as in Sentry's cache).
+
+        Ids are also forgotten during a flush, each time they have doubled since the last time: a hot
+        key's flush in a batch run applies days of events in one pass, and would otherwise hold every
+        id until `finish`. Events are applied in time order (the cursor never moves back), so an id
+        forgotten here is more than twice the window behind every event still to come: no decision
+        changes, and `finish` forgets the rest as before."""
+        seen = self.state.seen
+        previous = seen.get(event.id)
         if previous is not None and abs(event.time - previous) <= self.dedupe_window:
             return True
-        self.state.seen[event.id] = event.time
+        seen[event.id] = event.time
+        if len(seen) >= self._forget_ids_at:
+            self._forget_ids(self.state.cursor)
         return False
 
     # ---- occurrences ---------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from issue_platform.config import ConfigError, PlatformConfig, load_config
 from issue_platform.validation import TIME_EXPECTED, PayloadValidator, Rejected, bounded_time
 from pipelines.replay import event_time_range, latest_valid_time, replay_stream, timed
 from pipelines.options import ConfigRefreshOptions, IssuePlatformOptions, SinkOptions, SourceOptions
-from transforms.groups import REPLAY_FLUSH_SECONDS, ProcessGroups
+from transforms.groups import REPLAY_FLUSH_SECONDS, ProcessGroups, sharded_seed
 from issue_platform.tables import (ALL_TABLES, DEAD_LETTER, EVIDENCE, OCCURRENCES, PART_GATE, PART_GROUP, PART_KEY,
                                    PART_PARSE, jsonl_glob)
 from transforms.parse import Ingest
@@ -75,6 +75,8 @@ def build_pipeline(pipeline: beam.Pipeline, opts: IssuePlatformOptions, config: 
                                         per_key=not streaming)
     events = ingested.keyed
     if seeds is not None:
+        if not streaming:  # the batch step's state is keyed by shard
+            seeds = seeds | "ShardSnapshot" >> beam.Map(sharded_seed)
         events = (events, seeds) | "WithSnapshot" >> beam.Flatten()
     tables = events | "ProcessGroups" >> ProcessGroups(
         config, opts.dedupe_window_seconds, as_of, opts.allowed_lateness_seconds,

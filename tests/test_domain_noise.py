@@ -227,6 +227,31 @@ def test_custom_dedupe_window():
     assert outcome(key.occ(T0 + 11, type=QUIET, id="1" * 32)) == O.GROUPED
 
 
+
+def test_a_long_flush_forgets_old_ids_as_it_goes_and_decides_the_same(monkeypatch):
+    """A hot key's batch flush applies days of events in one pass: the ids it keeps stay bounded by
+    what the window needs, and every outcome, the group and the final ids equal those of a processor
+    that forgets only at `finish`."""
+    import issue_platform.groups as groups_module
+    rng = random.Random(3)
+    ids = [f"{rng.getrandbits(128):032x}" for _ in range(3000)]
+    events = [(T0 + 20 * i, ids[i] if rng.random() < 0.9 else rng.choice(ids[:i + 1])) for i in range(3000)]
+
+    def run():
+        key, outcomes, largest = Key(), [], 0
+        for t, ident in events:
+            outcomes.append(outcome(key.occ(t, type=QUIET, id=ident)))
+            largest = max(largest, len(key.state.seen))
+        key.proc.finish()
+        return outcomes, key.state.group.times_seen, key.state.seen, largest
+
+    outcomes, times_seen, seen, largest = run()
+    monkeypatch.setattr(groups_module, "_MIN_IDS_TO_FORGET", 10 ** 9)
+    expected_outcomes, expected_times_seen, expected_seen, never_forgot = run()
+    assert (outcomes, times_seen, seen) == (expected_outcomes, expected_times_seen, expected_seen)
+    assert O.DUPLICATE in outcomes and O.GROUPED in outcomes
+    assert never_forgot > 2500 and largest <= 2 * groups_module._MIN_IDS_TO_FORGET
+
 # --- group updates -----------------------------------------------------------------------------
 
 def test_type_mismatch_leaves_the_group_alone():

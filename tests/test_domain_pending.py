@@ -161,3 +161,32 @@ def test_a_sealed_batch_gives_back_its_records_in_order_among_plain_ones():
 
 def test_an_empty_batch_holds_nothing():
     assert list(pending.unbatched([pending.sealed_batch(pending.new_batch())])) == []
+
+
+def test_sort_records_orders_as_sort_key_orders_the_decoded_events():
+    """Ties in time go occurrences first, then by id; flags in an occurrence's kind byte do not matter."""
+    import dataclasses
+    import random
+    rng = random.Random(7)
+    records = []
+    for i in range(300):
+        at = T0 + rng.choice([0, 1, 2.5])  # few distinct times: many ties
+        if rng.random() < 0.3:
+            change = dataclasses.replace(status_change(update_date=at), id=md5(f"c{i}"))
+            records.append(pending.encode_status_change(change, received_at=T0))
+        else:
+            admission = pending.Admission(post_process=rng.random() < 0.5, visible=rng.random() < 0.5)
+            occ = dataclasses.replace(occurrence(), detection_time=at, id=md5(f"o{i}"))
+            records.append(pending.encode_occurrence(occ, admission)[0])
+    rng.shuffle(records)
+    expected = sorted(records, key=lambda record: pending.sort_key(pending.decode(record)))
+    pending.sort_records(records)
+    assert records == expected
+    assert len({pending.record_time(r) for r in records}) == 3
+
+
+@pytest.mark.parametrize("key", ["42:" + "a" * 32, "9223372036854775807:ünï:cödé", ""])
+def test_a_keyed_record_gives_back_its_key_and_record(key):
+    record = pending.sealed_batch(pending.new_batch())
+    assert pending.split_keyed(pending.keyed(key, record)) == (key, record)
+    assert 0 <= pending.shard_of(key) < pending.BATCH_SHARDS

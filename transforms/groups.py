@@ -25,9 +25,9 @@ from issue_platform.snapshot import is_seed_record, newer_seed, snapshot_row, sp
 from issue_platform.tables import (ACTIVITY, DEAD_LETTER, GROUPS, OCCURRENCES, POST_PROCESS, STATE, STATUS_CHANGES,
                                    counter_name, dead_letter_row, iso)
 from issue_platform.validation import Rejected
-from issue_platform.pending import (Display, PendingOccurrence, decode, display_record, is_display_record,
-                                    record_display_digest, record_sort_key, record_time, split_display_record,
-                                    unbatched)
+from issue_platform.pending import (Display, PendingOccurrence, decode, display_record, is_display_record, keyed,
+                                    record_display_digest, record_time, shard_of, sort_records, split_display_record,
+                                    split_keyed, unbatched)
 from transforms.parse import NAMESPACE, internal_error_row
 
 TABLES = (GROUPS, OCCURRENCES, STATUS_CHANGES, POST_PROCESS, ACTIVITY, STATE)
@@ -164,7 +164,7 @@ class ProcessGroupsFn(beam.DoFn):
             start, revision = yield from self._adopt(key, seed, stored, previous, pending)
         # Sorted and split as encoded records (each is decoded only when applied): a hot key's flush holds
         # its records, not their decoded events nor its output rows.
-        pending.sort(key=record_sort_key)
+        sort_records(pending)
         split = bisect.bisect_right(pending, horizon, key=record_time)  # sorted by time first
         ready, waiting = pending[:split], pending[split:]
         limit = self._transitions_until()
@@ -377,25 +377,52 @@ class BatchProcessGroupsFn(ProcessGroupsFn):
     """The batch variant: a bounded input's watermark jumps to +infinity only after all input is read,
     so per-element wake-ups (FLUSH, CLOCK) could only fire at the end anyway. `process` therefore
     only buffers and arms FINAL, which applies each key's events in one sorted pass through the same
-    `_flush`: results are identical, and a batch run touches two state cells per key instead of five,
-    which is what its memory grows with (every key's buffer lives until the end)."""
+    `_flush`: results are identical.
+
+    Its state is keyed by shard (issue_platform.pending.shard_of), not by group key: each element is a
+    key's batch record (or a resumed key's seed) after its group key, and FINAL flushes the shard's
+    keys one after another. A runner keeps objects per state cell and timer until the bundle that
+    touched them commits (the SDK's state objects and keys, the runner's copies, each timer's
+    encoding), and a batch run touches every key in one bundle and fires every FINAL in another:
+    per shard, that is paid once for the keys it holds instead of once per key."""
 
     FINAL = TimerSpec("final", TimeDomain.WATERMARK)  # its own spec: a spec has one callback
 
     def process(self, element, events=beam.DoFn.StateParam(ProcessGroupsFn.EVENTS),
                 final=beam.DoFn.TimerParam(FINAL)):
-        # A batch record (`transforms.parse.Ingest`: one per key and bundle, so arming FINAL again is
-        # rare, and a timer set twice fires once), or a resumed key's (seed, b"").
-        _, value = element
-        final.set(_END_OF_TIME)
-        events.add(value if isinstance(value, bytes) else value[0])
+        shard, value = element
+        if shard not in self._seen_in_bundle:  # a shard gets many records per bundle; every timer set is
+            self._seen_in_bundle[shard] = None  # encoded and copied until the runner dedupes it
+            final.set(_END_OF_TIME)
+        events.add(value)
+
+    def finish_bundle(self):
+        self._seen_in_bundle = {}  # not kept while the bundle commits
 
     @on_timer(FINAL)
-    def on_final(self, key=beam.DoFn.KeyParam, events=beam.DoFn.StateParam(ProcessGroupsFn.EVENTS)):
+    def on_final(self, events=beam.DoFn.StateParam(ProcessGroupsFn.EVENTS)):
         # KEY_STATE and CLOCK are never written in a batch run (a resumed key's state is a seed record in
-        # EVENTS), so the flush does not open them: the runner's SDK keeps every cell a bundle opened until
-        # the bundle commits, and the FINAL bundle of a batch run opens every key's.
-        yield from self._emit(self._flush(key, math.inf, events, _NEVER_WRITTEN, _NEVER_WRITTEN, None))
+        # EVENTS), so the flush does not open them.
+        held = {}
+        for value in events.read():
+            key, record = split_keyed(value)
+            held.setdefault(key, _Held()).append(record)
+        events.clear()
+        for key in sorted(held):  # each key's records are dropped once it is flushed
+            yield from self._emit(self._flush(key, math.inf, held.pop(key), _NEVER_WRITTEN, _NEVER_WRITTEN, None))
+
+
+def sharded_seed(element):
+    """A resumed key's `(key, (seed, b""))` as the batch step takes it: `(shard, keyed(key, seed))`."""
+    key, (seed, _) = element
+    return shard_of(key), keyed(key, seed)
+
+
+class _Held(list):
+    """One key's records of a shard, read and cleared by `_flush` as it does its EVENTS bag."""
+
+    def read(self):
+        return self
 
 
 class _NeverWritten:

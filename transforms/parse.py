@@ -23,7 +23,8 @@ from issue_platform.fingerprint import group_key
 from issue_platform.tables import (DEAD_LETTER, EVIDENCE, OCCURRENCES, PART_GATE, PART_KEY, PART_PARSE, dead_letter_row,
                                    evidence_row, occurrence_row)
 from issue_platform.pending import (DIGEST_SIZE, Admission, Display, add_to_batch, display_record, encode_occurrence,
-                                    encode_status_change, new_batch, record_display_digest, sealed_batch)
+                                    encode_status_change, keyed, new_batch, record_display_digest, sealed_batch,
+                                    shard_of)
 from issue_platform.validation import (DEFAULT_MAX_PAYLOAD_BYTES, Occurrence, PayloadValidator, Rejected,
                                        StatusChange, parse)
 from transforms.read import NAMESPACE, Lines, Progress
@@ -251,11 +252,12 @@ class _IngestFn(beam.DoFn):
     rows of one input element (a batch of `Lines`) leave as one list per output (table part), so
     that the steps after it pay their per-element cost per batch.
 
-    With `per_key` (a batch run), the keyed records of a bundle leave as one `(key, batch record)` per
-    key when the bundle finishes (issue_platform.pending.new_batch: the events, and the display
-    records they reference that this bundle has not sent for the key yet), or earlier once the bundle
-    holds MAX_BUFFERED_BYTES. The stateful step keeps what it receives until its own bundle commits,
-    so one compact object per key and bundle is what a batch run's memory grows with."""
+    With `per_key` (a batch run), the keyed records of a bundle leave as one batch record per key when
+    the bundle finishes (issue_platform.pending.new_batch: the events, and the display records they
+    reference that this bundle has not sent for the key yet), or earlier once the bundle holds
+    MAX_BUFFERED_BYTES, each as `(shard, keyed(key, batch record))` (issue_platform.pending.shard_of).
+    The stateful step keeps what it receives until its own bundle commits, so one compact object per
+    key and bundle, and some runner objects per shard, is what a batch run's memory grows with."""
 
     MAX_BUFFERED_BYTES = 16 << 20
 
@@ -308,6 +310,7 @@ class _IngestFn(beam.DoFn):
             yield from self._batches_out()
 
     def finish_bundle(self):
+        self._digests = {}  # not kept while the stateful step holds what this bundle sends it
         for key, batch in self._batches_out():  # the batch stateful step runs in the global window
             yield WindowedValue((key, batch), MIN_TIMESTAMP, (GlobalWindow(),))
 
@@ -315,7 +318,7 @@ class _IngestFn(beam.DoFn):
         batches, self._batches, self._buffered = self._batches, {}, 0
         while batches:
             key, batch = batches.popitem()
-            yield key, sealed_batch(batch)
+            yield shard_of(key), keyed(key, sealed_batch(batch))
 
     def _send_display(self, key, record, display, batch):
         """Adds the display record an occurrence references to its key's batch, once per key and bundle
@@ -332,7 +335,7 @@ class _IngestFn(beam.DoFn):
 
 class Ingest(beam.PTransform):
     """ParsePayloads | GateIngest | KeyByGroup fused into one step (the same code per record, one
-    runner step instead of three). Outputs: `keyed` (per key and bundle with `per_key`), and
+    runner step instead of three). Outputs: `keyed` (per shard, key and bundle with `per_key`), and
     as batches of rows (a list per input element): `occurrences` (ingest disabled), `evidence`, and
     the dead letters of each stage under `issue_platform.tables.PART_PARSE`, `PART_GATE` and `PART_KEY`."""
 
@@ -348,7 +351,7 @@ class Ingest(beam.PTransform):
         updates = self._updates
         if updates is None:
             updates = raw.pipeline | "Config" >> beam.Create([self._config])
-        keyed_type = Tuple[str, bytes] if self._per_key else KeyedRecord
+        keyed_type = Tuple[int, bytes] if self._per_key else KeyedRecord
         return raw | "ParseGateAndKey" >> beam.ParDo(self._fn, beam.pvalue.AsList(updates)).with_output_types(
             keyed_type).with_outputs(OCCURRENCES, EVIDENCE, PART_PARSE, PART_GATE, PART_KEY, main="keyed")
 
