@@ -408,8 +408,11 @@ class BatchProcessGroupsFn(ProcessGroupsFn):
             key, record = split_keyed(value)
             held.setdefault(key, _Held()).append(record)
         events.clear()
+        yield from self._emit(self._flush_each(held))  # row batches span the shard's keys
+
+    def _flush_each(self, held):
         for key in sorted(held):  # each key's records are dropped once it is flushed
-            yield from self._emit(self._flush(key, math.inf, held.pop(key), _NEVER_WRITTEN, _NEVER_WRITTEN, None))
+            yield from self._flush(key, math.inf, held.pop(key), _NEVER_WRITTEN, _NEVER_WRITTEN, None)
 
 
 def sharded_seed(element):
@@ -454,8 +457,8 @@ class ProcessGroups(beam.PTransform):
     """Keyed, timestamped compact events -> the `groups`, `occurrences`, `status_changes`,
     `post_process`, `activity` and `state` outputs, plus `dead_letter` for events too late to apply (a
     dict of PCollections by table name). Each element is a batch: the list of one table's rows from one
-    flush (or late event) of one key, so that the runner's per-element cost downstream is paid per
-    batch, not per row. `streaming` picks the DoFn variant; the results do not depend
+    flush (or late event) of one key (in batch, from the final flush of a shard's keys), so that the
+    runner's per-element cost downstream is paid per batch, not per row. `streaming` picks the DoFn variant; the results do not depend
     on it. `bounded=False` (a live stream) arms no end-of-time timer, so a key that holds nothing
     (no group, no noise count, no recent id) keeps no state and no timer.
 
