@@ -81,7 +81,8 @@ def test_keys_sharing_a_shard_give_the_same_tables(tmp_path, monkeypatch):
 
     def both_runs(label):
         run(["--input", paths[0], "--output", str(tmp_path / f"{label}-1")])
-        run(["--input", paths[1], "--output", str(tmp_path / f"{label}-2"), "--resume_from", str(tmp_path / f"{label}-1")])
+        run(["--input", paths[1], "--output", str(tmp_path / f"{label}-2"),
+             "--resume_from", str(tmp_path / f"{label}-1")])
         return [read_tables(tmp_path / f"{label}-{n}") for n in (1, 2)]
 
     sharded = both_runs("sharded")

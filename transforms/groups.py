@@ -458,9 +458,10 @@ class ProcessGroups(beam.PTransform):
     `post_process`, `activity` and `state` outputs, plus `dead_letter` for events too late to apply (a
     dict of PCollections by table name). Each element is a batch: the list of one table's rows from one
     flush (or late event) of one key (in batch, from the final flush of a shard's keys), so that the
-    runner's per-element cost downstream is paid per batch, not per row. `streaming` picks the DoFn variant; the results do not depend
-    on it. `bounded=False` (a live stream) arms no end-of-time timer, so a key that holds nothing
-    (no group, no noise count, no recent id) keeps no state and no timer.
+    runner's per-element cost downstream is paid per batch, not per row. `streaming` picks the DoFn
+    variant; the results do not depend on it. `bounded=False` (a live stream) arms no end-of-time
+    timer, so a key that holds nothing (no group, no noise count, no recent id) keeps no state and no
+    timer.
 
     `flush_seconds` is how finely FLUSH rounds up the times of the events it waits for (transitions
     wait to the next whole second): 1 s judges lateness to the second. A replay in event-time order

@@ -311,8 +311,8 @@ class _IngestFn(beam.DoFn):
 
     def finish_bundle(self):
         self._digests = {}  # not kept while the stateful step holds what this bundle sends it
-        for key, batch in self._batches_out():  # the batch stateful step runs in the global window
-            yield WindowedValue((key, batch), MIN_TIMESTAMP, (GlobalWindow(),))
+        for shard, value in self._batches_out():  # the batch stateful step runs in the global window
+            yield WindowedValue((shard, value), MIN_TIMESTAMP, (GlobalWindow(),))
 
     def _batches_out(self):
         batches, self._batches, self._buffered = self._batches, {}, 0
