@@ -68,8 +68,9 @@ def build_pipeline(pipeline: beam.Pipeline, opts: IssuePlatformOptions, config: 
     if raw is None:
         raw = pipeline | "ReadPayloads" >> ReadPayloads(opts.input or [sample_path()])
     streaming = bool(opts.view_as(StandardOptions).streaming)
-    # One step from raw payload to keyed record; in batch, a key's records of one read batch travel
-    # together (the batch stateful step only buffers them; a stream's needs each event's timestamp).
+    # One step from raw payload to keyed record; in batch, a key's records of one bundle travel together,
+    # under the key's shard (the batch stateful step only buffers them; a stream's needs each event's
+    # timestamp).
     ingested = raw | "Ingest" >> Ingest(config, opts.max_payload_bytes, opts.validator, opts.progress, config_updates,
                                         opts.view_as(ConfigRefreshOptions).config_refresh_seconds, received_at,
                                         per_key=not streaming)

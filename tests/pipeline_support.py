@@ -45,6 +45,11 @@ def canonical(rows: list[dict]) -> list[bytes]:
     return sorted(orjson.dumps(r, option=orjson.OPT_SORT_KEYS) for r in rows)
 
 
+def canonical_tables(tables: dict[str, list[dict]]) -> dict[str, list[bytes]]:
+    """Order-free comparison form of every table of a run (`read_tables`)."""
+    return {name: canonical(rows) for name, rows in tables.items()}
+
+
 def latest_groups(rows: list[dict]) -> dict[int, dict]:
     latest = {}
     for row in rows:

@@ -55,7 +55,7 @@ def test_batches_sent_early_give_the_same_tables(tmp_path, monkeypatch):
     """Ingest sends its keys' batches when the bundle ends, or as soon as it holds MAX_BUFFERED_BYTES:
     a key then reaches the group step in several batches, each with the displays it needs."""
     from pipelines.issue_pipeline import run
-    from tests.pipeline_support import BASE, canonical, occurrence, read_tables, write_jsonl
+    from tests.pipeline_support import BASE, canonical_tables, occurrence, read_tables, write_jsonl
     from transforms.parse import _IngestFn
     payloads = [occurrence(f"fp-{i % 3}", t=BASE + i, title=f"title {i % 2}") for i in range(40)]
     path = write_jsonl(tmp_path / "in.jsonl", payloads)
@@ -64,8 +64,7 @@ def test_batches_sent_early_give_the_same_tables(tmp_path, monkeypatch):
     run(["--input", path, "--output", str(tmp_path / "early")])
     at_end, early = read_tables(tmp_path / "at_end"), read_tables(tmp_path / "early")
     assert len(at_end["occurrences"]) == 40 and len(at_end["groups"]) >= 3
-    assert {name: canonical(rows) for name, rows in early.items()} == {
-        name: canonical(rows) for name, rows in at_end.items()}
+    assert canonical_tables(early) == canonical_tables(at_end)
 
 
 def test_keys_sharing_a_shard_give_the_same_tables(tmp_path, monkeypatch):
@@ -74,7 +73,7 @@ def test_keys_sharing_a_shard_give_the_same_tables(tmp_path, monkeypatch):
     apart, with its own displays, seed and snapshot."""
     import issue_platform.pending
     from pipelines.issue_pipeline import run
-    from tests.pipeline_support import BASE, canonical, occurrence, read_tables, write_jsonl
+    from tests.pipeline_support import BASE, canonical_tables, occurrence, read_tables, write_jsonl
     first = [occurrence(f"fp-{i % 5}", t=BASE + i, title=f"title {i % 3}") for i in range(40)]
     second = [occurrence(f"fp-{i % 7}", t=BASE + 100 + i, title=f"title {i % 2}") for i in range(40)]
     paths = [write_jsonl(tmp_path / f"{name}.jsonl", rows) for name, rows in (("first", first), ("second", second))]
@@ -91,5 +90,4 @@ def test_keys_sharing_a_shard_give_the_same_tables(tmp_path, monkeypatch):
     assert len(sharded[0]["groups"]) >= 5 and len(sharded[1]["occurrences"]) == 40
     assert any(row["outcome"] == "grouped" for row in sharded[1]["occurrences"])
     for got, expected in zip(single, sharded):
-        assert {name: canonical(rows) for name, rows in got.items()} == {
-            name: canonical(rows) for name, rows in expected.items()}
+        assert canonical_tables(got) == canonical_tables(expected)
