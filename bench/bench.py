@@ -4,10 +4,10 @@ Generates `--count` payloads (cached as bench/data/payloads-{count}-{seed}.jsonl
 measurement in a fresh subprocess, so that its peak RSS (ru_maxrss) belongs to that measurement alone:
 
   plain     one process, no Beam: read the lines, parse and validate (fast validator), gate occurrences
-            as GateIngest does (config.allows, cached per type and project), encode every event compactly
+            with the pipeline's IngestGate (issue_platform.ingest_gate), encode every event compactly
             and bucket it by group key with its interned display, taking the default --as_of (the latest
             event time) in the same pass; then per key decode, sort into event-time order, run
-            GroupProcessor over a fresh KeyState up to as_of and encode the state. Every output row of
+            RulesEngine over a fresh KeyState up to as_of and encode the state. Every output row of
             every table (dead letters, evidence, activity and the keys' final snapshots included) is
             serialised as the pipeline's writer does; bytes are counted, not written.
   pipeline  pipelines.issue_pipeline.run on FnApiRunner, wall clock from construction to finish (its
@@ -44,34 +44,35 @@ sys.path.insert(0, ROOT)
 SCALE_COUNT = 1_000_000
 STREAM_COUNTS = (5_000, 20_000)
 TARGET_RATIO, TARGET_RSS_RATIO, TARGET_STREAMING_PER_S = 0.75, 1.5, 1_500  # issue #12
-ALLOWED_LATENESS_SECONDS = 600.0  # transforms.groups.DEFAULT_ALLOWED_LATENESS_SECONDS (a Beam module)
 
 
 def plain(path: str) -> tuple[Counter, Counter]:
     """The pipeline's work as one loop: (counters named as the pipeline's, output bytes per table)."""
     import orjson
 
-    from issue_platform import outcomes as R
     from issue_platform.config import load_config
+    from issue_platform.dead_letters import dead_letter_row
     from issue_platform.fingerprint import group_key
-    from issue_platform.groups import DEFAULT_DEDUPE_WINDOW_SECONDS, GroupProcessor, KeyState
-    from issue_platform.snapshot import snapshot_row
-    from issue_platform.tables import (DEAD_LETTER, EVIDENCE, OCCURRENCES, STATE, counter_name, dead_letter_row,
-                                       evidence_row, occurrence_row)
-    from issue_platform.pending import Admission, Display, decode, encode_occurrence, encode_status_change, sort_key
+    from issue_platform.flush import DEFAULT_ALLOWED_LATENESS_SECONDS
+    from issue_platform.ingest_gate import IngestGate, ingest_disabled_row
+    from issue_platform.key_state import KeyState
+    from issue_platform.rules_engine import DEFAULT_DEDUPE_WINDOW_SECONDS, RulesEngine
+    from issue_platform.snapshot_codec import snapshot_row
+    from issue_platform.tables import DEAD_LETTER, EVIDENCE, OCCURRENCES, STATE, counter_name, evidence_row
+    from issue_platform.pending import Display, decode, encode_occurrence, encode_status_change, sort_key
     from issue_platform.validation import DEFAULT_MAX_PAYLOAD_BYTES as MAX, Occurrence, PayloadValidator, \
         Rejected, parse
 
     config = load_config()
     registry = config.registry()
-    counts, sizes, admissions = Counter(), Counter(), {}
+    counts, sizes, gate = Counter(), Counter(), IngestGate(config, registry)
     buckets, displays, unstamped = defaultdict(list), defaultdict(dict), []
     validator, latest = PayloadValidator("fast", registry), -math.inf
 
     def emit(table: str, row: dict) -> None:
         sizes[table] += len(orjson.dumps(row, option=orjson.OPT_NON_STR_KEYS)) + 1
 
-    def emit_counted(rows: list) -> None:  # ProcessGroupsFn._emit's counters
+    def emit_counted(rows: list) -> None:  # ApplyRulesFn._emit's counters
         for table, row in rows:
             name = counter_name(table, row)
             if name is not None:
@@ -93,41 +94,29 @@ def plain(path: str) -> tuple[Counter, Counter]:
             except Rejected as rej:
                 emit_counted([(DEAD_LETTER, dead_letter_row(rej, raw, MAX))])
                 continue
-            project = config.project(p.project_id)
             key = group_key(p.project_id, p.fingerprint[0])
+            admission = gate.admit(p)
             if not isinstance(p, Occurrence):  # status changes are never gated; no update_date: stamped as_of
-                admission = Admission(resolve_age_hours=project.resolve_age_hours)
                 if p.update_date is None:
                     unstamped.append((key, p, admission))
                 else:
                     buckets[key].append(encode_status_change(p, p.update_date, admission))
                 continue
-            admission = admissions.get((p.type, p.project_id))
             if admission is None:
-                gtype = registry.get_by_type_id(p.type)
-                admission = admissions[p.type, p.project_id] = (
-                    config.allows(gtype, "ingest", p.project_id),
-                    Admission(config.allows(gtype, "post_process", p.project_id),
-                              config.allows(gtype, "visible", p.project_id), project.resolve_age_hours))
-            if not admission[0]:
-                emit_counted([(OCCURRENCES, occurrence_row(
-                    occurrence_id=p.id, project_id=p.project_id, fingerprint=p.fingerprint, type_id=p.type,
-                    event_id=p.event_id, display=Display(p.issue_title, p.subtitle, p.culprit, p.level, p.environment),
-                    priority=p.priority if p.priority is not None else p.initial_priority, resource_id=p.resource_id,
-                    detection_time=p.detection_time, group_id=None, outcome=R.INGEST_DISABLED))])
+                emit_counted([(OCCURRENCES, ingest_disabled_row(p))])
                 continue
-            record, digest, display = encode_occurrence(p, admission[1])
+            record, digest, display = encode_occurrence(p, admission)
             displays[key][digest] = display
             buckets[key].append(record)
             emit(EVIDENCE, evidence_row(p))
     as_of = latest if latest > -math.inf else math.inf
     for key, change, admission in unstamped:
         buckets[key].append(encode_status_change(change, as_of, admission))
-    dedupe_window = max(DEFAULT_DEDUPE_WINDOW_SECONDS, ALLOWED_LATENESS_SECONDS)
+    dedupe_window = max(DEFAULT_DEDUPE_WINDOW_SECONDS, DEFAULT_ALLOWED_LATENESS_SECONDS)
     for key, records in buckets.items():
         state = KeyState()
         interned = {digest: Display.decode(data) for digest, data in displays.pop(key, {}).items()}
-        processor = GroupProcessor(key, state, interned, registry, dedupe_window, as_of)
+        processor = RulesEngine(key, state, interned, registry, dedupe_window, as_of)
         for event in sorted(map(decode, records), key=sort_key):
             emit_counted(processor.apply(event))
         emit_counted(processor.finish(math.inf))
@@ -146,9 +135,6 @@ def pipeline(path: str) -> tuple[dict, Counter, dict]:
     from pipelines.issue_pipeline import run
     from issue_platform.tables import GROUPS
     from pipelines.summary import counters, latest_groups
-    from transforms.groups import DEFAULT_ALLOWED_LATENESS_SECONDS
-
-    assert DEFAULT_ALLOWED_LATENESS_SECONDS == ALLOWED_LATENESS_SECONDS, "update ALLOWED_LATENESS_SECONDS"
 
     out = tempfile.mkdtemp(prefix="bench-out-")
     try:
@@ -206,7 +192,7 @@ def child(kind: str, path: str) -> None:
     if kind in ("pipeline", "streaming", "replay"):
         import pipelines.issue_pipeline  # noqa: F401
     else:
-        import issue_platform.groups, issue_platform.pending, issue_platform.validation  # noqa: F401,E401
+        import issue_platform.rules_engine, issue_platform.pending, issue_platform.validation  # noqa: F401,E401
     work = {"plain": plain, "pipeline": pipeline, "streaming": streaming, "replay": replay_only}[kind]
     start = time.perf_counter()
     counts, sizes, *run_only = work(path)  # a pipeline measures its run alone, without the checks after it

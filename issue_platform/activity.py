@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Optional
 
 from issue_platform.enums import PriorityLevel
-from issue_platform.group_state import Group
+from issue_platform.key_state import Group
 from issue_platform.tables import ACTIVITY, activity_row
 
 SET_RESOLVED, SET_IGNORED, SET_UNRESOLVED = "set_resolved", "set_ignored", "set_unresolved"

@@ -17,7 +17,7 @@ from __future__ import annotations
 from issue_platform.activity import ISSUE_PLATFORM, SET_REGRESSION, Row, record, update_priority
 from issue_platform.enums import GroupStatus as S
 from issue_platform.enums import GroupSubStatus as Sub
-from issue_platform.group_state import Group
+from issue_platform.key_state import Group
 from issue_platform.grouptype import GroupType
 from issue_platform.pending import Display, PendingOccurrence
 

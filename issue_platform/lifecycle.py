@@ -2,7 +2,7 @@
 
 Sentry runs these from cron tasks and post-processing; here each is a rule on a `Group` at an event
 time, and `next_transition` says when the next time-driven one falls due, so the event-time driver
-(`groups.GroupProcessor`) can interleave them with events:
+(`rules_engine.RulesEngine`) can interleave them with events:
 
 * auto-resolve (`tasks/auto_resolve_issues.py`): UNRESOLVED groups of types with
   `enable_auto_resolve` resolve once `last_seen` is `resolve_age` hours old.
@@ -30,7 +30,7 @@ from issue_platform.activity import (AUTO_SET_ONGOING, ESCALATING, ONGOING, SET_
                                      Row, record, update_priority)
 from issue_platform.enums import GroupStatus as S
 from issue_platform.enums import GroupSubStatus as Sub
-from issue_platform.group_state import Group
+from issue_platform.key_state import Group
 from issue_platform.grouptype import GroupType
 
 HOUR, DAY = 3600.0, 86400.0

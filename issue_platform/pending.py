@@ -1,7 +1,7 @@
 """Compact encodings of events waiting in a key's event-time buffer.
 
 A batch run buffers every event of a key until the watermark passes it (see
-transforms/groups.py), so what is buffered must be small: a fixed 65-byte head plus the extra
+transforms/apply_rules.py), so what is buffered must be small: a fixed 65-byte head plus the extra
 fingerprint hashes and the resource id. The strings an occurrence shares with its neighbours
 (title, subtitle, culprit, level, environment) are interned: stored once per key as a
 `Display`, referenced by an 8-byte digest (collisions would need two of a key's few displays to
@@ -20,7 +20,7 @@ import orjson
 
 from issue_platform.validation import Occurrence, Rejected, StatusChange, parse_time
 
-OCCURRENCE, STATUS_CHANGE, DISPLAY, SEED, BATCH = 0, 1, 2, 3, 4  # SEED: a resumed key's state (issue_platform.snapshot)
+OCCURRENCE, STATUS_CHANGE, DISPLAY, SEED, BATCH = 0, 1, 2, 3, 4  # SEED: a resumed key's state (issue_platform.snapshot_codec)
 _NONE = 0xFF
 # kind | admission flags, time, id, event id, type, priority | initial priority, display digest,
 # n extra fingerprint parts, resolve age (hours), the event's timestamp

@@ -8,18 +8,18 @@ from __future__ import annotations
 
 from typing import Optional
 
-from issue_platform import outcomes as O
+from issue_platform import outcomes
 from issue_platform.activity import (AUTO_SET_ONGOING, SET_IGNORED, SET_REGRESSION, SET_RESOLVED, SET_UNRESOLVED,
                                      Row, record)
 from issue_platform.enums import GroupStatus as S
 from issue_platform.enums import GroupSubStatus as Sub
-from issue_platform.group_state import Group
+from issue_platform.key_state import Group
 from issue_platform.lifecycle import escalate, set_ongoing
 from issue_platform.pending import PendingStatusChange
 
 # Status-change outcomes (`duplicate`: its id was seen within the dedupe window, as for occurrences).
 APPLIED, NO_OP, GROUP_NOT_FOUND = "applied", "no_op", "group_not_found"
-INVALID_TRANSITION, UNSUPPORTED_STATUS, DUPLICATE = "invalid_transition", "unsupported_status", O.DUPLICATE
+INVALID_TRANSITION, UNSUPPORTED_STATUS, DUPLICATE = "invalid_transition", "unsupported_status", outcomes.DUPLICATE
 _IGNORED_SUBSTATUSES = {Sub.UNTIL_ESCALATING, Sub.UNTIL_CONDITION_MET, Sub.FOREVER}
 
 

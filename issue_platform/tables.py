@@ -135,7 +135,7 @@ def iso(ts: float) -> str:
 
 
 def group_row(group) -> dict:
-    """A snapshot of a group (`issue_platform.groups.Group`); the highest `version` is current."""
+    """A snapshot of a group (`issue_platform.key_state.Group`); the highest `version` is current."""
     return {
         "group_id": group.group_id, "project_id": group.project_id, "type": group.type,
         "fingerprint": group.primary_hash, "title": group.title, "subtitle": group.subtitle,
@@ -192,7 +192,7 @@ def evidence_row(occurrence) -> dict:
 
 def state_row(*, key: str, project_id: int, group_id: Optional[int], snapshot_format: int, snapshot_at: float,
               revision: int, state: str) -> dict:
-    """A key's whole state as of `snapshot_at` (see issue_platform.snapshot); per key, the row with the
+    """A key's whole state as of `snapshot_at` (see issue_platform.snapshot_codec); per key, the row with the
     highest (snapshot_at, revision) is current."""
     return {"key": key, "project_id": project_id, "group_id": group_id, "format": snapshot_format,
             "snapshot_at": iso(snapshot_at), "revision": revision, "state": state}
@@ -205,16 +205,3 @@ def post_process_message(row: dict) -> tuple[str, bytes, dict[str, str]]:
                   "group_type": str(row["group_type"]), "is_new": "true" if row["is_new"] else "false",
                   "is_regression": "true" if row["is_regression"] else "false"}
     return attributes["group_id"], orjson.dumps(row), attributes
-
-
-def dead_letter_row(rejected, raw, max_bytes: int, source: Optional[str] = None) -> dict:
-    """The dead-letter row of a `validation.Rejected` (stage, reason, field, message) and the raw
-    record (bytes, str or dict), capped at `max_bytes` characters; `source`: a live message's
-    coordinates (`kafka:TOPIC:PARTITION:OFFSET`, `pubsub:SUBSCRIPTION:MESSAGE_ID`), so it can be found
-    again; null for files."""
-    if isinstance(raw, dict):
-        raw = orjson.dumps(raw, default=str)
-    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
-    return {"stage": rejected.stage, "reason": rejected.reason, "field": rejected.field,
-            "error": rejected.message, "payload": text[:max_bytes], "payload_truncated": len(text) > max_bytes,
-            "source": source}

@@ -20,7 +20,7 @@ import jsonschema
 import orjson
 
 import schemas
-from issue_platform import outcomes as R
+from issue_platform import outcomes
 from issue_platform.enums import PayloadType
 from issue_platform.fingerprint import hash_fingerprint
 from issue_platform.grouptype import GroupTypeRegistry, registry as default_registry
@@ -41,7 +41,7 @@ _JSON_SCALARS = (str, int, float, type(None))  # bool is an int
 class Rejected(Exception):
     """A payload we will not process: a stable `reason`, the `field` at fault and a message."""
 
-    def __init__(self, reason: str, field: str, message: str, stage: str = R.STAGE_VALIDATE):
+    def __init__(self, reason: str, field: str, message: str, stage: str = outcomes.STAGE_VALIDATE):
         super().__init__(message)
         self.reason, self.field, self.stage = reason, field, stage
         self.message = message[:_MESSAGE_LIMIT]
@@ -97,16 +97,16 @@ def _reason(keyword: str, path: list, definition: Any, instance: Any) -> tuple[s
     field = ".".join(str(p) for p in path)
     if keyword == "required":
         missing = next((f for f in definition if not (isinstance(instance, dict) and f in instance)), "")
-        return R.MISSING_FIELD, ".".join(str(p) for p in [*path, missing])
+        return outcomes.MISSING_FIELD, ".".join(str(p) for p in [*path, missing])
     if keyword == "anyOf" and not path:
-        return R.MISSING_EVENT, "event_id"
+        return outcomes.MISSING_EVENT, "event_id"
     if keyword == "minItems" and path == ["fingerprint"]:
-        return R.EMPTY_FINGERPRINT, field
+        return outcomes.EMPTY_FINGERPRINT, field
     if keyword == "type" and len(path) == 2 and path[0] == "fingerprint":
-        return R.INVALID_FINGERPRINT, field
+        return outcomes.INVALID_FINGERPRINT, field
     if keyword == "type":
-        return R.INVALID_TYPE, field
-    return R.INVALID_VALUE, field
+        return outcomes.INVALID_TYPE, field
+    return outcomes.INVALID_VALUE, field
 
 
 def _schema_check(name: str, payload: dict, mode: str) -> Optional[tuple[str, str]]:
@@ -129,12 +129,12 @@ def _schema_check(name: str, payload: dict, mode: str) -> Optional[tuple[str, st
 
 # One message per reason, naming the field and what was expected; never echoing payload content.
 _MESSAGES = {
-    R.MISSING_FIELD: "missing required field '{field}'",
-    R.MISSING_EVENT: "payload must contain either 'event_id' or 'event'",
-    R.EMPTY_FINGERPRINT: "'{field}' must contain at least one part",
-    R.INVALID_FINGERPRINT: "'{field}': fingerprint parts must be strings",
-    R.INVALID_TYPE: "'{field}' must be {expected}",
-    R.INVALID_VALUE: "'{field}' must be {expected}",
+    outcomes.MISSING_FIELD: "missing required field '{field}'",
+    outcomes.MISSING_EVENT: "payload must contain either 'event_id' or 'event'",
+    outcomes.EMPTY_FINGERPRINT: "'{field}' must contain at least one part",
+    outcomes.INVALID_FINGERPRINT: "'{field}': fingerprint parts must be strings",
+    outcomes.INVALID_TYPE: "'{field}' must be {expected}",
+    outcomes.INVALID_VALUE: "'{field}' must be {expected}",
 }
 _TYPE_NAMES = {"string": "a string", "integer": "an integer", "number": "a number", "object": "an object",
                "array": "an array", "boolean": "true or false", "null": "null"}
@@ -210,14 +210,14 @@ def parse(raw: Union[bytes, str, dict], max_bytes: int = DEFAULT_MAX_PAYLOAD_BYT
     if isinstance(raw, dict):
         return raw
     if len(raw) > max_bytes:
-        raise Rejected(R.PAYLOAD_TOO_LARGE, "", f"payload is {len(raw)} bytes, limit {max_bytes}", R.STAGE_PARSE)
+        raise Rejected(outcomes.PAYLOAD_TOO_LARGE, "", f"payload is {len(raw)} bytes, limit {max_bytes}", outcomes.STAGE_PARSE)
     try:
         payload = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise Rejected(R.INVALID_JSON, "", f"not valid JSON: {exc}", R.STAGE_PARSE) from None
+        raise Rejected(outcomes.INVALID_JSON, "", f"not valid JSON: {exc}", outcomes.STAGE_PARSE) from None
     if not isinstance(payload, dict):
-        raise Rejected(R.NOT_AN_OBJECT, "", f"payload must be a JSON object, got {type(payload).__name__}",
-                       R.STAGE_PARSE)
+        raise Rejected(outcomes.NOT_AN_OBJECT, "", f"payload must be a JSON object, got {type(payload).__name__}",
+                       outcomes.STAGE_PARSE)
     return payload
 
 
@@ -230,17 +230,17 @@ def check_depth(value: Any, limit: int = DEFAULT_MAX_DEPTH) -> None:
     while stack:
         node, depth, path = stack.pop()
         if depth > limit:
-            raise Rejected(R.TOO_DEEP, "", f"payload nests deeper than {limit} levels")
+            raise Rejected(outcomes.TOO_DEEP, "", f"payload nests deeper than {limit} levels")
         for name, child in (node.items() if isinstance(node, dict) else enumerate(node)):
             if isinstance(child, (dict, list)):
                 stack.append((child, depth + 1, (*path, name)))
             elif isinstance(child, int) and not INT64_MIN <= child <= INT64_MAX:
                 field = ".".join(str(p) for p in (*path, name))
-                raise Rejected(R.INVALID_VALUE, field,
+                raise Rejected(outcomes.INVALID_VALUE, field,
                                f"'{field}' must be an integer between {INT64_MIN} and {INT64_MAX}")
             elif not isinstance(child, _JSON_SCALARS):
                 field = ".".join(str(p) for p in (*path, name))
-                raise Rejected(R.INVALID_TYPE, field, f"'{field}' must be a JSON value (a string, number, "
+                raise Rejected(outcomes.INVALID_TYPE, field, f"'{field}' must be a JSON value (a string, number, "
                                                       "true/false, null, object or array)")
 
 
@@ -248,7 +248,7 @@ def _uuid_hex(value: str, field: str) -> str:
     try:
         return uuid.UUID(value).hex
     except (ValueError, AttributeError, TypeError):
-        raise Rejected(R.INVALID_UUID, field, f"{field} must be a UUID") from None
+        raise Rejected(outcomes.INVALID_UUID, field, f"{field} must be a UUID") from None
 
 
 def parse_time(value: Any, field: str) -> float:
@@ -261,18 +261,18 @@ def parse_time(value: Any, field: str) -> float:
         try:
             parsed = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
         except ValueError:
-            raise Rejected(R.INVALID_VALUE, field, f"'{field}' must be an RFC 3339 time or unix seconds") from None
+            raise Rejected(outcomes.INVALID_VALUE, field, f"'{field}' must be an RFC 3339 time or unix seconds") from None
         if parsed.tzinfo is None:
             parsed = parsed.replace(tzinfo=timezone.utc)
         return parsed.timestamp()
-    raise Rejected(R.INVALID_TYPE, field, f"'{field}' must be an RFC 3339 time or unix seconds")
+    raise Rejected(outcomes.INVALID_TYPE, field, f"'{field}' must be an RFC 3339 time or unix seconds")
 
 
 def bounded_time(value: Any, field: str) -> float:
     """`parse_time`, then the one range every accepted time must lie in (finite: NaN fails too)."""
     seconds = parse_time(value, field)
     if not (EARLIEST_TIME < seconds <= LATEST_TIME):  # also false for NaN
-        raise Rejected(R.INVALID_VALUE, field, f"'{field}' must be {TIME_EXPECTED}"
+        raise Rejected(outcomes.INVALID_VALUE, field, f"'{field}' must be {TIME_EXPECTED}"
                        + (", or an RFC 3339 time in that range" if field == "update_date" else ""))
     return seconds
 
@@ -292,7 +292,7 @@ def _check_whole_numbers(name: str, payload: dict, prefix: str, reason: Optional
     integers written as integers (their range is in the schema)."""
     for field in _INTEGER_FIELDS[name]:
         if isinstance(payload.get(field), float):
-            raise Rejected(reason or R.INVALID_VALUE, prefix + field,
+            raise Rejected(reason or outcomes.INVALID_VALUE, prefix + field,
                            f"'{prefix}{field}' must be {expected(name, [field])}, written without a fraction")
 
 
@@ -312,14 +312,14 @@ class PayloadValidator:
             return self._occurrence(payload)
         if payload_type == PayloadType.STATUS_CHANGE.value:
             return self._status_change(payload)
-        raise Rejected(R.UNKNOWN_PAYLOAD_TYPE, "payload_type", "payload_type must be 'occurrence' or 'status_change'")
+        raise Rejected(outcomes.UNKNOWN_PAYLOAD_TYPE, "payload_type", "payload_type must be 'occurrence' or 'status_change'")
 
     def _schema(self, name: str, payload: dict, prefix: str = "", reason: Optional[str] = None) -> None:
         failure = _schema_check(name, payload, self.mode)
         if failure:
             code, field = failure
             words = expected(name, field.split(".") if field else []) if code in (
-                R.INVALID_TYPE, R.INVALID_VALUE) else ""
+                outcomes.INVALID_TYPE, outcomes.INVALID_VALUE) else ""
             field = f"{prefix}{field}" if field else prefix.rstrip(".")
             raise Rejected(reason or code, field, _MESSAGES[code].format(field=field or "payload", expected=words))
         _check_whole_numbers(name, payload, prefix, reason)
@@ -330,18 +330,18 @@ class PayloadValidator:
         project_id = int(p["project_id"])
         type_id = int(p["type"])
         if self.types.find(type_id) is None:
-            raise Rejected(R.UNKNOWN_GROUP_TYPE, "type",
+            raise Rejected(outcomes.UNKNOWN_GROUP_TYPE, "type",
                            "'type' must be the id of a registered group type (list them: issue-platform types)")
         event = p.get("event")
         event_id = p.get("event_id")
         environment = ""
         if event is not None:
-            self._schema("event", event, "event.", R.INVALID_EVENT)
+            self._schema("event", event, "event.", outcomes.INVALID_EVENT)
             if int(event["project_id"]) != project_id:
-                raise Rejected(R.PROJECT_MISMATCH, "event.project_id", "'event.project_id' must equal 'project_id'")
+                raise Rejected(outcomes.PROJECT_MISMATCH, "event.project_id", "'event.project_id' must equal 'project_id'")
             event_hex = _uuid_hex(event["event_id"], "event.event_id")
             if event_id is not None and _uuid_hex(event_id, "event_id") != event_hex:
-                raise Rejected(R.INVALID_VALUE, "event_id", "event_id differs from event.event_id")
+                raise Rejected(outcomes.INVALID_VALUE, "event_id", "event_id differs from event.event_id")
             event_id = event_hex
             environment = event["environment"]
         else:

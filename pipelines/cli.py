@@ -15,7 +15,6 @@ error (one line on stderr); 130 interrupted; 141 stdout closed early (`... | hea
 from __future__ import annotations
 
 import argparse
-import difflib
 import gzip
 import logging
 import os
@@ -24,29 +23,19 @@ import sys
 import time
 from typing import Optional, Sequence
 
-from issue_platform.config import ConfigError, PlatformConfig, load_config
+from issue_platform.config import ConfigError, PlatformConfig
 from issue_platform.enums import GroupCategory, PriorityLevel
 from issue_platform.grouptype import registry
+from pipelines.options import RUN_OPTIONS, add_config_args
+from pipelines.plan import read_config
 from transforms.read import InputError
 
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 1, 2, 130, 141
 
 
-def _config_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML or JSON file with extra group_types, projects and release flags")
-    parser.add_argument("--group_types_module", action="append", default=[],
-                        help="Python module to import that defines GroupType subclasses (repeatable)")
-
-
 def _load(args) -> PlatformConfig:
-    """The config, installed (its types registered). A type module that exits on import is an error."""
-    try:
-        config = load_config(args.config, tuple(args.group_types_module or ()))
-        config.install()
-    except SystemExit as exc:
-        raise ConfigError(f"--group_types_module: a module called sys.exit({exc.code!r}) while being imported") \
-            from None
-    return config
+    """The config (read as the job reads it), installed: its types registered in this process."""
+    return read_config(args.config, args.group_types_module, install=True)
 
 
 def cmd_types(args) -> int:
@@ -152,85 +141,70 @@ def cmd_flags(args) -> int:
 
 
 def _run_args(parser: argparse.ArgumentParser) -> None:
-    from pipelines.options import IssuePlatformOptions, SinkOptions
-
-    IssuePlatformOptions._add_argparse_args(parser)  # the job's own options, with their help
-    SinkOptions._add_argparse_args(parser)
-    parser.add_argument("--streaming", action="store_true",
+    """`run`'s options, generated from the option classes the run plan reads (one help group each),
+    then Beam's runner options."""
+    for options in RUN_OPTIONS:
+        options._add_argparse_args(parser.add_argument_group(options.TITLE))
+    runner = parser.add_argument_group("runner (Beam's own options)")
+    runner.add_argument("--streaming", action="store_true",
                         help="replay the input as a stream in event-time order (BundleBasedDirectRunner); "
                              "the results equal a batch run's. Default: batch (FnApiRunner)")
-    parser.add_argument("--runner", help="Beam runner. Default: FnApiRunner, or BundleBasedDirectRunner "
+    runner.add_argument("--runner", help="Beam runner. Default: FnApiRunner, or BundleBasedDirectRunner "
                                          "with --streaming")
 
 
-def _beam_parser() -> argparse.ArgumentParser:
-    """The parser Beam builds from every PipelineOptions subclass (PipelineOptions.get_all_options),
-    so any Beam option passes and anything else is reported."""
-    from apache_beam.options.pipeline_options import PipelineOptions
-
-    captured = []
-    PipelineOptions([]).get_all_options(add_extra_args_fn=captured.append)
-    return captured[0]
-
-
-def _check_beam_args(rest: Sequence[str], parser: argparse.ArgumentParser) -> None:
-    """Options `run` does not know itself must be Beam's; otherwise one line naming the closest."""
-    beam = _beam_parser()
-    _, unknown = beam.parse_known_args(list(rest))
-    if not unknown:
-        return
-    arg = unknown[0]
-    if not arg.startswith("-"):
-        raise ConfigError(f"run: unexpected argument {arg!r} (options take the form --name value)")
-    known = {o.replace("-", "_"): o for p in (parser, beam) for a in p._actions for o in a.option_strings
-             if o.startswith("--")}
-    name = arg.split("=", 1)[0]
-    close = difflib.get_close_matches(name.replace("-", "_"), list(known), n=1, cutoff=0.6)
-    hint = f"; did you mean {known[close[0]]}?" if close else ""
-    raise ConfigError(f"run: unknown option {name}{hint} (see issue-platform run --help)")
+RUN_EPILOG = """\
+Beam options: any Apache Beam pipeline option passes through to Beam as --name value or --name=value;
+any other option is an error. Those this guide relies on:
+  --temp_location DIR        where batch BigQuery load jobs and Dataflow stage files (e.g. gs://bucket/tmp)
+  --bootstrap_servers H:P    Kafka brokers of --source kafka. Default: localhost:9092
+  --direct_num_workers N     worker threads or processes of the local runners. Default: 1
+e.g. --runner DataflowRunner --project P --region R --temp_location gs://bucket/tmp"""
 
 
 def cmd_run(args, argv: Sequence[str]) -> int:
     from pipelines.summary import counters, counts_from_outputs, earliest_event_time, latest_groups, render
-    from transforms.read import Progress
 
-    config = _load(args)
     argv = list(argv)
     if (args.progress or sys.stderr.isatty()) and "--progress" not in argv:
         argv.append("--progress")
-    Progress.start()
-    started, facts = time.monotonic(), {}
-    result = _run_job(argv, config, facts, args.output)
-    if result is None:
+    started = time.monotonic()
+    ran = _run_job(argv, args.output)
+    if ran is None:
         return EXIT_INTERRUPTED
+    plan, result = ran
     elapsed = time.monotonic() - started
-    files = args.sink == "jsonl"
-    totals = counts_from_outputs(args.output) if args.streaming and files else counters(result)
-    if args.streaming:
-        totals["records.blank_lines"] = facts.get("blank_lines", 0)
-    print(render(totals, latest_groups(args.output) if files else [], args.output if files else None, elapsed))
+    files = plan.sinks.files
+    totals = counts_from_outputs(plan.output) if plan.streaming and files else counters(result)
+    if plan.streaming:
+        totals["records.blank_lines"] = plan.blank_lines
+    print(render(totals, latest_groups(plan.output) if files else [], plan.output if files else None, elapsed))
     if not files:
-        print(f"output: BigQuery {args.bigquery_dataset} (see its groups_current view)")
-    earliest = facts.get("earliest") if facts.get("earliest") is not None else earliest_event_time(result)
-    if args.as_of is not None and earliest is not None and facts["as_of"] < earliest:
-        print(f"issue-platform: warning: --as_of {args.as_of} is before every event in the input: no "
+        print(f"output: BigQuery {plan.sinks.bigquery_dataset} (see its groups_current view)")
+    earliest = plan.earliest if plan.earliest is not None else earliest_event_time(result)
+    if plan.as_of_given is not None and earliest is not None and plan.as_of < earliest:
+        print(f"issue-platform: warning: --as_of {plan.as_of_given} is before every event in the input: no "
               "time-driven transition (auto-resolve, back to ongoing) was applied", file=sys.stderr)
-    if "--progress" in argv:
+    if plan.progress:
+        from transforms.read import Progress
+
         print(f"done: {Progress.count:,} records read in {elapsed:.1f} s", file=sys.stderr)
     return 0
 
 
-def _run_job(argv: list, config: PlatformConfig, facts: dict, output: str):
-    """The job's `PipelineResult`, or None if interrupted; a failure inside the job becomes one line
-    (an `InputError` if a file was the cause). Beam's own logging is muted meanwhile: it would
+def _run_job(argv: list, output: str):
+    """(the `RunPlan`, its `PipelineResult`), or None if interrupted; a failure inside the job becomes
+    one line (an `InputError` if a file was the cause). Beam's own logging is muted meanwhile: it would
     print the traceback this replaces."""
-    from pipelines.issue_pipeline import run
+    from pipelines import issue_pipeline
+    from pipelines.plan import plan_run
 
     beam_logger = logging.getLogger("apache_beam")
     level = beam_logger.level
     beam_logger.setLevel(logging.CRITICAL)
     try:
-        return run(argv, config, facts)
+        plan = plan_run(argv)
+        return plan, issue_pipeline.execute(plan)
     except (ConfigError, InputError):
         raise
     except KeyboardInterrupt:
@@ -282,15 +256,11 @@ def build_parser() -> argparse.ArgumentParser:
         return sub.add_parser(name, help=help_text, description=help_text, **kwargs)
 
     run_p = command("run", "run the pipeline (default input: the bundled sample)",
-                    formatter_class=argparse.RawDescriptionHelpFormatter, epilog=(
-                        "Any Apache Beam pipeline option passes through to Beam as --name value or "
-                        "--name=value,\ne.g. --direct_num_workers 2, or --runner DataflowRunner --project P "
-                        "--region R\n--temp_location gs://bucket/tmp. Any other option is an error."))
+                    formatter_class=argparse.RawDescriptionHelpFormatter, epilog=RUN_EPILOG)
     _run_args(run_p)
-    run_p.set_defaults(parser=run_p)
 
     types_p = command("types", "list the registered issue types")
-    _config_args(types_p)
+    add_config_args(types_p)
 
     validate_p = command("validate", "validate payload files (JSON Lines, .jsonl.gz, Avro) as `run` would; "
                                      "exit 1 if any record is invalid")
@@ -299,17 +269,17 @@ def build_parser() -> argparse.ArgumentParser:
                             help="payloads larger than this many bytes are invalid. Default: 1048576")
     validate_p.add_argument("--validator", choices=("fast", "spec"), default="fast",
                             help="schema validator; both decide alike. Default: fast")
-    _config_args(validate_p)
+    add_config_args(validate_p)
 
     flag_p = command("createissueflag", "print flagpole YAML for an issue type's release flags "
                                         "(YAML on stdout, so `>> config.yaml` works)")
     flag_p.add_argument("--slug", required=True, help="the group type's slug (see `issue-platform types`)")
     flag_p.add_argument("--owner", required=True, help="owning team")
-    _config_args(flag_p)
+    add_config_args(flag_p)
 
     flags_p = command("flags", "show which release flags are on for each configured project")
     flags_p.add_argument("--project", type=int, help="only this project id")
-    _config_args(flags_p)
+    add_config_args(flags_p)
 
     generate_p = command("generate", "write realistic synthetic payloads as JSON Lines")
     generate_p.add_argument("--count", type=int, required=True, help="number of payloads to write")
@@ -333,8 +303,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     try:
-        if args.command == "run":
-            _check_beam_args(rest, args.parser)
+        if args.command == "run":  # the run plan checks the options argparse leaves (`rest`): Beam's
             return cmd_run(args, argv[argv.index("run") + 1:])
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")

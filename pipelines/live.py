@@ -116,11 +116,11 @@ class _BigQueryTables:
 
     def outcomes(self) -> int:
         """Rows for the sent payloads so far (every payload ends in exactly one of these tables)."""
-        from issue_platform import outcomes as R
+        from issue_platform import outcomes
         from issue_platform.tables import DEAD_LETTER, OCCURRENCES, STATUS_CHANGES
 
         return (len(self.rows(OCCURRENCES)) + len(self.rows(STATUS_CHANGES))
-                + sum(row["stage"] != R.STAGE_SINK for row in self.rows(DEAD_LETTER)))
+                + sum(row["stage"] != outcomes.STAGE_SINK for row in self.rows(DEAD_LETTER)))
 
 
 def _not_heartbeat(messages: list, project_of) -> list:

@@ -13,8 +13,10 @@ import sys
 
 import orjson
 
-from issue_platform.config import ConfigError, load_config
+from issue_platform.config import ConfigError
 from issue_platform.grouptype import registry
+from pipelines.options import add_config_args
+from pipelines.plan import read_config
 from transforms.read import input_files, numbered_records
 
 
@@ -24,10 +26,9 @@ def register(sub) -> None:
     parser.add_argument("files", nargs="+", help="payload files or globs: JSON Lines (.jsonl, .jsonl.gz) or Avro")
     parser.add_argument("--to", required=True, metavar="TARGET",
                         help="pubsub:projects/P/topics/T or kafka:HOST:PORT[,HOST:PORT...]/TOPIC")
-    parser.add_argument("--config", help="YAML or JSON file with extra group_types")
-    parser.add_argument("--group_types_module", action="append", default=[],
-                        help="module defining GroupType subclasses (repeatable)")
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for confirmations")
+    add_config_args(parser)
+    parser.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
+                        help="seconds to wait for confirmations. Default: 60")
     parser.set_defaults(handler=cmd_produce)
 
 
@@ -35,7 +36,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
     from issue_platform.producer import ProduceError, connect
     from issue_platform.validation import Rejected
 
-    load_config(args.config, tuple(args.group_types_module)).install()
+    read_config(args.config, args.group_types_module, install=True)
     paths = input_files(args.files, option="")  # before connecting: a typo costs no connection
     try:
         producer = connect(args.to, registry)

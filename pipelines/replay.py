@@ -11,27 +11,28 @@ import orjson
 
 from issue_platform.validation import (EARLIEST_TIME, LATEST_TIME, Occurrence, PayloadValidator, Rejected, parse,
                                        parse_time)
-from transforms.read import Progress, Raw, input_files, read_file
+from transforms.read import Progress, Raw, read_file
 
 
-def timed(patterns: Sequence[str], validator: PayloadValidator, max_bytes: int, progress: bool = False,
+def timed(files: Sequence[str], validator: PayloadValidator, max_bytes: int, progress: bool = False,
           on_blank: Callable[[], None] = lambda: None) -> Iterator[tuple[Optional[float], Raw]]:
-    """Every record of the files with its event time if it is a valid event that has one, else None.
+    """Every record of the files (as `input_files` lists them) with its event time if it is a valid
+    event that has one, else None.
     Validating here means a record the pipeline will reject neither moves the default `--as_of` nor
     gets a place in the replay's order (its time may be anything: NaN, 1e300)."""
-    for path in input_files(patterns):
+    for path in files:
         for raw in read_file(path, on_blank):
             Progress.tick(progress)
             yield _valid_time(raw, validator, max_bytes), raw
 
 
-def latest_valid_time(patterns: Sequence[str], validator: PayloadValidator, max_bytes: int,
+def latest_valid_time(files: Sequence[str], validator: PayloadValidator, max_bytes: int,
                       progress: bool = False) -> Optional[float]:
     """The latest time of a valid event in the files (the default `--as_of` of a batch run). Exactly
     `max` over the valid events of `timed`, but a record is decoded and validated only if an upper
     bound of its time, read off its bytes in blocks of records, could raise the maximum."""
     latest = -math.inf
-    for path in input_files(patterns):
+    for path in files:
         records = read_file(path)
         for block in iter(lambda: list(islice(records, _BLOCK)), []):
             if progress:  # (only shown counts matter: the job's own count starts after this scan)

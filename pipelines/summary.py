@@ -6,7 +6,7 @@ from typing import Callable, Iterable, Optional
 
 from apache_beam.metrics.metric import MetricsFilter
 
-from issue_platform import outcomes as R
+from issue_platform import outcomes
 from issue_platform.tables import ALL_TABLES, DEAD_LETTER, GROUPS, OCCURRENCES, STATUS_CHANGES, counter_name, jsonl_glob, read_jsonl
 from transforms.parse import EVENT_TIMES, NAMESPACE
 
@@ -40,7 +40,7 @@ def counts_from_rows(rows_of: Callable[[str], Iterable[dict]]) -> dict[str, int]
             if name is not None:
                 bump(name)
             # Every input record ends in exactly one of these (a sink's rejects are output rows).
-            if table in (OCCURRENCES, STATUS_CHANGES) or (table == DEAD_LETTER and row["stage"] != R.STAGE_SINK):
+            if table in (OCCURRENCES, STATUS_CHANGES) or (table == DEAD_LETTER and row["stage"] != outcomes.STAGE_SINK):
                 bump("records.in")
             if table == GROUPS:
                 group_ids.add(row["group_id"])

@@ -302,13 +302,13 @@ def test_progress_reports_records_rate_and_elapsed_only_when_enabled(capsys, mon
 def test_a_failed_job_is_one_line_and_keeps_previous_results(tmp_path, previous, capsys, monkeypatch, failure,
                                                              code, words):
     """A boundary we cannot provoke honestly here (a worker dying, or a runner that hands back only the
-    text of our InputError): `run` is replaced by one raising what such a runner raises."""
+    text of our InputError): `execute` is replaced by one raising what such a runner raises."""
     import pipelines.issue_pipeline
 
-    def failing_run(argv, config=None, facts=None):
+    def failing_execute(plan):
         raise failure
 
-    monkeypatch.setattr(pipelines.issue_pipeline, "run", failing_run)
+    monkeypatch.setattr(pipelines.issue_pipeline, "execute", failing_execute)
     out, before = previous
     line = one_line_error(main(capsys, "run", "--output", out), code=code)
     assert line == f"issue-platform: error: {words}" + (

@@ -1,4 +1,4 @@
-"""The lifecycle rules through GroupProcessor, each as Sentry's code has it (issue #8).
+"""The lifecycle rules through RulesEngine, each as Sentry's code has it (issue #8).
 
 Where Sentry has a test for the rule, the case follows it (tests/sentry/issues/test_ingest.py
 test_new_group / test_existing_group: group times from `event.datetime`, display fields following the
@@ -13,8 +13,8 @@ import issue_platform  # noqa: F401  (registers the built-in types)
 from issue_platform import escalation as esc
 from issue_platform.enums import GroupStatus as S
 from issue_platform.enums import GroupSubStatus as Sub
-from issue_platform.group_state import STATE_VERSION, KeyState, StateVersionError
-from issue_platform.groups import GroupProcessor
+from issue_platform.key_state import STATE_VERSION, KeyState, StateVersionError
+from issue_platform.rules_engine import RulesEngine
 from issue_platform.grouptype import registry
 from issue_platform.lifecycle import FORECAST_TTL_SECONDS
 from issue_platform.pending import Admission, Display, PendingOccurrence, PendingStatusChange, display_digest
@@ -31,7 +31,7 @@ _ids = itertools.count(1)
 class Key:
     def __init__(self, **kwargs):
         self.displays = {}
-        self.proc = GroupProcessor(KEY, KeyState(), self.displays, registry, **kwargs)
+        self.proc = RulesEngine(KEY, KeyState(), self.displays, registry, **kwargs)
 
     @property
     def group(self):

@@ -1,4 +1,4 @@
-"""Noise reduction (reference §4.3) and the per-key GroupProcessor (§4.2, §4.4; issue_platform/groups.py)."""
+"""Noise reduction (reference §4.3) and the per-key RulesEngine (§4.2, §4.4; issue_platform/rules_engine.py)."""
 import itertools
 import random
 from datetime import timedelta
@@ -6,10 +6,10 @@ from datetime import timedelta
 import pytest
 
 import issue_platform  # noqa: F401  (registers the built-in types)
-from issue_platform import outcomes as O
+from issue_platform import outcomes
 from issue_platform import pending
 from issue_platform.fingerprint import group_id_for
-from issue_platform.groups import GroupProcessor, KeyState
+from issue_platform.rules_engine import RulesEngine, KeyState
 from issue_platform.tables import GROUPS, OCCURRENCES, POST_PROCESS, group_row
 from issue_platform.grouptype import NoiseConfig, registry
 from issue_platform.noise import NoiseCounter, is_expired, should_create_group
@@ -88,7 +88,7 @@ def test_is_expired():
     assert not is_expired(None, T0)
 
 
-# --- GroupProcessor harness ----------------------------------------------------------------------
+# --- RulesEngine harness ----------------------------------------------------------------------
 
 class Key:
     """One key's processor plus the display map its occurrences reference."""
@@ -96,7 +96,7 @@ class Key:
     def __init__(self, state=None, dedupe_window=None):
         self.displays = {}
         kwargs = {} if dedupe_window is None else {"dedupe_window": dedupe_window}
-        self.proc = GroupProcessor(KEY, state if state is not None else KeyState(), self.displays, registry,
+        self.proc = RulesEngine(KEY, state if state is not None else KeyState(), self.displays, registry,
                                    **kwargs)
 
     @property
@@ -137,7 +137,7 @@ def post(out):
 def test_noisy_group_created_on_the_nth_occurrence(type_id, limit):
     key = Key()
     outs = [key.occ(T0 + i * 60, type=type_id) for i in range(limit + 2)]
-    assert [outcome(o) for o in outs] == [O.NOISE_SUPPRESSED] * (limit - 1) + [O.GROUPED] * 3
+    assert [outcome(o) for o in outs] == [outcomes.NOISE_SUPPRESSED] * (limit - 1) + [outcomes.GROUPED] * 3
     assert all(rows(o, OCCURRENCES)[0]["group_id"] is None and post(o) is None for o in outs[:limit - 1])
     assert post(outs[limit - 1])["is_new"] is True
     group = key.state.group
@@ -152,7 +152,7 @@ def test_noise_not_consulted_once_the_group_exists():
         key.occ(T0 + i)
     assert key.state.group is not None
     for t in (T0 + 3 * DAY, T0 + 10 * DAY):  # long idle gaps no longer matter
-        assert outcome(key.occ(t)) == O.GROUPED
+        assert outcome(key.occ(t)) == outcomes.GROUPED
         assert key.state.noise is None
     assert key.state.group.times_seen == 3
 
@@ -160,18 +160,18 @@ def test_noise_not_consulted_once_the_group_exists():
 def test_noise_counter_resets_after_idle_expiry_in_the_processor():
     key = Key()
     outs = [key.occ(t) for t in (T0, T0 + DAY, T0 + DAY + 1, T0 + DAY + 2)]
-    assert [outcome(o) for o in outs] == [O.NOISE_SUPPRESSED] * 3 + [O.GROUPED]
+    assert [outcome(o) for o in outs] == [outcomes.NOISE_SUPPRESSED] * 3 + [outcomes.GROUPED]
 
 
 def test_quiet_type_creates_at_once_without_a_counter():
     key = Key()
     out = key.occ(T0, type=QUIET)
-    assert outcome(out) == O.GROUPED and post(out)["is_new"] is True
+    assert outcome(out) == outcomes.GROUPED and post(out)["is_new"] is True
     assert key.state.noise is None
 
 
 def test_validated_payloads_through_pending_records():
-    """validation -> pending.encode_occurrence -> pending.decode -> GroupProcessor."""
+    """validation -> pending.encode_occurrence -> pending.decode -> RulesEngine."""
     validator = PayloadValidator("fast")
     displays, proc = {}, None
     results = []
@@ -185,9 +185,9 @@ def test_validated_payloads_through_pending_records():
         record, digest, display_bytes = pending.encode_occurrence(occurrence)
         displays[digest] = Display.decode(display_bytes)
         if proc is None:
-            proc = GroupProcessor(f"42:{occurrence.fingerprint[0]}", KeyState(), displays, registry)
+            proc = RulesEngine(f"42:{occurrence.fingerprint[0]}", KeyState(), displays, registry)
         results.append(proc.apply(pending.decode(record)))
-    assert [outcome(o) for o in results] == [O.NOISE_SUPPRESSED, O.NOISE_SUPPRESSED, O.GROUPED, O.GROUPED]
+    assert [outcome(o) for o in results] == [outcomes.NOISE_SUPPRESSED, outcomes.NOISE_SUPPRESSED, outcomes.GROUPED, outcomes.GROUPED]
     grouped = rows(results[2], OCCURRENCES)[0]
     assert grouped["fingerprint"] == list(occurrence.fingerprint)
     assert grouped["group_id"] == proc.state.group.group_id == group_id_for(proc.key)
@@ -200,7 +200,7 @@ def test_duplicate_within_the_window_is_not_counted():
     key = Key()
     key.occ(T0, type=QUIET, id="d" * 32)
     out = key.occ(T0 + 299, type=QUIET, id="d" * 32)
-    assert outcome(out) == O.DUPLICATE and post(out) is None
+    assert outcome(out) == outcomes.DUPLICATE and post(out) is None
     assert rows(out, OCCURRENCES)[0]["group_id"] is None
     assert key.state.group.times_seen == 1 and key.state.group.version == 1
 
@@ -208,7 +208,7 @@ def test_duplicate_within_the_window_is_not_counted():
 def test_duplicates_do_not_count_towards_noise():
     key = Key()
     outs = [key.occ(T0 + i, id="e" * 32) for i in range(5)] + [key.occ(T0 + 10)]
-    assert [outcome(o) for o in outs] == [O.NOISE_SUPPRESSED] + [O.DUPLICATE] * 4 + [O.NOISE_SUPPRESSED]
+    assert [outcome(o) for o in outs] == [outcomes.NOISE_SUPPRESSED] + [outcomes.DUPLICATE] * 4 + [outcomes.NOISE_SUPPRESSED]
     assert key.state.noise.count == 2
 
 
@@ -216,15 +216,15 @@ def test_same_id_beyond_the_window_is_processed_again():
     key = Key()
     key.occ(T0, type=QUIET, id="f" * 32)
     out = key.occ(T0 + 301, type=QUIET, id="f" * 32)
-    assert outcome(out) == O.GROUPED
+    assert outcome(out) == outcomes.GROUPED
     assert key.state.group.times_seen == 2
 
 
 def test_custom_dedupe_window():
     key = Key(dedupe_window=10)
     key.occ(T0, type=QUIET, id="1" * 32)
-    assert outcome(key.occ(T0 + 10, type=QUIET, id="1" * 32)) == O.DUPLICATE
-    assert outcome(key.occ(T0 + 11, type=QUIET, id="1" * 32)) == O.GROUPED
+    assert outcome(key.occ(T0 + 10, type=QUIET, id="1" * 32)) == outcomes.DUPLICATE
+    assert outcome(key.occ(T0 + 11, type=QUIET, id="1" * 32)) == outcomes.GROUPED
 
 
 
@@ -232,25 +232,25 @@ def test_a_long_flush_forgets_old_ids_as_it_goes_and_decides_the_same(monkeypatc
     """A hot key's batch flush applies days of events in one pass: the ids it keeps stay bounded by
     what the window needs, and every outcome, the group and the final ids equal those of a processor
     that forgets only at `finish`."""
-    import issue_platform.groups as groups_module
+    import issue_platform.rules_engine as rules_engine
     rng = random.Random(3)
     ids = [f"{rng.getrandbits(128):032x}" for _ in range(3000)]
     events = [(T0 + 20 * i, ids[i] if rng.random() < 0.9 else rng.choice(ids[:i + 1])) for i in range(3000)]
 
     def run():
-        key, outcomes, largest = Key(), [], 0
+        key, decided, largest = Key(), [], 0
         for t, ident in events:
-            outcomes.append(outcome(key.occ(t, type=QUIET, id=ident)))
+            decided.append(outcome(key.occ(t, type=QUIET, id=ident)))
             largest = max(largest, len(key.state.seen))
         key.proc.finish()
-        return outcomes, key.state.group.times_seen, key.state.seen, largest
+        return decided, key.state.group.times_seen, key.state.seen, largest
 
-    outcomes, times_seen, seen, largest = run()
-    monkeypatch.setattr(groups_module, "_MIN_IDS_TO_FORGET", 10 ** 9)
-    expected_outcomes, expected_times_seen, expected_seen, never_forgot = run()
-    assert (outcomes, times_seen, seen) == (expected_outcomes, expected_times_seen, expected_seen)
-    assert O.DUPLICATE in outcomes and O.GROUPED in outcomes
-    assert never_forgot > 2500 and largest <= 2 * groups_module._MIN_IDS_TO_FORGET
+    decided, times_seen, seen, largest = run()
+    monkeypatch.setattr(rules_engine, "_MIN_IDS_TO_FORGET", 10 ** 9)
+    expected_decided, expected_times_seen, expected_seen, never_forgot = run()
+    assert (decided, times_seen, seen) == (expected_decided, expected_times_seen, expected_seen)
+    assert outcomes.DUPLICATE in decided and outcomes.GROUPED in decided
+    assert never_forgot > 2500 and largest <= 2 * rules_engine._MIN_IDS_TO_FORGET
 
 # --- group updates -----------------------------------------------------------------------------
 
@@ -259,7 +259,7 @@ def test_type_mismatch_leaves_the_group_alone():
     key.occ(T0, type=QUIET, title="File I/O")
     before = (key.state.group.times_seen, key.state.group.version, key.state.group.title)
     out = key.occ(T0 + 60, type=2003, title="JSON decoding")
-    assert outcome(out) == O.TYPE_MISMATCH and post(out) is None
+    assert outcome(out) == outcomes.TYPE_MISMATCH and post(out) is None
     assert rows(out, OCCURRENCES)[0]["group_id"] is None
     assert (key.state.group.times_seen, key.state.group.version, key.state.group.title) == before
 
@@ -450,8 +450,8 @@ def test_shuffled_then_sorted_streams_give_identical_outputs(seed):
     rng = random.Random(seed)
     displays, events = random_stream(rng)
     expected = run(displays, sorted(events, key=pending.sort_key))
-    assert any(row["outcome"] == O.NOISE_SUPPRESSED for name, row in expected[0] if name == OCCURRENCES)
-    assert any(row["outcome"] == O.DUPLICATE for name, row in expected[0] if name == OCCURRENCES)
+    assert any(row["outcome"] == outcomes.NOISE_SUPPRESSED for name, row in expected[0] if name == OCCURRENCES)
+    assert any(row["outcome"] == outcomes.DUPLICATE for name, row in expected[0] if name == OCCURRENCES)
     for _ in range(10):
         shuffled = events[:]
         rng.shuffle(shuffled)

@@ -1,4 +1,4 @@
-"""Status changes through GroupProcessor: the rules table of reference §6.5."""
+"""Status changes through RulesEngine: the rules table of reference §6.5."""
 import itertools
 
 import pytest
@@ -6,7 +6,7 @@ import pytest
 import issue_platform  # noqa: F401  (registers the built-in types)
 from issue_platform.enums import GroupStatus as S
 from issue_platform.enums import GroupSubStatus as Sub
-from issue_platform.groups import GroupProcessor, KeyState
+from issue_platform.rules_engine import RulesEngine, KeyState
 from issue_platform.status_rules import APPLIED, GROUP_NOT_FOUND, INVALID_TRANSITION, NO_OP, UNSUPPORTED_STATUS
 from issue_platform.grouptype import registry
 from issue_platform.pending import Display, PendingOccurrence, PendingStatusChange, display_digest
@@ -22,7 +22,7 @@ NEW_GROUP = (S.UNRESOLVED, Sub.NEW)
 
 def processor(initial=None):
     """A processor for a key with a group in state `initial` (status, substatus), or no group."""
-    proc = GroupProcessor(KEY, KeyState(), {DIGEST: DISPLAY}, registry)
+    proc = RulesEngine(KEY, KeyState(), {DIGEST: DISPLAY}, registry)
     if initial is not None:
         proc.apply(PendingOccurrence(T0, "1" * 32, "2" * 32, QUIET, None, None, DIGEST, (), None))
         group = proc.state.group

@@ -7,7 +7,7 @@ import orjson
 import pytest
 
 import issue_platform  # noqa: F401  (registers the built-in types)
-from issue_platform import outcomes as R
+from issue_platform import outcomes
 from issue_platform.generate import generate
 from issue_platform.validation import Occurrence, PayloadValidator, Rejected, StatusChange, parse
 
@@ -73,93 +73,93 @@ def verdict(mode, raw):
 # --- every rejection reason, with the field it names --------------------------------------------
 
 REJECTIONS = [
-    ("truncated json", b'{"id": "x", "project_id": ', R.INVALID_JSON, ""),
-    ("not json", b"occurrence", R.INVALID_JSON, ""),
-    ("array", b"[1, 2]", R.NOT_AN_OBJECT, ""),
-    ("string", b'"text"', R.NOT_AN_OBJECT, ""),
-    ("null", b"null", R.NOT_AN_OBJECT, ""),
-    ("too large", orjson.dumps(occurrence(evidence_data={"pad": "x" * (1 << 20)})), R.PAYLOAD_TOO_LARGE, ""),
-    ("too deep", occurrence(evidence_data=nested(40)), R.TOO_DEEP, ""),
-    ("too deep status change", status_change(activity_data=nested(40)), R.TOO_DEEP, ""),
-    ("no issue_title", occurrence(issue_title=...), R.MISSING_FIELD, "issue_title"),
-    ("no id", occurrence(id=...), R.MISSING_FIELD, "id"),
-    ("no detection_time", occurrence(detection_time=...), R.MISSING_FIELD, "detection_time"),
+    ("truncated json", b'{"id": "x", "project_id": ', outcomes.INVALID_JSON, ""),
+    ("not json", b"occurrence", outcomes.INVALID_JSON, ""),
+    ("array", b"[1, 2]", outcomes.NOT_AN_OBJECT, ""),
+    ("string", b'"text"', outcomes.NOT_AN_OBJECT, ""),
+    ("null", b"null", outcomes.NOT_AN_OBJECT, ""),
+    ("too large", orjson.dumps(occurrence(evidence_data={"pad": "x" * (1 << 20)})), outcomes.PAYLOAD_TOO_LARGE, ""),
+    ("too deep", occurrence(evidence_data=nested(40)), outcomes.TOO_DEEP, ""),
+    ("too deep status change", status_change(activity_data=nested(40)), outcomes.TOO_DEEP, ""),
+    ("no issue_title", occurrence(issue_title=...), outcomes.MISSING_FIELD, "issue_title"),
+    ("no id", occurrence(id=...), outcomes.MISSING_FIELD, "id"),
+    ("no detection_time", occurrence(detection_time=...), outcomes.MISSING_FIELD, "detection_time"),
     ("evidence without important", occurrence(evidence_display=[{"name": "a", "value": "b"}]),
-     R.MISSING_FIELD, "evidence_display.0.important"),
-    ("project_id string", occurrence(project_id="42"), R.INVALID_TYPE, "project_id"),
-    ("issue_title number", occurrence(issue_title=1), R.INVALID_TYPE, "issue_title"),
-    ("evidence_data list", occurrence(evidence_data=[]), R.INVALID_TYPE, "evidence_data"),
-    ("detection_time string", occurrence(detection_time="2026-11-01"), R.INVALID_TYPE, "detection_time"),
-    ("type bool", occurrence(type=True), R.INVALID_TYPE, "type"),
-    ("level null", occurrence(level=None), R.INVALID_TYPE, "level"),
-    ("event not an object", occurrence(event="x"), R.INVALID_TYPE, "event"),
+     outcomes.MISSING_FIELD, "evidence_display.0.important"),
+    ("project_id string", occurrence(project_id="42"), outcomes.INVALID_TYPE, "project_id"),
+    ("issue_title number", occurrence(issue_title=1), outcomes.INVALID_TYPE, "issue_title"),
+    ("evidence_data list", occurrence(evidence_data=[]), outcomes.INVALID_TYPE, "evidence_data"),
+    ("detection_time string", occurrence(detection_time="2026-11-01"), outcomes.INVALID_TYPE, "detection_time"),
+    ("type bool", occurrence(type=True), outcomes.INVALID_TYPE, "type"),
+    ("level null", occurrence(level=None), outcomes.INVALID_TYPE, "level"),
+    ("event not an object", occurrence(event="x"), outcomes.INVALID_TYPE, "event"),
     ("evidence name number", occurrence(evidence_display=[{"name": 1, "value": "b", "important": True}]),
-     R.INVALID_TYPE, "evidence_display.0.name"),
-    ("project_id 0", occurrence(project_id=0, event_project_id=0), R.INVALID_VALUE, "project_id"),
-    ("priority 30", occurrence(priority=30), R.INVALID_VALUE, "priority"),
-    ("initial priority 1", occurrence(initial_issue_priority=1), R.INVALID_VALUE, "initial_issue_priority"),
-    ("detection_time 0", occurrence(detection_time=0), R.INVALID_VALUE, "detection_time"),
-    ("detection_time year 3000", occurrence(detection_time=32503680001), R.INVALID_VALUE, "detection_time"),
-    ("event_id differs", occurrence(event_id=str(uuid.UUID(int=7))), R.INVALID_VALUE, "event_id"),
-    ("fingerprint empty", occurrence(fingerprint=[]), R.EMPTY_FINGERPRINT, "fingerprint"),
-    ("fingerprint number", occurrence(fingerprint=[17]), R.INVALID_FINGERPRINT, "fingerprint.0"),
-    ("fingerprint null part", occurrence(fingerprint=["a", None]), R.INVALID_FINGERPRINT, "fingerprint.1"),
-    ("id not a uuid", occurrence(id="not-a-uuid"), R.INVALID_UUID, "id"),
-    ("event_id not a uuid", occurrence_with_event_id(event_id="nope"), R.INVALID_UUID, "event_id"),
-    ("event.event_id not a uuid", occurrence(event_event_id="nope"), R.INVALID_UUID, "event.event_id"),
-    ("unknown type", occurrence(type=424242), R.UNKNOWN_GROUP_TYPE, "type"),
-    ("event in another project", occurrence(event_project_id=43), R.PROJECT_MISMATCH, "event.project_id"),
-    ("neither event nor event_id", occurrence(event=...), R.MISSING_EVENT, "event_id"),
-    ("event without platform", occurrence(event_platform=...), R.INVALID_EVENT, "event.platform"),
-    ("event without environment", occurrence(event_environment=...), R.INVALID_EVENT, "event.environment"),
-    ("event project_id string", occurrence(event_project_id="42"), R.INVALID_EVENT, "event.project_id"),
-    ("event tags string", occurrence(event_tags="a=b"), R.INVALID_EVENT, "event.tags"),
-    ("payload_type transaction", occurrence(payload_type="transaction"), R.UNKNOWN_PAYLOAD_TYPE, "payload_type"),
-    ("payload_type number", occurrence(payload_type=1), R.UNKNOWN_PAYLOAD_TYPE, "payload_type"),
+     outcomes.INVALID_TYPE, "evidence_display.0.name"),
+    ("project_id 0", occurrence(project_id=0, event_project_id=0), outcomes.INVALID_VALUE, "project_id"),
+    ("priority 30", occurrence(priority=30), outcomes.INVALID_VALUE, "priority"),
+    ("initial priority 1", occurrence(initial_issue_priority=1), outcomes.INVALID_VALUE, "initial_issue_priority"),
+    ("detection_time 0", occurrence(detection_time=0), outcomes.INVALID_VALUE, "detection_time"),
+    ("detection_time year 3000", occurrence(detection_time=32503680001), outcomes.INVALID_VALUE, "detection_time"),
+    ("event_id differs", occurrence(event_id=str(uuid.UUID(int=7))), outcomes.INVALID_VALUE, "event_id"),
+    ("fingerprint empty", occurrence(fingerprint=[]), outcomes.EMPTY_FINGERPRINT, "fingerprint"),
+    ("fingerprint number", occurrence(fingerprint=[17]), outcomes.INVALID_FINGERPRINT, "fingerprint.0"),
+    ("fingerprint null part", occurrence(fingerprint=["a", None]), outcomes.INVALID_FINGERPRINT, "fingerprint.1"),
+    ("id not a uuid", occurrence(id="not-a-uuid"), outcomes.INVALID_UUID, "id"),
+    ("event_id not a uuid", occurrence_with_event_id(event_id="nope"), outcomes.INVALID_UUID, "event_id"),
+    ("event.event_id not a uuid", occurrence(event_event_id="nope"), outcomes.INVALID_UUID, "event.event_id"),
+    ("unknown type", occurrence(type=424242), outcomes.UNKNOWN_GROUP_TYPE, "type"),
+    ("event in another project", occurrence(event_project_id=43), outcomes.PROJECT_MISMATCH, "event.project_id"),
+    ("neither event nor event_id", occurrence(event=...), outcomes.MISSING_EVENT, "event_id"),
+    ("event without platform", occurrence(event_platform=...), outcomes.INVALID_EVENT, "event.platform"),
+    ("event without environment", occurrence(event_environment=...), outcomes.INVALID_EVENT, "event.environment"),
+    ("event project_id string", occurrence(event_project_id="42"), outcomes.INVALID_EVENT, "event.project_id"),
+    ("event tags string", occurrence(event_tags="a=b"), outcomes.INVALID_EVENT, "event.tags"),
+    ("payload_type transaction", occurrence(payload_type="transaction"), outcomes.UNKNOWN_PAYLOAD_TYPE, "payload_type"),
+    ("payload_type number", occurrence(payload_type=1), outcomes.UNKNOWN_PAYLOAD_TYPE, "payload_type"),
     # status changes
-    ("sc no new_status", status_change(new_status=...), R.MISSING_FIELD, "new_status"),
-    ("sc no fingerprint", status_change(fingerprint=...), R.MISSING_FIELD, "fingerprint"),
-    ("sc no project_id", status_change(project_id=...), R.MISSING_FIELD, "project_id"),
-    ("sc new_status 9", status_change(new_status=9), R.INVALID_VALUE, "new_status"),
-    ("sc new_status -1", status_change(new_status=-1), R.INVALID_VALUE, "new_status"),
-    ("sc new_substatus 0", status_change(new_substatus=0), R.INVALID_VALUE, "new_substatus"),
-    ("sc new_substatus 8", status_change(new_substatus=8), R.INVALID_VALUE, "new_substatus"),
-    ("sc new_status string", status_change(new_status="resolved"), R.INVALID_TYPE, "new_status"),
-    ("sc update_date bool", status_change(update_date=True), R.INVALID_TYPE, "update_date"),
-    ("sc update_date garbage", status_change(update_date="yesterday"), R.INVALID_VALUE, "update_date"),
-    ("sc fingerprint empty", status_change(fingerprint=[]), R.EMPTY_FINGERPRINT, "fingerprint"),
-    ("sc fingerprint number", status_change(fingerprint=[1]), R.INVALID_FINGERPRINT, "fingerprint.0"),
-    ("sc id not a uuid", status_change(id="nope"), R.INVALID_UUID, "id"),
+    ("sc no new_status", status_change(new_status=...), outcomes.MISSING_FIELD, "new_status"),
+    ("sc no fingerprint", status_change(fingerprint=...), outcomes.MISSING_FIELD, "fingerprint"),
+    ("sc no project_id", status_change(project_id=...), outcomes.MISSING_FIELD, "project_id"),
+    ("sc new_status 9", status_change(new_status=9), outcomes.INVALID_VALUE, "new_status"),
+    ("sc new_status -1", status_change(new_status=-1), outcomes.INVALID_VALUE, "new_status"),
+    ("sc new_substatus 0", status_change(new_substatus=0), outcomes.INVALID_VALUE, "new_substatus"),
+    ("sc new_substatus 8", status_change(new_substatus=8), outcomes.INVALID_VALUE, "new_substatus"),
+    ("sc new_status string", status_change(new_status="resolved"), outcomes.INVALID_TYPE, "new_status"),
+    ("sc update_date bool", status_change(update_date=True), outcomes.INVALID_TYPE, "update_date"),
+    ("sc update_date garbage", status_change(update_date="yesterday"), outcomes.INVALID_VALUE, "update_date"),
+    ("sc fingerprint empty", status_change(fingerprint=[]), outcomes.EMPTY_FINGERPRINT, "fingerprint"),
+    ("sc fingerprint number", status_change(fingerprint=[1]), outcomes.INVALID_FINGERPRINT, "fingerprint.0"),
+    ("sc id not a uuid", status_change(id="nope"), outcomes.INVALID_UUID, "id"),
     # issue #7: every accepted time is finite and in one range; ids and codes are 64-bit integers
-    ("detection_time NaN", occurrence(detection_time=float("nan")), R.INVALID_VALUE, "detection_time"),
-    ("detection_time inf", occurrence(detection_time=float("inf")), R.INVALID_VALUE, "detection_time"),
-    ("detection_time -1e300", occurrence(detection_time=-1e300), R.INVALID_VALUE, "detection_time"),
-    ("detection_time year 9999", occurrence(detection_time=253402214400), R.INVALID_VALUE, "detection_time"),
-    ("sc update_date 1e300", status_change(update_date=1e300), R.INVALID_VALUE, "update_date"),
-    ("sc update_date -1e300", status_change(update_date=-1e300), R.INVALID_VALUE, "update_date"),
-    ("sc update_date NaN", status_change(update_date=float("nan")), R.INVALID_VALUE, "update_date"),
-    ("sc update_date 0", status_change(update_date=0), R.INVALID_VALUE, "update_date"),
-    ("sc update_date year 9999", status_change(update_date="9999-12-31T00:00:00Z"), R.INVALID_VALUE, "update_date"),
-    ("sc update_date year 1", status_change(update_date="0001-01-01T00:00:00Z"), R.INVALID_VALUE, "update_date"),
-    ("project_id 2**70", occurrence(project_id=2 ** 70, event_project_id=2 ** 70), R.INVALID_VALUE, "project_id"),
-    ("project_id 2**63", occurrence(project_id=2 ** 63), R.INVALID_VALUE, "project_id"),
-    ("project_id 1e300", occurrence(project_id=1e300), R.INVALID_VALUE, "project_id"),
-    ("project_id 42.0", occurrence(project_id=42.0), R.INVALID_VALUE, "project_id"),
-    ("type 1e300", occurrence(type=1e300), R.INVALID_VALUE, "type"),
-    ("type 1006.0", occurrence(type=1006.0), R.INVALID_VALUE, "type"),
-    ("priority 25.0", occurrence(priority=25.0), R.INVALID_VALUE, "priority"),
-    ("event project_id 1e300", occurrence(event_project_id=1e300), R.INVALID_EVENT, "event.project_id"),
-    ("event project_id 42.0", occurrence(event_project_id=42.0), R.INVALID_EVENT, "event.project_id"),
+    ("detection_time NaN", occurrence(detection_time=float("nan")), outcomes.INVALID_VALUE, "detection_time"),
+    ("detection_time inf", occurrence(detection_time=float("inf")), outcomes.INVALID_VALUE, "detection_time"),
+    ("detection_time -1e300", occurrence(detection_time=-1e300), outcomes.INVALID_VALUE, "detection_time"),
+    ("detection_time year 9999", occurrence(detection_time=253402214400), outcomes.INVALID_VALUE, "detection_time"),
+    ("sc update_date 1e300", status_change(update_date=1e300), outcomes.INVALID_VALUE, "update_date"),
+    ("sc update_date -1e300", status_change(update_date=-1e300), outcomes.INVALID_VALUE, "update_date"),
+    ("sc update_date NaN", status_change(update_date=float("nan")), outcomes.INVALID_VALUE, "update_date"),
+    ("sc update_date 0", status_change(update_date=0), outcomes.INVALID_VALUE, "update_date"),
+    ("sc update_date year 9999", status_change(update_date="9999-12-31T00:00:00Z"), outcomes.INVALID_VALUE, "update_date"),
+    ("sc update_date year 1", status_change(update_date="0001-01-01T00:00:00Z"), outcomes.INVALID_VALUE, "update_date"),
+    ("project_id 2**70", occurrence(project_id=2 ** 70, event_project_id=2 ** 70), outcomes.INVALID_VALUE, "project_id"),
+    ("project_id 2**63", occurrence(project_id=2 ** 63), outcomes.INVALID_VALUE, "project_id"),
+    ("project_id 1e300", occurrence(project_id=1e300), outcomes.INVALID_VALUE, "project_id"),
+    ("project_id 42.0", occurrence(project_id=42.0), outcomes.INVALID_VALUE, "project_id"),
+    ("type 1e300", occurrence(type=1e300), outcomes.INVALID_VALUE, "type"),
+    ("type 1006.0", occurrence(type=1006.0), outcomes.INVALID_VALUE, "type"),
+    ("priority 25.0", occurrence(priority=25.0), outcomes.INVALID_VALUE, "priority"),
+    ("event project_id 1e300", occurrence(event_project_id=1e300), outcomes.INVALID_EVENT, "event.project_id"),
+    ("event project_id 42.0", occurrence(event_project_id=42.0), outcomes.INVALID_EVENT, "event.project_id"),
     ("evidence integer beyond 64 bits", occurrence(evidence_data={"n": [1, {"big": 2 ** 70}]}),
-     R.INVALID_VALUE, "evidence_data.n.1.big"),
-    ("evidence bytes (Avro)", occurrence(evidence_data={"raw": b"\x00"}), R.INVALID_TYPE, "evidence_data.raw"),
+     outcomes.INVALID_VALUE, "evidence_data.n.1.big"),
+    ("evidence bytes (Avro)", occurrence(evidence_data={"raw": b"\x00"}), outcomes.INVALID_TYPE, "evidence_data.raw"),
     ("event tag decimal (Avro)", occurrence(event_tags={"n": __import__("decimal").Decimal("1.5")}),
-     R.INVALID_TYPE, "event.tags.n"),
-    ("issue_title bytes (Avro)", occurrence(issue_title=b"t"), R.INVALID_TYPE, "issue_title"),
-    ("sc project_id 2**70", status_change(project_id=2 ** 70), R.INVALID_VALUE, "project_id"),
-    ("sc new_status 1.0", status_change(new_status=1.0), R.INVALID_VALUE, "new_status"),
-    ("sc new_substatus 1e300", status_change(new_substatus=1e300), R.INVALID_VALUE, "new_substatus"),
-    ("sc detector_id 2**70", status_change(detector_id=2 ** 70), R.INVALID_VALUE, "detector_id"),
+     outcomes.INVALID_TYPE, "event.tags.n"),
+    ("issue_title bytes (Avro)", occurrence(issue_title=b"t"), outcomes.INVALID_TYPE, "issue_title"),
+    ("sc project_id 2**70", status_change(project_id=2 ** 70), outcomes.INVALID_VALUE, "project_id"),
+    ("sc new_status 1.0", status_change(new_status=1.0), outcomes.INVALID_VALUE, "new_status"),
+    ("sc new_substatus 1e300", status_change(new_substatus=1e300), outcomes.INVALID_VALUE, "new_substatus"),
+    ("sc detector_id 2**70", status_change(detector_id=2 ** 70), outcomes.INVALID_VALUE, "detector_id"),
 ]
 
 
@@ -168,14 +168,14 @@ REJECTIONS = [
 def test_rejection_reason_and_field(mode, raw, reason, field):
     result = verdict(mode, raw)
     assert result[:2] == (reason, field)
-    parse_stage = reason in (R.INVALID_JSON, R.NOT_AN_OBJECT, R.PAYLOAD_TOO_LARGE)
-    assert result[3] == (R.STAGE_PARSE if parse_stage else R.STAGE_VALIDATE)
+    parse_stage = reason in (outcomes.INVALID_JSON, outcomes.NOT_AN_OBJECT, outcomes.PAYLOAD_TOO_LARGE)
+    assert result[3] == (outcomes.STAGE_PARSE if parse_stage else outcomes.STAGE_VALIDATE)
     assert result[2] and len(result[2]) <= 240
 
 
 def test_every_dead_letter_reason_is_covered():
     covered = {reason for _, _, reason, _ in REJECTIONS}
-    assert covered == set(R.DEAD_LETTER_REASONS) - {R.INTERNAL_ERROR, R.LATE}  # late: tests/test_streaming.py
+    assert covered == set(outcomes.DEAD_LETTER_REASONS) - {outcomes.INTERNAL_ERROR, outcomes.LATE}  # late: tests/test_streaming.py
 
 
 def test_payload_size_limit_is_configurable():
@@ -183,7 +183,7 @@ def test_payload_size_limit_is_configurable():
     assert verdict("fast", raw)[0] == "ok"
     with pytest.raises(Rejected) as err:
         parse(raw, max_bytes=len(raw) - 1)
-    assert err.value.reason == R.PAYLOAD_TOO_LARGE
+    assert err.value.reason == outcomes.PAYLOAD_TOO_LARGE
 
 
 @pytest.mark.parametrize("mode", MODES)

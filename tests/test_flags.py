@@ -97,13 +97,13 @@ def test_a_group_created_while_post_process_was_off_never_sends_is_new():
     """The post-process flag is decided per occurrence at ingest; flipping it on later sends messages
     for later occurrences, none of them `is_new` (the seed's note)."""
     from issue_platform.grouptype import registry
-    from issue_platform.groups import GroupProcessor, KeyState
+    from issue_platform.rules_engine import RulesEngine, KeyState
     from issue_platform.tables import POST_PROCESS
     from issue_platform.pending import Admission, Display, PendingOccurrence, display_digest
 
     display = Display("t", "s", "c", "warning", "production")
     digest = display_digest(display.encode())
-    processor = GroupProcessor("2:" + "a" * 32, KeyState(), {digest: display}, registry)
+    processor = RulesEngine("2:" + "a" * 32, KeyState(), {digest: display}, registry)
     messages = []
     for i, post_process in enumerate([False, False, False, True, True]):
         event = PendingOccurrence(BASE + i, f"{i:032x}", f"{i:032x}", UNRELEASED, None, None, digest, (), None,

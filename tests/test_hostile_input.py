@@ -211,12 +211,12 @@ def test_a_failure_mid_flush_keeps_the_state_from_just_before_it_and_each_row_on
     """The failing event sits between two that succeed in the same flush: the group goes on from its
     state after the first (times_seen 2 in the end, not 3 and not 1), and the first event's rows, emitted
     before the failure, are neither lost nor written again when the step rebuilds the state."""
-    from issue_platform import groups
+    from issue_platform import rules_engine
 
     payloads = [occurrence("mid", type_id=2001, t=BASE), occurrence("mid", type_id=2001, t=BASE + 1),
                 occurrence("mid", type_id=2001, t=BASE + 2)]
     failing = payloads[1]["id"].replace("-", "")
-    apply = groups.GroupProcessor.apply
+    apply = rules_engine.RulesEngine.apply
 
     def fragile_apply(self, event):
         if event.id == failing:
@@ -224,7 +224,7 @@ def test_a_failure_mid_flush_keeps_the_state_from_just_before_it_and_each_row_on
             raise RuntimeError("injected failure")
         return apply(self, event)
 
-    monkeypatch.setattr(groups.GroupProcessor, "apply", fragile_apply)
+    monkeypatch.setattr(rules_engine.RulesEngine, "apply", fragile_apply)
     extra = ["--streaming"] if mode == "streaming" else []
     tables, _ = run_tables(tmp_path, [write_jsonl(tmp_path / "in.jsonl", payloads)], mode, extra)
     (dead,) = tables["dead_letter"]
@@ -239,11 +239,11 @@ def test_a_failure_mid_flush_keeps_the_state_from_just_before_it_and_each_row_on
 def test_several_failures_in_one_flush_each_go_on_from_the_state_just_before_them(tmp_path, monkeypatch):
     """Two of five events fail (the second and the fourth): after each, the group goes on from its state
     just before it (rebuilt from the previous failure's checkpoint), so it counts the other three."""
-    from issue_platform import groups
+    from issue_platform import rules_engine
 
     payloads = [occurrence("twice", type_id=2001, t=BASE + i) for i in range(5)]
     failing = {payloads[i]["id"].replace("-", "") for i in (1, 3)}
-    apply = groups.GroupProcessor.apply
+    apply = rules_engine.RulesEngine.apply
 
     def fragile_apply(self, event):
         if event.id in failing:
@@ -251,7 +251,7 @@ def test_several_failures_in_one_flush_each_go_on_from_the_state_just_before_the
             raise RuntimeError("injected failure")
         return apply(self, event)
 
-    monkeypatch.setattr(groups.GroupProcessor, "apply", fragile_apply)
+    monkeypatch.setattr(rules_engine.RulesEngine, "apply", fragile_apply)
     tables, _ = run_tables(tmp_path, [write_jsonl(tmp_path / "in.jsonl", payloads)], "batch", [])
     assert {failing_id for failing_id in failing if any(failing_id in d["payload"] for d in tables["dead_letter"])} \
         == failing and len(tables["dead_letter"]) == 2

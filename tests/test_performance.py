@@ -1,18 +1,18 @@
-"""The run's workarounds for Beam's runner overheads (pipelines.issue_pipeline) must not change what
+"""The run's workarounds for Beam's runner overheads (pipelines.runner_tuning) must not change what
 Beam sees: the same method parameters and the same state and timer specs, and nothing left patched."""
 from apache_beam.runners.direct import transform_evaluator
 from apache_beam.transforms import core, userstate
 
 from issue_platform.config import load_config
-from pipelines.issue_pipeline import dofn_signatures_cached
-from transforms.groups import BatchProcessGroupsFn, ProcessGroupsFn
+from pipelines.runner_tuning import dofn_signatures_cached
+from transforms.apply_rules import BatchApplyRulesFn, ApplyRulesFn
 from transforms.parse import _GateIngestFn, _ParseFn
 
 
 def _dofns():
     config = load_config()
-    return [ProcessGroupsFn(config, 60.0, float("inf"), 600.0, True),
-            BatchProcessGroupsFn(config, 60.0, float("inf"), 600.0, True),
+    return [ApplyRulesFn(config, 60.0, float("inf"), 600.0, True),
+            BatchApplyRulesFn(config, 60.0, float("inf"), 600.0, True),
             _ParseFn(config, 1000, "fast", False), _GateIngestFn(config),
             core.CallableWrapperDoFn(lambda rows, limit=3: rows[:limit]), core.CallableWrapperDoFn(len)]
 

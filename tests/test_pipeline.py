@@ -154,11 +154,11 @@ def test_type_mismatch_is_dropped(tmp_path):
 
 
 def test_state_cache_workaround_does_not_change_results(tmp_path, monkeypatch):
-    from pipelines import issue_pipeline
+    from pipelines import runner_tuning
 
     lines = list(generate(1500, seed=4))
     off, _ = run_files(tmp_path, lines, "off.jsonl")
-    monkeypatch.setattr(issue_pipeline, "fnapi_state_cache_off", lambda runner: contextlib.nullcontext())
+    monkeypatch.setattr(runner_tuning, "fnapi_state_cache_off", lambda runner: contextlib.nullcontext())
     on, _ = run_files(tmp_path, lines, "on.jsonl")
     for table in ("groups", "occurrences", "post_process"):
         assert canonical(off[table]) == canonical(on[table]), table

@@ -10,7 +10,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from issue_platform import outcomes as R
+from issue_platform import outcomes
 from issue_platform.enums import GroupStatus, GroupSubStatus
 from issue_platform.fingerprint import group_key, hash_fingerprint
 from issue_platform.producer import (EVENT_TIME_ATTRIBUTE, IssueEvidence, IssueOccurrence, PayloadType,
@@ -111,10 +111,10 @@ def test_kafka_send_and_consume_back(kafka_broker):
 
 
 @pytest.mark.parametrize("change, reason", [
-    ({"fingerprint": []}, R.EMPTY_FINGERPRINT),
-    ({"type": 999_999}, R.UNKNOWN_GROUP_TYPE),
-    ({"id": "not-a-uuid"}, R.INVALID_UUID),
-    ({"priority": 30}, R.INVALID_VALUE),
+    ({"fingerprint": []}, outcomes.EMPTY_FINGERPRINT),
+    ({"type": 999_999}, outcomes.UNKNOWN_GROUP_TYPE),
+    ({"id": "not-a-uuid"}, outcomes.INVALID_UUID),
+    ({"priority": 30}, outcomes.INVALID_VALUE),
 ])
 def test_invalid_occurrences_are_refused_and_not_sent(kafka_broker, change, reason):
     topic = _name("ingest")

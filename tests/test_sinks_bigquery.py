@@ -10,7 +10,7 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from bigquery_server import PROJECT, bigquery_client
-from issue_platform import outcomes as R
+from issue_platform import outcomes
 from issue_platform.tables import ACTIVITY, ALL_TABLES, DEAD_LETTER, GROUPS, PART_GROUP, schema_problem
 from transforms.sinks import SinkError, WriteBigQuery, _failed_insert, ensure_tables
 
@@ -30,6 +30,7 @@ def test_rejected_rows_go_to_dead_letter_and_the_rest_is_written(streaming, bigq
     dataset = f"reject_{uuid.uuid4().hex[:8]}"
     options = PipelineOptions(["--runner=BundleBasedDirectRunner", "--streaming"] if streaming else
                               ["--runner=FnApiRunner", f"--temp_location={tmp_path}"])
+    ensure_tables(bigquery_client(bigquery_emulator), PROJECT, dataset)  # the run plan's pre-flight
     with beam.Pipeline(options=options) as p:
         tables = {GROUPS: {PART_GROUP: p | "Groups" >> beam.Create([[GOOD, BAD]])},
                   ACTIVITY: {PART_GROUP: p | "Activity" >> beam.Create([[ACTIVITY_ROW]])}}
@@ -40,7 +41,7 @@ def test_rejected_rows_go_to_dead_letter_and_the_rest_is_written(streaming, bigq
     (activity,) = client.query(f"SELECT data FROM `{PROJECT}.{dataset}.{ACTIVITY}`").result()
     assert dict(activity)["data"] == {"priority": 50, "reason": "escalating"}  # a JSON column, either method
     (dead,) = [dict(r) for r in client.query(f"SELECT * FROM `{PROJECT}.{dataset}.{DEAD_LETTER}`").result()]
-    assert (dead["stage"], dead["reason"], dead["field"]) == (R.STAGE_SINK, R.BIGQUERY_REJECTED, "times_seen")
+    assert (dead["stage"], dead["reason"], dead["field"]) == (outcomes.STAGE_SINK, outcomes.BIGQUERY_REJECTED, "times_seen")
     assert '"group_id":8' in dead["payload"] and '"table":"groups"' in dead["payload"]
     assert "many" not in dead["error"]  # the message names the field, never the content
 
@@ -82,5 +83,5 @@ def test_a_streaming_insert_error_becomes_a_dead_letter_row():
     instead) mapped to a dead-letter row; the error's reason and location, never the value."""
     failed = ("p:d.groups", GOOD, [{"reason": "invalid", "location": "times_seen", "message": "bad value 12"}])
     row = _failed_insert(GROUPS, 1000)(failed)
-    assert (row["stage"], row["reason"], row["field"]) == (R.STAGE_SINK, R.BIGQUERY_REJECTED, "times_seen")
+    assert (row["stage"], row["reason"], row["field"]) == (outcomes.STAGE_SINK, outcomes.BIGQUERY_REJECTED, "times_seen")
     assert "invalid" in row["error"] and "12" not in row["error"]

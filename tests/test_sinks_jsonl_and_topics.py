@@ -13,7 +13,9 @@ from issue_platform.tables import OCCURRENCES, PART_GATE, PART_GROUP, jsonl_pref
 from pipelines.issue_pipeline import run
 from servers import free_port
 from tests.pipeline_support import occurrence, write_jsonl
-from transforms.sinks import KafkaProduceFn, SinkError, WriteJsonLines, WriteOutputs, parse_topic
+from pipelines.options import SinkOptions
+from pipelines.sources_and_sinks import choose_sinks
+from transforms.sinks import KafkaProduceFn, SinkError, WriteJsonLines, parse_topic
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -55,6 +57,6 @@ def test_topic_and_sink_options_are_checked_before_the_job_starts():
         with pytest.raises(SinkError, match="--post_process_topic"):
             parse_topic(bad)
     with pytest.raises(SinkError, match="--bigquery_dataset"):
-        WriteOutputs(PipelineOptions(["--sink", "bigquery"]), "out")
+        choose_sinks(PipelineOptions(["--sink", "bigquery"]).view_as(SinkOptions))
     with pytest.raises(SinkError, match="PROJECT:DATASET"):
-        WriteOutputs(PipelineOptions(["--sink", "bigquery", "--bigquery_dataset", "nodataset"]), "out")
+        choose_sinks(PipelineOptions(["--sink", "bigquery", "--bigquery_dataset", "nodataset"]).view_as(SinkOptions))

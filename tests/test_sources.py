@@ -19,7 +19,8 @@ from pipeline_support import canonical, latest_groups, read_tables, write_jsonl
 from live_support import live_stream
 from servers import consume_kafka, create_kafka_topic
 from transforms.parse import SourcedPayload
-from transforms.sources import ReadFromKafkaTopic, ReadKafkaBackfill, kafka_row_payload, source_transform
+from pipelines.sources_and_sinks import choose_source
+from transforms.sources import ReadFromKafkaTopic, ReadKafkaBackfill, kafka_row_payload
 
 COMPARED = ("occurrences", "status_changes", "post_process", "activity", "evidence")
 
@@ -108,7 +109,7 @@ def test_live_kafka_read_is_beams_cross_language_read_with_offsets_and_create_ti
     """Construction only: applying ReadFromKafka downloads its expansion jar (not reachable here)."""
     options = PipelineOptions(["--source", "kafka", "--topic", "ingest-occurrences",
                                "--kafka_consumer_config", "group.id=issue-platform"]).view_as(SourceOptions)
-    transform = source_transform(options, "broker:9092", streaming=True, inputs=[])
+    transform = choose_source(options, "broker:9092", streaming=True, files=[])
     assert isinstance(transform, ReadFromKafkaTopic)
     read = transform.read
     assert read._urn == "beam:transform:org.apache.beam:kafka_read_with_metadata:v1"
@@ -120,7 +121,7 @@ def test_live_kafka_read_is_beams_cross_language_read_with_offsets_and_create_ti
     assert dict(row.consumer_config) == {"bootstrap.servers": "broker:9092", "auto.offset.reset": "earliest",
                                          "group.id": "issue-platform"}
     assert row.commit_offset_in_finalize is True
-    batch = source_transform(options, "broker:9092", streaming=False, inputs=[])
+    batch = choose_source(options, "broker:9092", streaming=False, files=[])
     assert isinstance(batch, ReadKafkaBackfill)
 
 
@@ -142,7 +143,7 @@ def test_a_kafka_record_keeps_its_coordinates():
 ])
 def test_source_option_errors_are_one_line(flags, streaming, message):
     with pytest.raises(ConfigError, match=message):
-        source_transform(PipelineOptions(flags).view_as(SourceOptions), "b:1", streaming, inputs=[])
+        choose_source(PipelineOptions(flags).view_as(SourceOptions), "b:1", streaming, files=[])
 
 
 def test_live_pubsub_stream_groups_occurrences_and_applies_status_changes(pubsub_emulator, tmp_path):

@@ -18,8 +18,8 @@ from apache_beam.transforms.window import TimestampedValue
 
 from issue_platform.config import load_config
 from issue_platform.tables import iso
-from pipelines.issue_pipeline import build_pipeline
-from pipelines.options import IssuePlatformOptions
+from pipelines.issue_pipeline import build_graph
+from pipelines.plan import RunPlan
 from tests.pipeline_support import BASE, latest_states, occurrence, read_tables
 from transforms.sinks import WriteJsonLines
 
@@ -38,8 +38,7 @@ def _live(tmp_path, payloads, watermarks, bounded, config_text=None):
         (tmp_path / "config.yaml").write_text(config_text)
         config = load_config(str(tmp_path / "config.yaml"))
     with beam.Pipeline(options=options) as p:
-        tables = build_pipeline(p, options.view_as(IssuePlatformOptions), config, raw=p | stream,
-                                bounded=bounded)
+        tables = build_graph(p, RunPlan(config, stream, options, sinks=None, bounded=bounded))
         tables | WriteJsonLines(str(tmp_path))
     return read_tables(tmp_path)
 

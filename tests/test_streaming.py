@@ -16,8 +16,9 @@ from apache_beam.testing.test_stream import TestStream as BeamTestStream
 from apache_beam.transforms.window import TimestampedValue
 
 from issue_platform.config import load_config
-from pipelines.issue_pipeline import build_pipeline, run
-from pipelines.options import IssuePlatformOptions
+from pipelines.issue_pipeline import build_graph, run
+from pipelines.options import StateOptions, TimeOptions
+from pipelines.plan import RunPlan
 from tests.lifecycle_fixture import CONFIG, D, H, lifecycle_payloads
 from tests.pipeline_support import BASE, canonical, latest_groups, occurrence, read_tables, write_jsonl
 from transforms.sinks import WriteJsonLines
@@ -88,9 +89,11 @@ def _run_stream(tmp_path, stream: BeamTestStream, as_of: float = float("inf"), c
     config = load_config(str(tmp_path / "config.yaml"))
     config.install()
     options = PipelineOptions(["--runner=BundleBasedDirectRunner", "--streaming", *extra])
-    opts = options.view_as(IssuePlatformOptions)
+    plan = RunPlan(config, stream, options, sinks=None, as_of=as_of, received_at=as_of,
+                   dedupe_window_seconds=options.view_as(StateOptions).dedupe_window_seconds,
+                   allowed_lateness_seconds=options.view_as(TimeOptions).allowed_lateness_seconds)
     with beam.Pipeline(options=options) as p:
-        tables = build_pipeline(p, opts, config, raw=p | stream, as_of=as_of, received_at=as_of)
+        tables = build_graph(p, plan)
         stamped = {name: {part: batches | f"Stamp{name}{part}" >> beam.Map(
             lambda rows, ts=beam.DoFn.TimestampParam: [{**row, "_emitted_at": float(ts.micros) / 1e6} for row in rows])
             for part, batches in parts.items()} for name, parts in tables.items()}

@@ -2,13 +2,10 @@
 gate (GateIngest) and keying; `Ingest` runs the three as one step, which is what the pipeline uses."""
 from __future__ import annotations
 
-import dataclasses
-import logging
 import time
 from typing import NamedTuple, Optional, Sequence, Tuple
 
 import apache_beam as beam
-import orjson
 from apache_beam import pvalue
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
@@ -16,21 +13,21 @@ from apache_beam.transforms.window import GlobalWindow, TimestampedValue
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
-from issue_platform import outcomes as R
+from issue_platform import outcomes
 from issue_platform.config import PlatformConfig
 from issue_platform.config_cache import CACHE as CONFIG_CACHE
+from issue_platform.dead_letters import dead_letter_row, internal_error_row
 from issue_platform.fingerprint import group_key
-from issue_platform.tables import (DEAD_LETTER, EVIDENCE, OCCURRENCES, PART_GATE, PART_KEY, PART_PARSE, dead_letter_row,
-                                   evidence_row, occurrence_row)
-from issue_platform.pending import (DIGEST_SIZE, Admission, Display, add_to_batch, display_record, encode_occurrence,
+from issue_platform.ingest_gate import IngestGate, ingest_disabled_row
+from issue_platform.tables import DEAD_LETTER, EVIDENCE, OCCURRENCES, PART_GATE, PART_KEY, PART_PARSE, evidence_row
+from issue_platform.pending import (DIGEST_SIZE, add_to_batch, display_record, encode_occurrence,
                                     encode_status_change, keyed, new_batch, record_display_digest, sealed_batch,
                                     shard_of)
 from issue_platform.validation import (DEFAULT_MAX_PAYLOAD_BYTES, Occurrence, PayloadValidator, Rejected,
                                        StatusChange, parse)
-from transforms.read import NAMESPACE, Lines, Progress
+from transforms.read import NAMESPACE, Lines, Progress, open_config
 
 EVENT_TIMES = "events.time"  # a distribution of the valid events' times (unix seconds)
-_LOGGER = logging.getLogger(__name__)
 
 
 def _counter(group: str, name: str):
@@ -44,25 +41,10 @@ class SourcedPayload(NamedTuple):
     source: str
 
 
-
-def internal_error_row(stage: str, exc: Exception, payload, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
-                       source: Optional[str] = None) -> dict:
-    """The dead-letter row for an element a step of ours failed on: a bug must not stop the pipeline
-    (a stream would retry the element forever). The log names the exception type, never the payload."""
-    _LOGGER.warning("%s step failed unexpectedly on one element: %s", stage, type(exc).__name__)
-    if dataclasses.is_dataclass(payload):
-        try:
-            payload = orjson.dumps(dataclasses.asdict(payload), default=str, option=orjson.OPT_NON_STR_KEYS)
-        except (TypeError, orjson.JSONEncodeError):
-            payload = orjson.dumps({"id": payload.id})
-    rejected = Rejected(R.INTERNAL_ERROR, "", f"internal error in the {stage} step: {type(exc).__name__}", stage)
-    return dead_letter_row(rejected, payload, max_bytes, source)
-
-
 def _internal_error(stage: str, exc: Exception, payload, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
                     source: Optional[str] = None):
     """`internal_error_row` as this module's dead-letter output, counted."""
-    _counter("dead_letter", R.INTERNAL_ERROR).inc()
+    _counter("dead_letter", outcomes.INTERNAL_ERROR).inc()
     return pvalue.TaggedOutput(DEAD_LETTER, internal_error_row(stage, exc, payload, max_bytes, source))
 
 
@@ -99,7 +81,7 @@ class _ParseFn(beam.DoFn):
             _counter("dead_letter", rejected.reason).inc()
             return pvalue.TaggedOutput(DEAD_LETTER, dead_letter_row(rejected, raw, self._max_bytes, source))
         except Exception as exc:
-            return _internal_error(R.STAGE_PARSE, exc, raw, self._max_bytes, source)
+            return _internal_error(outcomes.STAGE_PARSE, exc, raw, self._max_bytes, source)
 
 
 class ParsePayloads(beam.PTransform):
@@ -115,16 +97,6 @@ class ParsePayloads(beam.PTransform):
         return raw | "Validate" >> beam.ParDo(self._fn).with_outputs(DEAD_LETTER, main="valid")
 
 
-def _ingest_disabled_row(occ: Occurrence) -> dict:
-    return occurrence_row(
-        occurrence_id=occ.id, project_id=occ.project_id, fingerprint=occ.fingerprint, type_id=occ.type,
-        event_id=occ.event_id, display=Display(occ.issue_title, occ.subtitle, occ.culprit, occ.level,
-                                               occ.environment),
-        priority=occ.priority if occ.priority is not None else occ.initial_priority,
-        resource_id=occ.resource_id, detection_time=occ.detection_time, group_id=None,
-        outcome=R.INGEST_DISABLED)
-
-
 class _GateIngestFn(beam.DoFn):
     """Decides each payload's `Admission` from the project's settings and flags in the config side
     input (every version seen so far; the newest `loaded_at` wins), or, with `refresh_seconds`,
@@ -133,11 +105,10 @@ class _GateIngestFn(beam.DoFn):
 
     def __init__(self, config: PlatformConfig, refresh_seconds: Optional[float] = None):
         self._config, self._refresh_seconds = config, refresh_seconds
-        self._dropped = _counter("occurrences", R.INGEST_DISABLED)
+        self._dropped = _counter("occurrences", outcomes.INGEST_DISABLED)
 
     def setup(self):
-        self._types = self._config.registry()
-        self._cache, self._versions, self._current = {}, None, self._config
+        self._gate, self._versions = IngestGate(self._config, self._config.registry()), None
 
     def process(self, payload, versions: list):
         yield self.admit(payload, versions)
@@ -147,37 +118,25 @@ class _GateIngestFn(beam.DoFn):
         try:
             return self._admit(payload, versions)
         except Exception as exc:
-            return _internal_error(R.STAGE_GATE, exc, payload)
+            return _internal_error(outcomes.STAGE_GATE, exc, payload)
 
     def _admit(self, payload, versions: list):
         if versions is not self._versions:  # a new side-input value: pick the newest config
-            self._versions, self._cache = versions, {}
-            self._current = max(versions, key=lambda c: c.loaded_at, default=self._config)
+            self._versions = versions
+            self._gate.use(max(versions, key=lambda c: c.loaded_at, default=self._config))
         if self._refresh_seconds:
             self._refresh()
-        config = self._current
-        project = config.project(payload.project_id)
-        if not isinstance(payload, Occurrence):  # status changes are never gated (as in Sentry)
-            return payload, Admission(resolve_age_hours=project.resolve_age_hours)
-        cache_key = (payload.type, payload.project_id)
-        admission = self._cache.get(cache_key)
-        if admission is None:
-            gtype = self._types.get_by_type_id(payload.type)
-            admission = self._cache[cache_key] = (
-                config.allows(gtype, "ingest", project.project_id),
-                Admission(config.allows(gtype, "post_process", project.project_id),
-                          config.allows(gtype, "visible", project.project_id), project.resolve_age_hours))
-        if admission[0]:
-            return payload, admission[1]
+        admission = self._gate.admit(payload)
+        if admission is not None:
+            return payload, admission
         self._dropped.inc()
-        return pvalue.TaggedOutput(OCCURRENCES, _ingest_disabled_row(payload))
+        return pvalue.TaggedOutput(OCCURRENCES, ingest_disabled_row(payload))
 
     def _refresh(self):
-        config, outcome = CONFIG_CACHE.get(self._current, self._refresh_seconds, FileSystems.open, _file_stamp)
+        config, outcome = CONFIG_CACHE.get(self._gate.config, self._refresh_seconds, open_config, _file_stamp)
         if outcome:
             _counter("config", outcome).inc()
-        if config is not self._current:
-            self._current, self._cache = config, {}
+        self._gate.use(config)
 
 
 def _file_stamp(path: str) -> tuple[float, int]:
@@ -230,7 +189,7 @@ class _KeyByGroup:
         try:
             return self._encode(payload, admission)
         except Exception as exc:
-            return _internal_error(R.STAGE_KEY, exc, payload)
+            return _internal_error(outcomes.STAGE_KEY, exc, payload)
 
     def _encode(self, payload, admission) -> tuple:
         key = group_key(payload.project_id, payload.fingerprint[0])

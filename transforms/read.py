@@ -49,6 +49,13 @@ def input_files(patterns: Sequence[str], option: str = "--input ") -> list[str]:
     return files
 
 
+def open_config(path: str):
+    """Opens a `--config` file for binary reading through Beam's filesystems (local paths, gs://, and
+    any other scheme Beam knows): the one reader of config files, for the CLI, the job and its
+    refreshes alike."""
+    return FileSystems.open(path, compression_type="uncompressed")
+
+
 def avro_payload(record: dict):
     """An Avro record is either `{"payload": <JSON bytes/str>}` or the payload itself, where a null
     field means the field is absent (Avro's way of writing an optional field)."""
@@ -146,15 +153,15 @@ class _ReadFileFn(beam.DoFn):
 
 
 class ReadPayloads(beam.PTransform):
-    """Reads the files named by paths or globs (checked when the pipeline is built) -> raw payloads
-    (`Lines` of JSON Lines records, each bytes; Avro records one by one, bytes or dicts for records
-    that are the payload itself)."""
+    """Reads files (as `input_files` lists them, before the job is built) -> raw payloads (`Lines` of
+    JSON Lines records, each bytes; Avro records one by one, bytes or dicts for records that are the
+    payload itself)."""
 
-    def __init__(self, patterns: Sequence[str]):
+    def __init__(self, files: Sequence[str]):
         super().__init__()
-        if not patterns:
-            raise ValueError("ReadPayloads needs at least one input path or glob")
-        self._files = input_files(patterns)
+        if not files:
+            raise ValueError("ReadPayloads needs at least one input file")
+        self._files = list(files)
 
     def expand(self, pbegin):
         return (pbegin

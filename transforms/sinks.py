@@ -1,6 +1,7 @@
-"""Sinks: where the tables and the post-process messages go, chosen by `SinkOptions`.
+"""Sinks: where the tables and the post-process messages go (chosen from the options by
+`pipelines.sources_and_sinks`; these composites take plain values).
 
-`build_pipeline` returns every table as its parts, `{table: {part: PCollection of row batches}}` (one
+The graph (`pipelines.issue_pipeline.build_graph`) makes every table as its parts, `{table: {part: PCollection of row batches}}` (one
 part per step that produces rows of that table; each element a list of rows, one per step invocation,
 so that a sink pays the runner's per-element cost per batch); each sink decides how to combine them.
 None flattens them: the FnApiRunner holds a Flatten of inputs from different stages entirely in memory.
@@ -9,7 +10,7 @@ None flattens them: the FnApiRunner holds a Flatten of inputs from different sta
 - `WriteBigQuery`: the BigQuery tables of `issue_platform.tables` (FILE_LOADS in batch,
   STREAMING_INSERTS with insert ids derived from each row when streaming).
 - `WritePostProcessTopic`: one message per `post_process` row to Pub/Sub or Kafka.
-- `WriteOutputs`: the composite `pipelines.issue_pipeline` applies: the tables sink, plus the topic.
+- `WriteOutputs`: the composite the graph applies: one tables sink, plus the topics.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import hashlib
 import logging
 import threading
 import uuid
-from typing import Optional
+from typing import Optional, Sequence
 
 import apache_beam as beam
 import orjson
@@ -28,14 +29,13 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import StandardOptions
 
-from issue_platform import outcomes as R
+from issue_platform import outcomes
 from issue_platform.config import ConfigError
+from issue_platform.dead_letters import sink_rejected_row
 from issue_platform.tables import (DEAD_LETTER, GROUPS, GROUPS_CURRENT, GROUPS_CURRENT_SQL, JSONL_SUFFIX, PART_SINK,
-                                   POST_PROCESS, TABLES, dead_letter_row, jsonl_prefix,
-                                   post_process_message, schema_problem)
-from issue_platform.validation import DEFAULT_MAX_PAYLOAD_BYTES, Rejected
-from pipelines.options import SinkOptions
-from transforms.parse import NAMESPACE
+                                   POST_PROCESS, TABLES, jsonl_prefix, post_process_message, schema_problem)
+from issue_platform.validation import DEFAULT_MAX_PAYLOAD_BYTES
+from transforms.read import NAMESPACE
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -256,9 +256,8 @@ class _CheckRowsFn(beam.DoFn):
 
 
 def _rejected_row(table: str, field: str, message: str, row: dict, max_bytes: int) -> dict:
-    Metrics.counter(NAMESPACE, f"dead_letter.{R.BIGQUERY_REJECTED}").inc()
-    rejected = Rejected(R.BIGQUERY_REJECTED, field, f"{table}: {message}", stage=R.STAGE_SINK)
-    return dead_letter_row(rejected, {"table": table, "row": row}, max_bytes)
+    Metrics.counter(NAMESPACE, f"dead_letter.{outcomes.BIGQUERY_REJECTED}").inc()
+    return sink_rejected_row(table, field, message, row, max_bytes)
 
 
 class _InsertIdFn(beam.DoFn):
@@ -291,9 +290,10 @@ def _failed_insert(table: str, max_bytes: int):
 
 
 class WriteBigQuery(beam.PTransform):
-    """Writes every part of every table to `PROJECT:DATASET.<prefix><table>`; creates the tables and
-    the `groups_current` view first where absent (at construction, like Beam's CREATE_IF_NEEDED,
-    but with the partitioning and clustering of `issue_platform.tables`; writes use CREATE_NEVER).
+    """Writes every part of every table to `PROJECT:DATASET.<prefix><table>`, which must exist:
+    `ensure_tables` creates them and the `groups_current` view where absent, before the job is built
+    (the run plan's pre-flight; like Beam's CREATE_IF_NEEDED, but with the partitioning and clustering
+    of `issue_platform.tables`); writes use CREATE_NEVER.
 
     Batch: FILE_LOADS. Streaming: STREAMING_INSERTS with insert ids from each row's content. Rows
     BigQuery rejects (a schema check before the write, and the per-row errors of streaming inserts)
@@ -314,7 +314,6 @@ class WriteBigQuery(beam.PTransform):
     def expand(self, tables: dict):
         pipeline = _pipeline_of(tables)
         streaming = bool(pipeline.options.view_as(StandardOptions).streaming)
-        ensure_tables(bigquery_client(self._project, self._endpoint), self._project, self._dataset, self._prefix)
         test_client = EndpointClient(self._project, self._endpoint) if self._endpoint else None
         rejected = []
         for table, parts in sorted(tables.items()):
@@ -482,26 +481,18 @@ class WritePostProcessTopic(beam.PTransform):
 
 
 class WriteOutputs(beam.PTransform):
-    """The tables to the sink `--sink` names (JSON Lines under `--output`, or BigQuery), and the
-    post-process rows to each `--post_process_topic`."""
+    """The tables to one tables sink (`WriteJsonLines` or `WriteBigQuery`), and the post-process rows
+    to each topic (`parse_topic`'s forms)."""
 
-    def __init__(self, options, output_dir: str, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES):
+    def __init__(self, tables_sink: beam.PTransform, post_process_topics: Sequence[str] = ()):
         super().__init__()
-        sink = options.view_as(SinkOptions)
-        if sink.sink == "bigquery":
-            if not sink.bigquery_dataset:
-                raise SinkError("--sink bigquery needs --bigquery_dataset PROJECT:DATASET")
-            self._tables = WriteBigQuery(sink.bigquery_dataset, sink.bigquery_table_prefix or "",
-                                         sink.bigquery_endpoint, max_bytes)
-            self._tables_label = "WriteBigQuery"
-        else:
-            self._tables, self._tables_label = WriteJsonLines(output_dir), "WriteTables"
-        self._topics = [WritePostProcessTopic(topic) for topic in sink.post_process_topic or ()]
+        self._tables = tables_sink
+        self._topics = [WritePostProcessTopic(topic) for topic in post_process_topics]
 
     def expand(self, tables: dict):
         for i, topic in enumerate(self._topics):
             tables[POST_PROCESS] | f"PostProcessTopic{i}" >> topic
-        return tables | self._tables_label >> self._tables
+        return tables | "WriteTables" >> self._tables
 
 
 __all__ = ["WriteOutputs", "WriteJsonLines", "WriteBigQuery", "WritePostProcessTopic", "KafkaProduceFn",

@@ -1,4 +1,4 @@
-"""Sources of raw payloads, chosen by `--source`: files (`ReadPayloads`), a Pub/Sub subscription, a
+"""Sources of raw payloads (chosen from `--source` by `pipelines.sources_and_sinks`): files (`ReadPayloads`), a Pub/Sub subscription, a
 Kafka topic read live (Beam's cross-language `ReadFromKafka`) or backfilled (a bounded read in Python
 that runs on every runner).
 
@@ -9,15 +9,13 @@ parsed reaches the dead-letter table naming where it can be found again.
 from __future__ import annotations
 
 import time
-from typing import Mapping, Optional, Sequence
+from typing import Mapping, Optional
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from issue_platform.config import ConfigError
-from issue_platform.validation import Rejected, parse_time
-from transforms.parse import NAMESPACE, SourcedPayload
-from transforms.read import ReadPayloads
+from transforms.parse import SourcedPayload
+from transforms.read import NAMESPACE
 
 # A backfill's end is found by reading until two polls of this long return nothing: Tansu (and any
 # broker whose high watermark lags its log) reports fewer records than it serves.
@@ -172,57 +170,5 @@ class ReadKafkaBackfill(beam.PTransform):
                 | "ReadPartitions" >> beam.ParDo(_ReadPartitionFn(*self._args, self._start_time)))
 
 
-def _key_values(items: Optional[Sequence[str]], flag: str) -> dict:
-    pairs = {}
-    for item in items or ():
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"{flag} {item!r}: expected KEY=VALUE")
-        pairs[key] = value
-    return pairs
-
-
-def _start_offsets(value: Optional[str]) -> dict:
-    try:
-        return {int(p): int(o) for p, o in (item.split(":") for item in value.split(","))} if value else {}
-    except ValueError:
-        raise ConfigError(f"--kafka_start_offsets {value!r}: expected PARTITION:OFFSET[,PARTITION:OFFSET...]") \
-            from None
-
-
-def _time(value: Optional[str], flag: str) -> Optional[float]:
-    if value is None:
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        pass
-    try:
-        return parse_time(value, flag)
-    except Rejected:
-        raise ConfigError(f"{flag} {value!r}: expected RFC 3339 or unix seconds") from None
-
-
-def source_transform(options, bootstrap_servers: str, streaming: bool, inputs: Sequence[str]) -> beam.PTransform:
-    """The read transform for `options` (a `SourceOptions` view) and Beam's `--bootstrap_servers`;
-    errors in the options raise `ConfigError` (one line)."""
-    if options.source == "files":
-        return ReadPayloads(inputs)
-    if options.source == "pubsub":
-        if not options.subscription or "/subscriptions/" not in options.subscription:
-            raise ConfigError("--source pubsub needs --subscription projects/P/subscriptions/S")
-        if not streaming:
-            raise ConfigError("--source pubsub is unbounded: add --streaming")
-        return ReadFromPubSubSubscription(options.subscription, options.timestamp_attribute)
-    config = _key_values(options.kafka_consumer_config, "--kafka_consumer_config")
-    if streaming:
-        return ReadFromKafkaTopic(bootstrap_servers, options.topic, config)
-    start_time = _time(options.kafka_start_time, "--kafka_start_time")
-    offsets = _start_offsets(options.kafka_start_offsets)
-    if start_time is not None and offsets:
-        raise ConfigError("--kafka_start_time and --kafka_start_offsets: give one of them")
-    return ReadKafkaBackfill(bootstrap_servers, options.topic, config, start_time, offsets)
-
-
-__all__ = ["ReadFromPubSubSubscription", "ReadFromKafkaTopic", "ReadKafkaBackfill", "kafka_row_payload", "source_transform",
+__all__ = ["ReadFromPubSubSubscription", "ReadFromKafkaTopic", "ReadKafkaBackfill", "kafka_row_payload",
            "EMPTY_POLL_SECONDS"]

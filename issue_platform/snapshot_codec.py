@@ -26,7 +26,7 @@ from datetime import datetime
 from typing import Optional
 
 from issue_platform.fingerprint import split_group_key
-from issue_platform.group_state import KeyState, StateVersionError
+from issue_platform.key_state import KeyState, StateVersionError
 from issue_platform.pending import SEED
 
 FORMAT = 1  # the row layout; KeyState's own encoding carries its own version

@@ -1,6 +1,6 @@
 """The event-time driver: applies one key's events, and the transitions due between them, to its state.
 
-`GroupProcessor` applies events to a `KeyState` (group_state.py) strictly in event-time order,
+`RulesEngine` applies events to a `KeyState` (key_state.py) strictly in event-time order,
 interleaving the time-driven transitions that fall due between them (lifecycle.py), and returns
 output rows as `(table, row)` pairs. Per item it does what Sentry's consumer does: drop an id seen
 within the dedupe window (`occurrence_consumer.process_occurrence_group` caches every item's id,
@@ -19,16 +19,16 @@ import math
 from typing import Mapping, Optional
 
 from issue_platform import ingest_rules, lifecycle, status_rules
-from issue_platform import outcomes as O
+from issue_platform import outcomes
 from issue_platform.fingerprint import group_id_for, split_group_key
-from issue_platform.group_state import Group, KeyState
+from issue_platform.key_state import Group, KeyState
 from issue_platform.grouptype import GroupTypeRegistry
 from issue_platform.noise import is_expired, should_create_group
 from issue_platform.pending import Display, Pending, PendingOccurrence, PendingStatusChange
 from issue_platform.tables import (GROUPS, OCCURRENCES, POST_PROCESS, STATUS_CHANGES, group_row, occurrence_row,
                                    post_process_row, status_change_row)
 
-__all__ = ["DEFAULT_DEDUPE_WINDOW_SECONDS", "GroupProcessor", "KeyState"]
+__all__ = ["DEFAULT_DEDUPE_WINDOW_SECONDS", "RulesEngine", "KeyState"]
 
 # An id seen again within this much event time is a duplicate. Sentry keeps ids 300 s in
 # processing time; ours is event time, so batch and streaming agree (see README).
@@ -38,7 +38,7 @@ _MIN_IDS_TO_FORGET = 1024  # a flush forgets old ids once a key holds this many 
 Rows = list[tuple[str, dict]]
 
 
-class GroupProcessor:
+class RulesEngine:
     """Applies one key's events and due transitions, in event-time order, to its `KeyState`."""
 
     def __init__(self, key: str, state: KeyState, displays: Mapping[bytes, Display], types: GroupTypeRegistry,
@@ -134,7 +134,7 @@ class GroupProcessor:
         state, display = self.state, self.displays[ev.display]
         group, rows, is_new, is_regression = state.group, [], False, False
         if duplicate:
-            outcome = O.DUPLICATE
+            outcome = outcomes.DUPLICATE
         elif group is None:
             gtype = self.types.get_by_type_id(ev.type)
             create, state.noise = should_create_group(state.noise, ev.time, gtype.noise_config)
@@ -142,15 +142,15 @@ class GroupProcessor:
                 group = state.group = ingest_rules.create_group(
                     group_id_for(self.key), self.project_id, self.primary_hash, ev, display, gtype)
                 is_new = True
-            outcome = O.GROUPED if create else O.NOISE_SUPPRESSED
+            outcome = outcomes.GROUPED if create else outcomes.NOISE_SUPPRESSED
         elif group.type != ev.type:
-            outcome = O.TYPE_MISMATCH
+            outcome = outcomes.TYPE_MISMATCH
         else:
             gtype = self.types.get_by_type_id(group.type)
             rows, is_regression = ingest_rules.update_group(group, ev, display, gtype)
-            outcome = O.GROUPED
+            outcome = outcomes.GROUPED
         rows.insert(0, (OCCURRENCES, self._occurrence_row(ev, display, outcome)))
-        if outcome == O.GROUPED:
+        if outcome == outcomes.GROUPED:
             rows += self._after_grouping(group, ev, display, is_new, is_regression)
         return rows
 
@@ -175,7 +175,7 @@ class GroupProcessor:
         return rows
 
     def _occurrence_row(self, ev: PendingOccurrence, display: Display, outcome: str) -> dict:
-        grouped = outcome == O.GROUPED
+        grouped = outcome == outcomes.GROUPED
         return occurrence_row(
             occurrence_id=ev.id, project_id=self.project_id, fingerprint=(self.primary_hash, *ev.extra_fingerprint),
             type_id=ev.type, event_id=ev.event_id, display=display, priority=ingest_rules.occurrence_priority(ev),

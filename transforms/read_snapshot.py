@@ -1,5 +1,5 @@
 """ReadSnapshot: a previous run's `state` table (JSON Lines files or BigQuery) -> one seed record per
-key for ProcessGroups; `locate` and `check` resolve and pre-flight `--resume_from`."""
+key for ApplyRules; `locate` and `check` resolve and pre-flight `--resume_from`."""
 from __future__ import annotations
 
 import itertools
@@ -11,7 +11,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.window import TimestampedValue
 
 from issue_platform.config import ConfigError
-from issue_platform.snapshot import SnapshotError, seed_from_row, snapshot_time
+from issue_platform.snapshot_codec import SnapshotError, seed_from_row, snapshot_time
 from issue_platform.tables import CURRENT_STATE_SQL, STATE, iso, jsonl_glob
 
 BIGQUERY = "bigquery:"
@@ -89,7 +89,7 @@ class ReadSnapshot(beam.PTransform):
     timestamped at the snapshot's clock, to be flattened with the keyed events ahead of the stateful
     step, which adopts a key's newest seed (a stream writes several snapshots of a key; from BigQuery
     only each key's current row is read). A row this release cannot read fails the run
-    (issue_platform.snapshot.SnapshotError): a snapshot is never misread or skipped. Plain DoFns do the
+    (issue_platform.snapshot_codec.SnapshotError): a snapshot is never misread or skipped. Plain DoFns do the
     reading: the local streaming runner can run neither a splittable DoFn (ReadFromText) nor a
     GroupByKey next to a TestStream."""
 
