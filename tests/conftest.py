@@ -1,3 +1,14 @@
-"""Session-scoped fixtures for the local servers (see servers.py and bigquery_server.py)."""
+"""Session-scoped fixtures for the local servers (see servers.py and bigquery_server.py); every test
+that uses one is marked `servers` (tests that start a server themselves carry the mark)."""
+import pytest
+
 from bigquery_server import bigquery_emulator  # noqa: F401  (registers the fixtures)
 from servers import kafka_broker, pubsub_emulator  # noqa: F401
+
+SERVER_FIXTURES = {"bigquery_emulator", "kafka_broker", "pubsub_emulator"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.servers)

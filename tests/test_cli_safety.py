@@ -125,7 +125,7 @@ def test_output_that_is_a_file_under_a_file_or_unwritable(tmp_path, capsys):
     assert blocker.read_text() == "x"
 
 
-def test_a_truncated_gzip_or_corrupt_avro_fails_the_run_and_keeps_previous_results(tmp_path, previous):
+def test_a_truncated_gzip_or_corrupt_avro_fails_the_run_and_keeps_previous_results(tmp_path, previous, capsys):
     out, before = previous
     whole = b"".join(line + b"\n" for line in generate(300, seed=1))
     truncated = tmp_path / "cut.jsonl.gz"
@@ -134,10 +134,10 @@ def test_a_truncated_gzip_or_corrupt_avro_fails_the_run_and_keeps_previous_resul
     corrupt.write_bytes(b"Obj\x01 not really avro")
     in_job = ["--as_of", "2026-11-02T00:00:00Z"]  # no scan for the default as_of: the job meets the damage
     for path, extra in ((truncated, []), (truncated, in_job), (truncated, ["--streaming"]), (corrupt, in_job)):
-        line = one_line_error(cli("run", "--input", path, "--output", out, *extra))
+        line = one_line_error(main(capsys, "run", "--input", path, "--output", out, *extra))
         assert str(path) in line and ("truncated" in line or "Avro" in line), line
         assert_untouched(out, before)
-    assert "truncated" in one_line_error(cli("validate", truncated))
+    assert "truncated" in one_line_error(cli("validate", truncated))  # and from the installed entry point
 
 
 def test_ctrl_c_keeps_previous_results_and_leaves_no_litter(tmp_path, previous):
@@ -192,13 +192,14 @@ def test_a_type_module_that_exits_on_import_is_an_error(tmp_path):
         assert "quitter" in line or "sys.exit" in line
 
 
-def test_as_of_before_all_data_warns(tmp_path):
+def test_as_of_before_all_data_warns(tmp_path, capsys):
     data = write_jsonl(tmp_path / "in.jsonl", [occurrence("early", t=BASE)])
     for extra in ([], ["--streaming"]):
-        result = cli("run", "--input", data, "--output", tmp_path / "o", "--as_of", "2020-01-01T00:00:00Z", *extra)
+        result = main(capsys, "run", "--input", data, "--output", tmp_path / "o", "--as_of", "2020-01-01T00:00:00Z",
+                      *extra)
         assert result.returncode == 0, result.stderr
         assert "warning: --as_of" in result.stderr and "before every event" in result.stderr
-    quiet = cli("run", "--input", data, "--output", tmp_path / "o", "--as_of", str(BASE + 10))
+    quiet = main(capsys, "run", "--input", data, "--output", tmp_path / "o", "--as_of", str(BASE + 10))
     assert quiet.returncode == 0 and quiet.stderr == ""  # not a terminal, no --progress: nothing on stderr
 
 
@@ -250,7 +251,7 @@ def flag_states(flags_output: str, slug: str) -> list[str]:
     return line.split()[-3:]
 
 
-def test_createissueflag_appended_to_a_config_is_the_documented_release_workflow(tmp_path):
+def test_createissueflag_appended_to_a_config_is_the_documented_release_workflow(tmp_path, capsys):
     """README: `createissueflag --slug S --owner T >> config.yaml`, raise a rollout, check with `flags`, run."""
     config = tmp_path / "config.yaml"
     config.write_text('projects:\n  "1": {organization: {id: 1, slug: acme, early_adopter: false}}\n')
@@ -258,7 +259,7 @@ def test_createissueflag_appended_to_a_config_is_the_documented_release_workflow
     shell = subprocess.run(f"{sys.executable} -m pipelines.cli createissueflag --slug {slug} --owner perf "
                            f">> {config}", shell=True, env=ENV, capture_output=True, text=True)
     assert shell.returncode == 0 and "GENERATED YAML" in shell.stderr
-    flags = cli("flags", "--config", config)
+    flags = main(capsys, "flags", "--config", config)
     assert flags.returncode == 0, flags.stderr
     assert flag_states(flags.stdout, slug) == ["off", "off", "off"]
     document = yaml.safe_load(config.read_text())
@@ -266,9 +267,9 @@ def test_createissueflag_appended_to_a_config_is_the_documented_release_workflow
         if name.endswith("-ingest"):
             next(s for s in body["segments"] if s["name"] == "GA")["rollout"] = 100
     config.write_text(yaml.safe_dump(document))
-    assert flag_states(cli("flags", "--config", config).stdout, slug) == ["on", "off", "off"]
+    assert flag_states(main(capsys, "flags", "--config", config).stdout, slug) == ["on", "off", "off"]
     data = write_jsonl(tmp_path / "in.jsonl", [occurrence("n1", type_id=1906, t=BASE + i) for i in range(3)])
-    result = cli("run", "--config", config, "--input", data, "--output", tmp_path / "o")
+    result = main(capsys, "run", "--config", config, "--input", data, "--output", tmp_path / "o")
     assert result.returncode == 0, result.stderr
     assert "groups created:        1" in result.stdout  # post-process is off: no is_new message, still a group
     assert read_tables(tmp_path / "o")["post_process"] == []

@@ -2,6 +2,7 @@
 post-processing and visibility per organization (batch pipeline on the FnApiRunner)."""
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 
@@ -23,7 +24,10 @@ projects:
 """
 
 
+@functools.lru_cache(maxsize=None)
 def createissueflag() -> str:
+    """The command's output, as a user gets it (a subprocess); once per session: it depends only on
+    the slug, the owner and the date."""
     result = subprocess.run([sys.executable, "-m", "pipelines.cli", "createissueflag", "--slug", SLUG,
                              "--owner", "perf"], capture_output=True, text=True, check=True)
     assert result.stderr == "\n=== GENERATED YAML ===\n"  # Sentry's banner, kept off stdout (issue #7)

@@ -4,10 +4,12 @@ post-process topics, backfills them from Kafka, prints both summaries and stops 
 import re
 
 import psutil
+import pytest
 
 from pipelines.cli import main
 
 
+@pytest.mark.servers
 def test_live_runs_the_local_stack_end_to_end_and_stops_it(tmp_path, capsys):
     before = {p.pid for p in psutil.Process().children(recursive=True)}
     assert main(["live", "--count", "60", "--output", str(tmp_path), "--timeout", "120"]) == 0

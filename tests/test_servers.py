@@ -1,5 +1,6 @@
 """The local servers start on loopback, answer, and stop by process id."""
 import psutil
+import pytest
 
 from servers import HOST, consume_kafka, create_kafka_topic, create_pubsub_topic, start_tansu
 
@@ -25,6 +26,7 @@ def test_pubsub_emulator_round_trip(pubsub_emulator):
         (b"hello", {"a": "1"})]
 
 
+@pytest.mark.servers
 def test_kafka_broker_round_trip_and_stop_by_pid():
     from confluent_kafka import Producer
 
