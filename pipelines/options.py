@@ -138,10 +138,6 @@ class StateOptions(PipelineOptions):
                  "with instead of from nothing, so groups, noise counts, recent ids and forecasts carry over. "
                  "Events at or before a key's snapshot are handled as late data. Default: start empty.")
         parser.add_argument(
-            "--dedupe_window_seconds", type=float, default=DEFAULT_DEDUPE_WINDOW_SECONDS, metavar="SECONDS",
-            help="An occurrence id seen again within this many seconds of event time is a duplicate. "
-                 f"Default: {DEFAULT_DEDUPE_WINDOW_SECONDS:g} (raised to the allowed lateness if that is larger).")
-        parser.add_argument(
             "--config_refresh_seconds", type=float, default=None, metavar="SECONDS",
             help="Re-read --config (any Beam filesystem path) when the copy in use is older than this many "
                  "seconds; only its projects and features may change (checked by modification time and size "
@@ -150,7 +146,8 @@ class StateOptions(PipelineOptions):
 
 
 class TimeOptions(PipelineOptions):
-    """Event time: how far time-driven transitions run, and how late an event may be."""
+    """Event time: how far time-driven transitions run, how late an event may be, and how long an id
+    is remembered."""
 
     TITLE = "time"
 
@@ -167,6 +164,10 @@ class TimeOptions(PipelineOptions):
             help="An event behind its group's clock by at most this many seconds is still applied (out of "
                  "order); later ones are dead-lettered as `late`. Default: "
                  f"{DEFAULT_ALLOWED_LATENESS_SECONDS:g}.")
+        parser.add_argument(
+            "--dedupe_window_seconds", type=float, default=DEFAULT_DEDUPE_WINDOW_SECONDS, metavar="SECONDS",
+            help="An occurrence id seen again within this many seconds of event time is a duplicate. "
+                 f"Default: {DEFAULT_DEDUPE_WINDOW_SECONDS:g} (raised to the allowed lateness if that is larger).")
 
 
 RUN_OPTIONS = (InputOptions, OutputOptions, SourceOptions, SinkOptions, StateOptions, TimeOptions)

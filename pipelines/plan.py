@@ -79,7 +79,7 @@ def plan_run(argv: Optional[Sequence[str]] = None, config: Optional[PlatformConf
     inputs, output, source, state, when = (options.view_as(c) for c in (
         InputOptions, OutputOptions, SourceOptions, StateOptions, TimeOptions))
     standard = options.view_as(StandardOptions)
-    check_values(inputs, state, when)
+    check_values(inputs, when)
     as_of = parse_as_of(when.as_of)
     if standard.runner is None:
         standard.runner = STREAMING_RUNNER if standard.streaming else BATCH_RUNNER
@@ -101,7 +101,7 @@ def plan_run(argv: Optional[Sequence[str]] = None, config: Optional[PlatformConf
     sinks.check()
     plan = RunPlan(config, read, options, sinks, output.output, max_payload_bytes=inputs.max_payload_bytes,
                    validator=inputs.validator, progress=output.progress, snapshot=snapshot,
-                   dedupe_window_seconds=state.dedupe_window_seconds,
+                   dedupe_window_seconds=when.dedupe_window_seconds,
                    allowed_lateness_seconds=when.allowed_lateness_seconds,
                    config_refresh_seconds=state.config_refresh_seconds, as_of_given=when.as_of)
     # Checked; from here on the input is read where the run needs it up front.
@@ -175,12 +175,12 @@ def check_known(argv: Sequence[str]) -> None:
     raise ConfigError(f"run: unknown option {name}{hint} (see issue-platform run --help)")
 
 
-def check_values(inputs: InputOptions, state: StateOptions, when: TimeOptions) -> None:
+def check_values(inputs: InputOptions, when: TimeOptions) -> None:
     """Refuse values that make no sense, each with one line."""
     if inputs.max_payload_bytes <= 0:
         raise ConfigError(f"--max_payload_bytes must be a positive number of bytes, got {inputs.max_payload_bytes}")
     for name, value in (("allowed_lateness_seconds", when.allowed_lateness_seconds),
-                        ("dedupe_window_seconds", state.dedupe_window_seconds)):
+                        ("dedupe_window_seconds", when.dedupe_window_seconds)):
         if not (math.isfinite(value) and value >= 0):
             raise ConfigError(f"--{name} must be a number of seconds >= 0, got {value:g}")
 

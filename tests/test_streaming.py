@@ -17,7 +17,7 @@ from apache_beam.transforms.window import TimestampedValue
 
 from issue_platform.config import load_config
 from pipelines.issue_pipeline import build_graph, run
-from pipelines.options import StateOptions, TimeOptions
+from pipelines.options import TimeOptions
 from pipelines.plan import RunPlan
 from tests.lifecycle_fixture import CONFIG, D, H, lifecycle_payloads
 from tests.pipeline_support import BASE, canonical, latest_groups, occurrence, read_tables, write_jsonl
@@ -90,7 +90,7 @@ def _run_stream(tmp_path, stream: BeamTestStream, as_of: float = float("inf"), c
     config.install()
     options = PipelineOptions(["--runner=BundleBasedDirectRunner", "--streaming", *extra])
     plan = RunPlan(config, stream, options, sinks=None, as_of=as_of, received_at=as_of,
-                   dedupe_window_seconds=options.view_as(StateOptions).dedupe_window_seconds,
+                   dedupe_window_seconds=options.view_as(TimeOptions).dedupe_window_seconds,
                    allowed_lateness_seconds=options.view_as(TimeOptions).allowed_lateness_seconds)
     with beam.Pipeline(options=options) as p:
         tables = build_graph(p, plan)

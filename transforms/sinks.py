@@ -492,7 +492,8 @@ class WriteOutputs(beam.PTransform):
     def expand(self, tables: dict):
         for i, topic in enumerate(self._topics):
             tables[POST_PROCESS] | f"PostProcessTopic{i}" >> topic
-        return tables | "WriteTables" >> self._tables
+        label = "WriteBigQuery" if isinstance(self._tables, WriteBigQuery) else "WriteTables"  # stable labels
+        return tables | label >> self._tables
 
 
 __all__ = ["WriteOutputs", "WriteJsonLines", "WriteBigQuery", "WritePostProcessTopic", "KafkaProduceFn",
