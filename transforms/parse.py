@@ -296,20 +296,18 @@ class Ingest(beam.PTransform):
     """ParsePayloads | GateIngest | KeyByGroup fused into one step (the same code per record, one
     runner step instead of three). Outputs: `keyed` (per shard, key and bundle with `per_key`), and
     as batches of rows (a list per input element): `occurrences` (ingest disabled), `evidence`, and
-    the dead letters of each stage under `issue_platform.tables.PART_PARSE`, `PART_GATE` and `PART_KEY`."""
+    the dead letters of each stage under `issue_platform.tables.PART_PARSE`, `PART_GATE` and `PART_KEY`.
+    The gate decides by `config`, re-read every `refresh_seconds` when given (see `GateIngest`)."""
 
     def __init__(self, config: PlatformConfig, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES, validator: str = "fast",
-                 progress: bool = False, config_updates: Optional[beam.PCollection] = None,
-                 refresh_seconds: Optional[float] = None, received_at: Optional[float] = None,
-                 per_key: bool = False):
+                 progress: bool = False, refresh_seconds: Optional[float] = None,
+                 received_at: Optional[float] = None, per_key: bool = False):
         super().__init__()
-        self._config, self._updates, self._per_key = config, config_updates, per_key
+        self._config, self._per_key = config, per_key
         self._fn = _IngestFn(config, max_bytes, validator, progress, refresh_seconds, received_at, per_key)
 
     def expand(self, raw):
-        updates = self._updates
-        if updates is None:
-            updates = raw.pipeline | "Config" >> beam.Create([self._config])
+        updates = raw.pipeline | "Config" >> beam.Create([self._config])
         keyed_type = Tuple[int, bytes] if self._per_key else KeyedRecord
         return raw | "ParseGateAndKey" >> beam.ParDo(self._fn, beam.pvalue.AsList(updates)).with_output_types(
             keyed_type).with_outputs(OCCURRENCES, EVIDENCE, PART_PARSE, PART_GATE, PART_KEY, main="keyed")
