@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench live clean
+.PHONY: run test bench live clean chromium
 
 $(STAMP): setup.py
 	$(PY) -m venv $(VENV)
@@ -15,8 +15,14 @@ $(STAMP): setup.py
 run: $(STAMP)
 	$(BIN)/issue-platform run
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(BIN)/python -m pytest -q tests
+
+# The report's browser tests drive Debian's chromium headless; install it when absent (needs root, as in .ci/run).
+chromium:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+	  { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; } || \
+	  { echo "make: chromium is missing and could not be installed: run 'sudo apt-get install chromium'" >&2; exit 1; }
 
 live: $(STAMP)
 	$(BIN)/issue-platform live $(ARGS)

@@ -8,6 +8,7 @@
     issue-platform flags --config FILE [--project ID]
     issue-platform produce FILE... --to pubsub:projects/P/topics/T | kafka:HOST:PORT/TOPIC
     issue-platform live [--count N]
+    issue-platform report [OUTPUT_DIR | --from bigquery:PROJECT:DATASET] [--to FILE]
 
 Exit codes: 0 success; 1 invalid records (`validate`) or a failed run; 2 a usage, config or input
 error (one line on stderr); 130 interrupted; 141 stdout closed early (`... | head`).
@@ -31,6 +32,7 @@ from pipelines.plan import read_config
 from transforms.read import InputError
 
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 1, 2, 130, 141
+NO_REPORT = "--no-report"
 
 
 def _load(args) -> PlatformConfig:
@@ -151,6 +153,9 @@ def _run_args(parser: argparse.ArgumentParser) -> None:
                              "the results equal a batch run's. Default: batch (FnApiRunner)")
     runner.add_argument("--runner", help="Beam runner. Default: FnApiRunner, or BundleBasedDirectRunner "
                                          "with --streaming")
+    parser.add_argument_group("after the run").add_argument(
+        NO_REPORT, dest="no_report", action="store_true",
+        help="skip the HTML report of the run (see `issue-platform report`). Default: write it")
 
 
 RUN_EPILOG = """\
@@ -165,7 +170,7 @@ e.g. --runner DataflowRunner --project P --region R --temp_location gs://bucket/
 def cmd_run(args, argv: Sequence[str]) -> int:
     from pipelines.summary import counters, counts_from_outputs, earliest_event_time, latest_groups, render
 
-    argv = list(argv)
+    argv = [a for a in argv if a != NO_REPORT]  # the command's, not the job's
     if (args.progress or sys.stderr.isatty()) and "--progress" not in argv:
         argv.append("--progress")
     started = time.monotonic()
@@ -185,6 +190,11 @@ def cmd_run(args, argv: Sequence[str]) -> int:
     if plan.as_of_given is not None and earliest is not None and plan.as_of < earliest:
         print(f"issue-platform: warning: --as_of {plan.as_of_given} is before every event in the input: no "
               "time-driven transition (auto-resolve, back to ongoing) was applied", file=sys.stderr)
+    if not args.no_report:
+        from pipelines.report import report_of_run
+
+        path = report_of_run(plan)
+        print(f"report: {path}" if path else "report: none (the output is not a local directory)")
     if plan.progress:
         from transforms.read import Progress
 
@@ -287,10 +297,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                                 "payloads. Default: 0")
     generate_p.add_argument("--output", help="file (.jsonl, or .jsonl.gz to compress); default: stdout")
 
-    from pipelines import live, produce_cli
+    from pipelines import live, produce_cli, report
 
     produce_cli.register(sub)
     live.register(sub)
+    report.register(sub)
     return parser
 
 
