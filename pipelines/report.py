@@ -68,7 +68,7 @@ def bigquery_source(spec: str, endpoint: Optional[str] = None, prefix: str = "")
 
 
 def _rfc3339(value: datetime) -> str:
-    return value.astimezone(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")  # as tables.iso writes it
 
 
 # -- the page
@@ -129,9 +129,12 @@ def write_report(rows_of: Callable[[str], Iterable[dict]], to: str, source: str,
                  registry: Optional[GroupTypeRegistry] = None, top: int = 500) -> str:
     """Collects, renders and writes the page to `to` (whole or not at all: a failure keeps the
     previous file). Returns the path written."""
-    from pipelines.report_data import collect
+    from pipelines.report_data import TableError, collect
 
-    page = render(collect(rows_of, registry or default_registry, top), source)
+    try:
+        page = render(collect(rows_of, registry or default_registry, top), source)
+    except TableError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
     directory = os.path.dirname(os.path.abspath(to))
     try:
         with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=directory, prefix=".report-",

@@ -36,6 +36,10 @@ LIFECYCLE_WORDS = {CREATED: "created", "set_regression": "regressed", "set_escal
                    "set_unresolved": "unresolved", "auto_set_ongoing": "ongoing", PRIORITY: "priority"}
 
 
+class TableError(ValueError):
+    """A table's rows are not what `run` writes (damaged or another program's)."""
+
+
 @dataclass
 class RunReport:
     totals: dict[str, int]
@@ -148,11 +152,16 @@ class _Collector:
         self.dead: dict[tuple[str, str], dict] = {}
 
     def observe(self, table: str, rows: Iterable[dict]) -> Iterator[dict]:
+        """Yields `rows` after reading each; a row unlike what `run` writes is one clear error."""
         handle = getattr(self, f"_{table}", None)
-        for row in rows:
-            if handle is not None:
-                handle(row)
-            yield row
+        try:
+            for row in rows:
+                if handle is not None:
+                    handle(row)
+                yield row
+        except (ValueError, KeyError, TypeError) as exc:
+            raise TableError(f"table {table}: a row is not what `run` writes ({type(exc).__name__}: "
+                             f"{str(exc)[:120]})") from None
 
     def _span(self, timestamp) -> None:
         if isinstance(timestamp, str):
