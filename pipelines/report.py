@@ -140,6 +140,9 @@ def write_report(rows_of: Callable[[str], Iterable[dict]], to: str, source: str,
         with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=directory, prefix=".report-",
                                          suffix=".html", delete=False) as handle:
             handle.write(page)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(handle.name, 0o666 & ~umask)  # as `open` would create it (the temporary file is 0600)
         os.replace(handle.name, to)
     except OSError as exc:
         raise ConfigError(f"--to {to}: cannot write it ({exc.strerror or exc})") from None

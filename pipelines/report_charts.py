@@ -86,7 +86,7 @@ class Sparklines:
     """One small line chart per group, all on the run's time axis. The Vega-Lite spec is compiled
     to Vega once; each chart only swaps its data (a whole compile per row costs twice as much)."""
 
-    def __init__(self, bins: int, width: int = 140, height: int = 28):
+    def __init__(self, bins: int, width: int = 120, height: int = 26):
         self._vega = vl_convert.vegalite_to_vega({
             "$schema": SCHEMA, "config": {**CONFIG, "axis": {"disable": True}}, "background": None,
             "width": width, "height": height,
