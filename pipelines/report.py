@@ -9,6 +9,7 @@ Content-Security-Policy forbids every request and any script but its own.
 from __future__ import annotations
 
 import base64
+import glob
 import hashlib
 import os
 import re
@@ -23,7 +24,7 @@ from markupsafe import Markup
 
 from issue_platform.config import ConfigError
 from issue_platform.grouptype import GroupTypeRegistry, registry as default_registry
-from issue_platform.tables import read_jsonl, jsonl_glob, GROUPS
+from issue_platform.tables import GROUPS, jsonl_glob, read_jsonl
 
 REPORT_FILE = "report.html"
 BIGQUERY_SOURCE = re.compile(r"bigquery:([a-z0-9.:-]+):(\w+)$", re.IGNORECASE)
@@ -31,8 +32,6 @@ BIGQUERY_SOURCE = re.compile(r"bigquery:([a-z0-9.:-]+):(\w+)$", re.IGNORECASE)
 
 def jsonl_source(output_dir: str) -> Callable[[str], Iterable[dict]]:
     """The tables of a run's output directory."""
-    import glob
-
     if not os.path.isdir(output_dir):
         raise ConfigError(f"{output_dir}: no such directory (the --output of a run)")
     if not glob.glob(jsonl_glob(output_dir, GROUPS)):

@@ -153,7 +153,9 @@ class _Collector:
 
     def observe(self, table: str, rows: Iterable[dict]) -> Iterator[dict]:
         """Yields `rows` after reading each; a row unlike what `run` writes is one clear error."""
-        handle = getattr(self, f"_{table}", None)
+        handle = {GROUPS: self._group, OCCURRENCES: self._occurrence, STATUS_CHANGES: self._status_change,
+                  POST_PROCESS: self._post_process, ACTIVITY: self._activity, DEAD_LETTER: self._dead_letter,
+                  STATE: self._state}.get(table)
         try:
             for row in rows:
                 if handle is not None:
@@ -168,11 +170,11 @@ class _Collector:
             self.first = timestamp if self.first is None else min(self.first, timestamp)
             self.last = timestamp if self.last is None else max(self.last, timestamp)
 
-    def _groups(self, row: dict) -> None:
+    def _group(self, row: dict) -> None:
         if row["version"] >= self.latest.get(row["group_id"], {"version": -1})["version"]:
             self.latest[row["group_id"]] = row
 
-    def _occurrences(self, row: dict) -> None:
+    def _occurrence(self, row: dict) -> None:
         time, outcome = row["detection_time"], row["outcome"]
         self._span(time)
         self.hours.add(outcome, time)
@@ -187,7 +189,7 @@ class _Collector:
             held["held"] += 1
             held["first"], held["last"] = min(held["first"], time), max(held["last"], time)
 
-    def _status_changes(self, row: dict) -> None:
+    def _status_change(self, row: dict) -> None:
         self._span(row["timestamp"])
 
     def _post_process(self, row: dict) -> None:
