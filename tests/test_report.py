@@ -16,7 +16,7 @@ from issue_platform import outcomes as R
 from issue_platform.grouptype import registry
 from issue_platform.tables import DEAD_LETTER, OCCURRENCES, STATUS_CHANGES, read_jsonl
 from pipelines.report import jsonl_source
-from pipelines.report_data import collect
+from pipelines.report_data import LATE_OUTCOME, collect
 from pipelines.summary import latest_groups
 from tests.pipeline_support import BASE, occurrence, write_jsonl
 from tests.test_cli import cli
@@ -138,6 +138,33 @@ def test_no_report_skips_it_and_a_failed_report_keeps_the_previous_one(tmp_path)
     failed = cli("report", str(out))
     assert failed.returncode == 2 and "groups" in failed.stderr and len(failed.stderr.strip().splitlines()) == 1
     assert (out / "report.html").read_text() == "previous"
+
+
+def _rows(**tables):
+    return lambda table: tables.get(table, [])
+
+
+def _occurrence_row(t: str, outcome: str = R.GROUPED, group_id=7) -> dict:
+    return {"occurrence_id": uuid.uuid4().hex, "project_id": 1, "group_id": group_id if outcome == R.GROUPED else None,
+            "outcome": outcome, "type": 2001, "fingerprint": ["f" * 32], "event_id": "e" * 32, "issue_title": "t",
+            "subtitle": "s", "culprit": "c", "level": "warning", "environment": None, "priority": None,
+            "resource_id": None, "detection_time": t}
+
+
+def test_late_records_are_placed_at_their_detection_time():
+    late = {"stage": "group", "reason": R.LATE, "field": "detection_time", "error": "behind the clock",
+            "payload": '{"id": "abc", "detection_time": 1793494800.5}', "payload_truncated": False, "source": None}
+    data = collect(_rows(occurrences=[_occurrence_row("2026-11-01T00:10:00Z")], dead_letter=[late]), registry)
+    assert data.bins == ["2026-11-01T00:00Z", "2026-11-01T01:00Z"]
+    assert data.volume == {R.GROUPED: [1, 0], LATE_OUTCOME: [0, 1]}  # 1793494800.5 is 01:00:00.5
+    assert data.dead_letters[0]["examples"][0]["id"] == "abc"
+
+
+def test_a_long_run_is_charted_in_wider_bins():
+    times = ["2026-01-01T00:00:00Z", "2026-03-01T05:00:00Z"]  # 1,421 hours apart
+    data = collect(_rows(occurrences=[_occurrence_row(t) for t in times]), registry)
+    assert data.bin_hours == 2 and len(data.bins) <= 1000
+    assert sum(data.volume[R.GROUPED]) == 2 and data.volume[R.GROUPED][0] == data.volume[R.GROUPED][-1] == 1
 
 
 # -- in a real browser
