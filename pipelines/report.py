@@ -46,6 +46,8 @@ def bigquery_source(spec: str, endpoint: Optional[str] = None, prefix: str = "")
     if not match:
         raise ConfigError(f"--from {spec}: expected bigquery:PROJECT:DATASET")
     project, dataset = match.groups()
+    if not re.fullmatch(r"\w*", prefix):
+        raise ConfigError(f"--bigquery_table_prefix {prefix!r}: letters, digits and underscores only")
     from google.api_core.exceptions import GoogleAPICallError, NotFound
 
     from transforms.sinks import bigquery_client

@@ -121,6 +121,7 @@ def test_top_n_lists_the_loudest_and_counts_the_rest(known_run, tmp_path):
     (["--from", "bigquery:just-a-project"], "expected bigquery:PROJECT:DATASET"),
     ([], "give either OUTPUT_DIR"),
     (["--top", "0", "x"], "--top must be >= 1"),
+    (["--from", "bigquery:p:d", "--bigquery_table_prefix", "x`; DROP"], "letters, digits and underscores only"),
 ])
 def test_usage_errors_are_one_line(args, message):
     result = cli("report", *args)
