@@ -221,6 +221,9 @@ def test_the_report_in_chromium(known_run, browser):
     browser.evaluate("document.querySelector('#issue-sort button[data-sort=events]').click()")
     shot = browser.screenshot(os.path.join(ARTIFACTS, "report.png"))
     assert os.path.getsize(shot) > 10_000
+    browser.evaluate(f"document.querySelector('tr[data-group=\"{hostile[SCRIPT_TITLE]['group']}\"]')"
+                     ".scrollIntoView({block: 'center'})")
+    browser.screenshot(os.path.join(ARTIFACTS, "report-hostile-titles.png"))  # shown as text
 
 
 @pytest.mark.servers
