@@ -16,9 +16,9 @@ import orjson
 
 from issue_platform import outcomes as R
 from issue_platform.enums import GroupCategory, GroupStatus, GroupSubStatus, PriorityLevel
-from issue_platform.group_state import KeyState
 from issue_platform.grouptype import GroupTypeRegistry
-from issue_platform.snapshot import SnapshotError, seed_from_row, split_seed_record
+from issue_platform.key_state import KeyState
+from issue_platform.snapshot_codec import SnapshotError, seed_from_row, split_seed_record
 from issue_platform.tables import (
     ACTIVITY, DEAD_LETTER, EVIDENCE, GROUPS, OCCURRENCES, POST_PROCESS, STATE, STATUS_CHANGES)
 from pipelines.summary import counts_from_rows
