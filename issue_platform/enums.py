@@ -49,6 +49,48 @@ class PriorityLevel(IntEnum):
     HIGH = 75
 
 
+class ActivityType(IntEnum):
+    """Sentry's `sentry.types.activity.ActivityType` (the values a status change's `activity_type` may name)."""
+
+    SET_RESOLVED = 1
+    SET_UNRESOLVED = 2
+    SET_IGNORED = 3
+    SET_PUBLIC = 4
+    SET_PRIVATE = 5
+    SET_REGRESSION = 6
+    CREATE_ISSUE = 7
+    NOTE = 8
+    FIRST_SEEN = 9
+    RELEASE = 10
+    ASSIGNED = 11
+    UNASSIGNED = 12
+    SET_RESOLVED_IN_RELEASE = 13
+    MERGE = 14
+    SET_RESOLVED_BY_AGE = 15
+    SET_RESOLVED_IN_COMMIT = 16
+    DEPLOY = 17
+    NEW_PROCESSING_ISSUES = 18
+    UNMERGE_SOURCE = 19
+    UNMERGE_DESTINATION = 20
+    SET_RESOLVED_IN_PULL_REQUEST = 21
+    REPROCESS = 22
+    MARK_REVIEWED = 23
+    AUTO_SET_ONGOING = 24
+    SET_ESCALATING = 25
+    SET_PRIORITY = 26
+    DELETED_ATTACHMENT = 27
+    REFERENCED_IN_COMMIT = 28
+    SEER_RCA_STARTED = 29
+    SEER_RCA_COMPLETED = 30
+    SEER_SOLUTION_STARTED = 31
+    SEER_SOLUTION_COMPLETED = 32
+    SEER_CODING_STARTED = 33
+    SEER_CODING_COMPLETED = 34
+    SEER_PR_CREATED = 35
+    SEER_ITERATION_STARTED = 36
+    SEER_ITERATION_COMPLETED = 37
+
+
 class PayloadType(str, Enum):
     OCCURRENCE = "occurrence"
     STATUS_CHANGE = "status_change"

@@ -49,6 +49,6 @@ def ingest_disabled_row(occ: Occurrence) -> dict:
         occurrence_id=occ.id, project_id=occ.project_id, fingerprint=occ.fingerprint, type_id=occ.type,
         event_id=occ.event_id, display=Display(occ.issue_title, occ.subtitle, occ.culprit, occ.level,
                                                occ.environment),
-        priority=occ.priority if occ.priority is not None else occ.initial_priority,
+        priority=occ.priority,
         resource_id=occ.resource_id, detection_time=occ.detection_time, group_id=None,
         outcome=outcomes.INGEST_DISABLED)

@@ -7,6 +7,10 @@ to resume in the next release, so the encoding is explicit: one version byte, th
 the fields named below. A release reads the versions it knows and refuses any other with
 `StateVersionError` (one clear line) rather than guessing; a change to the fields bumps
 `STATE_VERSION` and teaches `decode` the older layout.
+
+Versions: 1 had no `resolved_at`, `platform` or `assignee`. A version-1 group resolved at the time
+of its snapshot gets `resolved_at` = when it entered RESOLVED (its `substatus_since`); any other
+gets null, as do `platform` and `assignee` (the version-1 state never held them).
 """
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ from issue_platform.enums import GroupStatus as S
 from issue_platform.enums import GroupSubStatus as Sub
 from issue_platform.noise import NoiseCounter
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 
 
 class StateVersionError(ValueError):
@@ -53,9 +57,16 @@ class Group:
     hourly: esc.HourlyCounts = field(default_factory=esc.HourlyCounts)  # occurrences per clock hour
     forecast: Optional[dict] = None  # escalation.Forecast.to_json(): the stored forecast, until its TTL
     forecast_checked_at: float = 0.0  # the last daily forecast run (or archive time)
+    # The last time the group was resolved. Sentry sets it when resolving (`update_group_status`,
+    # `auto_resolve_project_issues`) and never clears it: `Group.get_status` reads it.
+    resolved_at: Optional[float] = None
+    platform: Optional[str] = None  # the creating event's (`_create_issue_kwargs`)
+    assignee: Optional[str] = None  # the creating occurrence's actor identifier (`save_issue_from_occurrence`)
 
     def set_status(self, status: int, substatus: Optional[int], when: float) -> None:
         self.status, self.substatus, self.substatus_since = status, substatus, when
+        if status == S.RESOLVED:
+            self.resolved_at = when
         self.version += 1
 
     def is_archived_until_escalating(self) -> bool:
@@ -67,11 +78,15 @@ class Group:
         return data
 
     @classmethod
-    def from_json(cls, data: dict) -> "Group":
+    def from_json(cls, data: dict, version: int = STATE_VERSION) -> "Group":
+        if version == 1:
+            resolved = data.get("status") == S.RESOLVED
+            data = {**data, "resolved_at": data.get("substatus_since") if resolved else None,
+                    "platform": None, "assignee": None}
         names = {f.name for f in fields(cls)}
         if set(data) != names:
             raise StateVersionError(f"key state: group fields {sorted(set(data) ^ names)} do not match "
-                                    f"version {STATE_VERSION}")
+                                    f"version {version}")
         return cls(**{**data, "hourly": esc.HourlyCounts.from_json(data["hourly"])})
 
 
@@ -93,11 +108,11 @@ class KeyState:
     def decode(cls, data: Optional[bytes]) -> "KeyState":
         if not data:
             return cls()
-        if data[0] != STATE_VERSION:
+        if data[0] not in (1, STATE_VERSION):
             raise StateVersionError(f"key state encoding version {data[0]} is not readable by this release "
-                                    f"(it reads version {STATE_VERSION}); drain or migrate the state first")
+                                    f"(it reads versions 1 to {STATE_VERSION}); drain or migrate the state first")
         raw = orjson.loads(data[1:])
-        return cls(Group.from_json(raw["group"]) if raw["group"] else None,
+        return cls(Group.from_json(raw["group"], data[0]) if raw["group"] else None,
                    NoiseCounter(*raw["noise"]) if raw["noise"] else None, raw["seen"],
                    float("-inf") if raw["cursor"] is None else raw["cursor"])
 

@@ -22,13 +22,13 @@ from issue_platform.validation import Occurrence, Rejected, StatusChange, parse_
 
 OCCURRENCE, STATUS_CHANGE, DISPLAY, SEED, BATCH = 0, 1, 2, 3, 4  # SEED: a resumed key's state (issue_platform.snapshot_codec)
 _NONE = 0xFF
-# kind | admission flags, time, id, event id, type, priority | initial priority, display digest,
+# kind | admission flags, time, id, event id, type, priority, display digest,
 # n extra fingerprint parts, resolve age (hours), the event's timestamp
 _OCC_HEAD = struct.Struct("<Bd16s16sIB8sBHd")
 # kind, time, id, new status, new substatus, has update_date, resolve age
 _SC_HEAD = struct.Struct("<Bd16sBBBH")
 _KIND_MASK, _POST_PROCESS, _VISIBLE = 0x0F, 0x10, 0x20
-_PRIORITY_CODES = {None: 0, 25: 1, 50: 2, 75: 3}
+_PRIORITY_CODES = {25: 1, 50: 2, 75: 3}
 _PRIORITIES = (None, 25, 50, 75)
 DIGEST_SIZE = 8
 MAX_RESOLVE_AGE_HOURS = 0xFFFF
@@ -49,6 +49,8 @@ class Display(NamedTuple):
     culprit: str
     level: str
     environment: str
+    platform: Optional[str] = None  # the event's; a new group takes it
+    assignee: Optional[str] = None  # an actor identifier; a new group takes it
 
     def encode(self) -> bytes:
         return orjson.dumps(tuple(self))
@@ -67,8 +69,7 @@ class PendingOccurrence(NamedTuple):
     id: str
     event_id: str
     type: int
-    priority: Optional[int]
-    initial_priority: Optional[int]
+    priority: int  # validation.Occurrence.priority (never None once validated)
     display: bytes  # digest
     extra_fingerprint: tuple[str, ...]
     resource_id: Optional[str]
@@ -90,6 +91,7 @@ class PendingStatusChange(NamedTuple):
     detector_id: Optional[int]
     activity_data: Optional[dict]
     resolve_age_hours: int = 0
+    activity_type: Optional[int] = None
 
 
 Pending = Union[PendingOccurrence, PendingStatusChange]
@@ -120,13 +122,13 @@ def event_timestamp(occ: Occurrence) -> float:
 
 def encode_occurrence(occ: Occurrence, admission: Admission = Admission()) -> tuple[bytes, bytes, bytes]:
     """(record, display digest, display bytes) for one validated occurrence."""
-    display = Display(occ.issue_title, occ.subtitle, occ.culprit, occ.level, occ.environment).encode()
+    display = Display(occ.issue_title, occ.subtitle, occ.culprit, occ.level, occ.environment, occ.platform,
+                      occ.assignee).encode()
     digest = display_digest(display)
     extra = occ.fingerprint[1:]
     kind = OCCURRENCE | _POST_PROCESS * admission.post_process | _VISIBLE * admission.visible
-    priorities = _PRIORITY_CODES[occ.priority] | _PRIORITY_CODES[occ.initial_priority] << 2
     head = _OCC_HEAD.pack(kind, occ.detection_time, bytes.fromhex(occ.id), bytes.fromhex(occ.event_id),
-                          occ.type, priorities, digest, len(extra), admission.resolve_age_hours,
+                          occ.type, _PRIORITY_CODES[occ.priority], digest, len(extra), admission.resolve_age_hours,
                           event_timestamp(occ))
     tail = b"".join(bytes.fromhex(h) for h in extra)
     if occ.resource_id is not None:
@@ -140,24 +142,24 @@ def encode_status_change(change: StatusChange, received_at: float, admission: Ad
     head = _SC_HEAD.pack(STATUS_CHANGE, change.update_date if explicit else received_at,
                          bytes.fromhex(change.id), change.new_status, _opt(change.new_substatus), explicit,
                          admission.resolve_age_hours)
-    if change.detector_id is None and change.activity_data is None:
+    if change.detector_id is None and change.activity_data is None and change.activity_type is None:
         return head
-    return head + orjson.dumps([change.detector_id, change.activity_data])
+    return head + orjson.dumps([change.detector_id, change.activity_data, change.activity_type])
 
 
 def decode(record: bytes) -> Pending:
     if record[0] & _KIND_MASK == OCCURRENCE:
-        flags, t, oid, eid, type_id, priorities, digest, n_extra, age, event_time = _OCC_HEAD.unpack_from(record)
+        flags, t, oid, eid, type_id, priority, digest, n_extra, age, event_time = _OCC_HEAD.unpack_from(record)
         offset = _OCC_HEAD.size + 16 * n_extra
         extra = tuple(record[i:i + 16].hex() for i in range(_OCC_HEAD.size, offset, 16))
         resource = record[offset + 1:].decode("utf-8") if len(record) > offset else None
-        return PendingOccurrence(t, oid.hex(), eid.hex(), type_id, _PRIORITIES[priorities & 3],
-                                 _PRIORITIES[priorities >> 2], digest, extra, resource,
+        return PendingOccurrence(t, oid.hex(), eid.hex(), type_id, _PRIORITIES[priority], digest, extra, resource,
                                  Admission(bool(flags & _POST_PROCESS), bool(flags & _VISIBLE), age), event_time)
     _, t, cid, status, substatus, explicit, age = _SC_HEAD.unpack_from(record)
-    detector_id, activity_data = orjson.loads(record[_SC_HEAD.size:]) if len(record) > _SC_HEAD.size else (None, None)
+    detector_id, activity_data, activity_type = orjson.loads(record[_SC_HEAD.size:]) \
+        if len(record) > _SC_HEAD.size else (None, None, None)
     return PendingStatusChange(t, cid.hex(), status, None if substatus == _NONE else substatus, bool(explicit),
-                               detector_id, activity_data, age)
+                               detector_id, activity_data, age, activity_type)
 
 
 def sort_key(event: Pending) -> tuple:

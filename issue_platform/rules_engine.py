@@ -178,7 +178,7 @@ class RulesEngine:
         grouped = outcome == outcomes.GROUPED
         return occurrence_row(
             occurrence_id=ev.id, project_id=self.project_id, fingerprint=(self.primary_hash, *ev.extra_fingerprint),
-            type_id=ev.type, event_id=ev.event_id, display=display, priority=ingest_rules.occurrence_priority(ev),
+            type_id=ev.type, event_id=ev.event_id, display=display, priority=ev.priority,
             resource_id=ev.resource_id, detection_time=ev.time,
             group_id=self.state.group.group_id if grouped else None, outcome=outcome)
 
@@ -189,8 +189,8 @@ class RulesEngine:
         if duplicate:
             outcome, reason = status_rules.DUPLICATE, None
         else:
-            outcome, reason = status_rules.check(group, ev.new_status, ev.new_substatus)
-        rows = status_rules.apply(group, ev) if outcome == status_rules.APPLIED else []
+            outcome, reason = status_rules.check(group, ev.new_status, ev.new_substatus, ev.activity_type)
+        rows = status_rules.apply(group, ev) if outcome in status_rules.EFFECTIVE else []
         return [(STATUS_CHANGES, status_change_row(
             status_change_id=ev.id, project_id=self.project_id, fingerprint=self.primary_hash,
             group_id=group.group_id if group else None, new_status=ev.new_status, new_substatus=ev.new_substatus,

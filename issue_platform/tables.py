@@ -142,7 +142,8 @@ def group_row(group) -> dict:
         "culprit": group.culprit, "level": group.level, "priority": group.priority,
         "status": group.status, "substatus": group.substatus, "first_seen": iso(group.first_seen),
         "last_seen": iso(group.last_seen), "times_seen": group.times_seen, "version": group.version,
-        "visible": group.visible,
+        "visible": group.visible, "resolved_at": None if group.resolved_at is None else iso(group.resolved_at),
+        "platform": group.platform, "assignee": group.assignee,
     }
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import re
 import uuid
 from dataclasses import dataclass
 from typing import Any, Optional, Union
@@ -60,12 +61,13 @@ class Occurrence:
     detection_time: float
     event_id: str
     resource_id: Optional[str]
-    priority: Optional[int]  # `priority`: sets, and later updates, the group's priority
-    initial_priority: Optional[int]  # `initial_issue_priority`: only used at creation
+    priority: int  # `priority`, else `initial_issue_priority`, else the type's default (`_get_kwargs`)
     environment: str
     evidence_data: dict
     evidence_display: list
-    event: Optional[dict]
+    event: Optional[dict]  # the event as Sentry stores it (`stored_event`), or None without one
+    platform: Optional[str] = None  # the event's platform (a group takes its creator's)
+    assignee: Optional[str] = None  # an actor identifier (`assignee_identifier`)
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,7 @@ class StatusChange:
     update_date: Optional[float]  # event time when the detector gave one
     detector_id: Optional[int]
     activity_data: Optional[dict]
+    activity_type: Optional[int] = None  # an `ActivityType` value (status_rules decides what it does)
 
 
 Payload = Union[Occurrence, StatusChange]
@@ -287,13 +290,62 @@ def _integer_fields(name: str) -> tuple[str, ...]:
 _INTEGER_FIELDS = {name: _integer_fields(name) for name in _SCHEMAS}
 
 
-def _check_whole_numbers(name: str, payload: dict, prefix: str, reason: Optional[str]) -> None:
-    """JSON Schema's `integer` admits 42.0 and 1e300; ids, types, statuses and priorities are
-    integers written as integers (their range is in the schema)."""
-    for field in _INTEGER_FIELDS[name]:
-        if isinstance(payload.get(field), float):
-            raise Rejected(reason or outcomes.INVALID_VALUE, prefix + field,
-                           f"'{prefix}{field}' must be {expected(name, [field])}, written without a fraction")
+def _integral(name: str, payload: dict) -> dict:
+    """`payload` with its integer fields as ints. JSON Schema's `integer` (and an enum of integers)
+    admits 9001.0, and so does Sentry's validator (jsonschema, draft 7, on the same schemas), so an
+    integral float is accepted and stored as the integer it is; the schema has already rejected 4.2,
+    NaN, infinities and anything outside its range (signed 64-bit at most, so 1e300 too)."""
+    floats = [f for f in _INTEGER_FIELDS[name] if isinstance(payload.get(f), float)]
+    return {**payload, **{f: int(payload[f]) for f in floats}} if floats else payload
+
+
+def occurrence_priority(priority: Optional[int], initial_issue_priority: Optional[int], gtype) -> int:
+    """`occurrence_consumer._get_kwargs`: the occurrence's `priority`, else its type's default
+    priority. The older `initial_issue_priority`, which producers still send, is read before that
+    default (Sentry's current consumer ignores it; see README)."""
+    for value in (priority, initial_issue_priority):
+        if value is not None:
+            return value
+    return int(gtype.default_priority)
+
+
+# `_get_kwargs` builds the stored event from these keys of the sent one (after the required ones).
+_OPTIONAL_EVENT_KEYS = ("breadcrumbs", "contexts", "debug_meta", "dist", "environment", "extra", "modules",
+                        "release", "request", "sdk", "server_name", "stacktrace", "trace_id", "transaction", "user")
+
+
+def stored_event(event: dict, event_id: str, level: str, title: str) -> dict:
+    """The event as Sentry's `occurrence_consumer._get_kwargs` builds it: the required keys (its id as
+    UUID hex, the occurrence's level), the optional keys that were sent, every other key dropped,
+    and `metadata.title` = the issue title. Sentry then adds a random trace context when the event
+    has none; a random value would make re-runs differ, so none is added here."""
+    stored = {"event_id": event_id, "level": level, "project_id": event["project_id"], "platform": event["platform"],
+              "received": event["received"], "tags": event["tags"], "timestamp": event["timestamp"]}
+    stored.update((key, event[key]) for key in _OPTIONAL_EVENT_KEYS if key in event)
+    stored["metadata"] = {"title": title}
+    return stored
+
+
+_ACTOR = re.compile(r"(user|team):([0-9]+)")
+
+
+def assignee_identifier(value: Any) -> Optional[str]:
+    """An occurrence's `assignee` as the actor identifier Sentry stores (`_get_kwargs`,
+    `parse_and_validate_actor`, `Actor.from_identifier`): a user id (number or digits) is
+    "user:<id>", "user:<id>" and "team:<id>" are themselves; any other non-empty string names a user
+    by username or e-mail, kept as given (no user directory here). What Sentry cannot parse, and
+    every other value, is no assignee (Sentry logs it and still processes the occurrence).
+    Membership of the organisation is not checked (see README)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"user:{value}" if value > 0 else None
+    if not isinstance(value, str) or not value:
+        return None
+    if value.isascii() and value.isdigit():
+        return f"user:{int(value)}"
+    if value.startswith(("user:", "team:")):
+        actor = _ACTOR.fullmatch(value)
+        return f"{actor[1]}:{int(actor[2])}" if actor else None
+    return value
 
 
 class PayloadValidator:
@@ -314,7 +366,8 @@ class PayloadValidator:
             return self._status_change(payload)
         raise Rejected(outcomes.UNKNOWN_PAYLOAD_TYPE, "payload_type", "payload_type must be 'occurrence' or 'status_change'")
 
-    def _schema(self, name: str, payload: dict, prefix: str = "", reason: Optional[str] = None) -> None:
+    def _schema(self, name: str, payload: dict, prefix: str = "", reason: Optional[str] = None) -> dict:
+        """`payload` with integral numbers as ints, or `Rejected`."""
         failure = _schema_check(name, payload, self.mode)
         if failure:
             code, field = failure
@@ -322,50 +375,51 @@ class PayloadValidator:
                 outcomes.INVALID_TYPE, outcomes.INVALID_VALUE) else ""
             field = f"{prefix}{field}" if field else prefix.rstrip(".")
             raise Rejected(reason or code, field, _MESSAGES[code].format(field=field or "payload", expected=words))
-        _check_whole_numbers(name, payload, prefix, reason)
+        return _integral(name, payload)
 
     def _occurrence(self, p: dict) -> Occurrence:
-        self._schema("occurrence", p)
+        p = self._schema("occurrence", p)
         occurrence_id = _uuid_hex(p["id"], "id")
-        project_id = int(p["project_id"])
-        type_id = int(p["type"])
-        if self.types.find(type_id) is None:
+        project_id, type_id, level = p["project_id"], p["type"], p["level"].lower()
+        gtype = self.types.find(type_id)
+        if gtype is None:
             raise Rejected(outcomes.UNKNOWN_GROUP_TYPE, "type",
                            "'type' must be the id of a registered group type (list them: issue-platform types)")
         event = p.get("event")
         event_id = p.get("event_id")
-        environment = ""
+        environment, platform = "", None
         if event is not None:
-            self._schema("event", event, "event.", outcomes.INVALID_EVENT)
-            if int(event["project_id"]) != project_id:
+            event = self._schema("event", event, "event.", outcomes.INVALID_EVENT)
+            if event["project_id"] != project_id:
                 raise Rejected(outcomes.PROJECT_MISMATCH, "event.project_id", "'event.project_id' must equal 'project_id'")
             event_hex = _uuid_hex(event["event_id"], "event.event_id")
             if event_id is not None and _uuid_hex(event_id, "event_id") != event_hex:
                 raise Rejected(outcomes.INVALID_VALUE, "event_id", "event_id differs from event.event_id")
-            event_id = event_hex
-            environment = event["environment"]
+            event_id, environment, platform = event_hex, event["environment"], event["platform"]
+            event = stored_event(event, event_hex, level, p["issue_title"])
         else:
             event_id = _uuid_hex(event_id, "event_id")
+        priority = occurrence_priority(p.get("priority"), p.get("initial_issue_priority"), gtype)
         return Occurrence(
             id=occurrence_id, project_id=project_id, fingerprint=tuple(hash_fingerprint(p["fingerprint"])),
             issue_title=p["issue_title"], subtitle=p["subtitle"], culprit=p["culprit"],
-            level=p["level"].lower(), type=type_id, detection_time=bounded_time(p["detection_time"], "detection_time"),
-            event_id=event_id, resource_id=p.get("resource_id"), priority=p.get("priority"),
-            initial_priority=p.get("initial_issue_priority"), environment=environment,
+            level=level, type=type_id, detection_time=bounded_time(p["detection_time"], "detection_time"),
+            event_id=event_id, resource_id=p.get("resource_id"), priority=priority, environment=environment,
             evidence_data=p["evidence_data"], evidence_display=p["evidence_display"], event=event,
+            platform=platform, assignee=assignee_identifier(p.get("assignee")),
         )
 
     def _status_change(self, p: dict) -> StatusChange:
-        self._schema("status_change", p)
+        p = self._schema("status_change", p)
         raw_id = p.get("id")
         # Sentry defaults a missing id to uuid4(); a content digest keeps re-runs deterministic.
         change_id = _uuid_hex(raw_id, "id") if raw_id else hashlib.md5(orjson.dumps(
             p, option=orjson.OPT_SORT_KEYS)).hexdigest()
         update_date = p.get("update_date")
         return StatusChange(
-            id=change_id, project_id=int(p["project_id"]), fingerprint=tuple(hash_fingerprint(p["fingerprint"])),
-            new_status=int(p["new_status"]),
-            new_substatus=None if p.get("new_substatus") is None else int(p["new_substatus"]),
+            id=change_id, project_id=p["project_id"], fingerprint=tuple(hash_fingerprint(p["fingerprint"])),
+            new_status=p["new_status"], new_substatus=p.get("new_substatus"),
             update_date=None if update_date is None else bounded_time(update_date, "update_date"),
             detector_id=p.get("detector_id"), activity_data=p.get("activity_data"),
+            activity_type=p.get("activity_type"),
         )

@@ -19,6 +19,7 @@ from issue_platform.grouptype import registry
 from issue_platform.lifecycle import FORECAST_TTL_SECONDS
 from issue_platform.pending import Admission, Display, PendingOccurrence, PendingStatusChange, display_digest
 from issue_platform.tables import ACTIVITY, OCCURRENCES, POST_PROCESS, STATUS_CHANGES
+from issue_platform.validation import occurrence_priority
 
 T0 = 1_793_491_200.0  # 2026-11-01T00:00:00Z
 H, D = 3600.0, 86400.0
@@ -42,8 +43,9 @@ class Key:
         display = Display("Slow DB", "SELECT 1", culprit, "warning", "production")
         digest = display_digest(display.encode())
         self.displays[digest] = display
+        priority = occurrence_priority(priority, initial, registry.get_by_type_id(type))  # as validation fills it
         return self.proc.apply(PendingOccurrence(
-            float(t), id or f"{next(_ids):032x}", f"{next(_ids):032x}", type, priority, initial, digest, (), None,
+            float(t), id or f"{next(_ids):032x}", f"{next(_ids):032x}", type, priority, digest, (), None,
             Admission(post_process, True, age), event_time))
 
     def change(self, t, status, substatus=None, *, id=None, data=None):
@@ -288,15 +290,29 @@ def test_ongoing_after_escalating_restores_the_initial_priority():
     assert key.state() == (S.UNRESOLVED, Sub.ONGOING) and key.group.priority == 50
 
 
-def test_without_an_initial_priority_ongoing_keeps_the_priority():
-    """`get_priority_for_ongoing_group` finds no initial priority: nothing changes."""
+def test_without_a_priority_leaving_escalating_restores_the_type_default():
+    """Issue #21 rule 3: `_get_kwargs` fills a missing priority with the type's default, which
+    `materialize_metadata` stores as the initial priority that `get_priority_for_ongoing_group`
+    restores (LOW for this type), 7 days after escalating."""
     key = Key()
-    key.occ(T0)
-    key.occ(T0 + 1)  # metadata.initial_priority becomes this occurrence's (none)
+    key.occ(T0, priority=75)
+    key.occ(T0 + 1)  # no priority: metadata.initial_priority becomes the default, LOW
+    assert key.group.initial_priority == 25
     key.change(T0 + 2, S.IGNORED, Sub.FOREVER)
     key.change(T0 + 3, S.UNRESOLVED, Sub.ESCALATING)
-    assert activity(key.proc.advance_to(T0 + 3 + 7 * D)) == [("auto_set_ongoing", {"after_days": 7})]
-    assert key.group.priority == 50
+    assert key.group.priority == 50  # LOW -> MEDIUM
+    assert activity(key.proc.advance_to(T0 + 3 + 7 * D)) == [
+        ("auto_set_ongoing", {"after_days": 7}), ("set_priority", {"priority": "low", "reason": "ongoing"})]
+    assert key.group.priority == 25
+
+
+def test_initial_issue_priority_is_read_before_the_default():
+    """The older field producers still send (a deliberate difference: Sentry's consumer ignores it)."""
+    key = Key()
+    key.occ(T0, initial=75)
+    assert (key.group.priority, key.group.initial_priority) == (75, 75)
+    key.occ(T0 + 1, priority=50, initial=75)
+    assert (key.group.priority, key.group.initial_priority) == (50, 50)
 
 
 def test_occurrence_regression_activity():
@@ -314,10 +330,10 @@ def test_key_state_carries_a_version_byte_and_refuses_others():
     key = Key()
     key.occ(T0, event_time=T0 - 5)
     data = key.proc.state.encode()
-    assert data[0] == STATE_VERSION == 1
+    assert data[0] == STATE_VERSION == 2
     assert KeyState.decode(data) == key.proc.state
-    with pytest.raises(StateVersionError, match="version 2 is not readable by this release"):
-        KeyState.decode(bytes((2,)) + data[1:])
+    with pytest.raises(StateVersionError, match="version 3 is not readable by this release"):
+        KeyState.decode(bytes((3,)) + data[1:])
     with pytest.raises(StateVersionError):  # the unversioned layout of earlier releases
         KeyState.decode(data[1:])
 

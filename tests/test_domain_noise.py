@@ -14,7 +14,7 @@ from issue_platform.tables import GROUPS, OCCURRENCES, POST_PROCESS, group_row
 from issue_platform.grouptype import NoiseConfig, registry
 from issue_platform.noise import NoiseCounter, is_expired, should_create_group
 from issue_platform.pending import Display, PendingOccurrence, PendingStatusChange, display_digest
-from issue_platform.validation import PayloadValidator
+from issue_platform.validation import PayloadValidator, occurrence_priority
 
 H = 3600.0
 DAY = 24 * H
@@ -108,8 +108,9 @@ class Key:
         display = Display(title, subtitle, culprit, level, env)
         digest = display_digest(display.encode())
         self.displays[digest] = display
+        priority = occurrence_priority(priority, initial, registry.get_by_type_id(type))  # as validation fills it
         event = PendingOccurrence(float(t), id or f"{next(_ids):032x}", event_id or f"{next(_ids):032x}", type, priority,
-                                  initial, digest, (), None)
+                                  digest, (), None)
         return self.proc.apply(event)
 
     def change(self, t, status, substatus=None, *, id=None):
@@ -428,8 +429,10 @@ def random_stream(rng, n=300):
         displays[digest] = display
         reuse = [e.id for e in events if isinstance(e, PendingOccurrence)]
         oid = rng.choice(reuse) if reuse and roll < 0.25 else f"{rng.getrandbits(128):032x}"
-        events.append(PendingOccurrence(t, oid, f"{rng.getrandbits(128):032x}", NOISY if i <= 6 else rng.choice([NOISY] * 9 + [2003]),
-                                        rng.choice([None, None, 25, 75]), rng.choice([None, 50]), digest, (), None))
+        type_id = NOISY if i <= 6 else rng.choice([NOISY] * 9 + [2003])
+        priority = occurrence_priority(rng.choice([None, None, 25, 75]), rng.choice([None, 50]),
+                                       registry.get_by_type_id(type_id))
+        events.append(PendingOccurrence(t, oid, f"{rng.getrandbits(128):032x}", type_id, priority, digest, (), None))
     return displays, events
 
 

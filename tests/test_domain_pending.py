@@ -15,33 +15,35 @@ def md5(text):
     return hashlib.md5(text.encode("utf-8")).hexdigest()
 
 
-def occurrence(fingerprint=("n+1-users",), resource_id=None, priority=None, initial_priority=None,
-               environment="production", title="N+1 Query", event=None):
+def occurrence(fingerprint=("n+1-users",), resource_id=None, priority=50, environment="production",
+               title="N+1 Query", event=None, platform=None, assignee=None):
     return Occurrence(
         id="0f1e2d3c4b5a49788695a4b3c2d1e0f9", project_id=42, fingerprint=tuple(md5(p) for p in fingerprint),
         issue_title=title, subtitle="SELECT * FROM users", culprit="/api/0/users/", level="warning", type=1006,
         detection_time=T0, event_id="a3c1bd1e5d4c4b1d9d7f3f6d6a0b1c2d", resource_id=resource_id, priority=priority,
-        initial_priority=initial_priority, environment=environment, evidence_data={}, evidence_display=[],
-        event=event)
+        environment=environment, evidence_data={}, evidence_display=[], event=event, platform=platform,
+        assignee=assignee)
 
 
-def status_change(new_status=2, new_substatus=5, update_date=None, detector_id=None, activity_data=None):
+def status_change(new_status=2, new_substatus=5, update_date=None, detector_id=None, activity_data=None,
+                  activity_type=None):
     return StatusChange(id="11112222333344445555666677778888", project_id=42, fingerprint=(md5("a"),),
                         new_status=new_status, new_substatus=new_substatus, update_date=update_date,
-                        detector_id=detector_id, activity_data=activity_data)
+                        detector_id=detector_id, activity_data=activity_data, activity_type=activity_type)
 
 
 @pytest.mark.parametrize("fingerprint", [("a",), ("a", "b"), ("a", "b", "c", "d", "e")])
 @pytest.mark.parametrize("resource_id", [None, "", "res-1", "ünïcode/リソース" * 20])
-@pytest.mark.parametrize("priority, initial", [(None, None), (25, None), (None, 75), (75, 25)])
-def test_occurrence_round_trip(fingerprint, resource_id, priority, initial):
-    occ = occurrence(fingerprint, resource_id, priority, initial)
+@pytest.mark.parametrize("priority", [25, 50, 75])
+@pytest.mark.parametrize("platform, assignee", [(None, None), ("python", "team:7")])
+def test_occurrence_round_trip(fingerprint, resource_id, priority, platform, assignee):
+    occ = occurrence(fingerprint, resource_id, priority, platform=platform, assignee=assignee)
     record, digest, display_bytes = pending.encode_occurrence(occ)
     assert pending.decode(record) == PendingOccurrence(
-        time=T0, id=occ.id, event_id=occ.event_id, type=1006, priority=priority, initial_priority=initial,
+        time=T0, id=occ.id, event_id=occ.event_id, type=1006, priority=priority,
         display=digest, extra_fingerprint=occ.fingerprint[1:], resource_id=resource_id, event_time=T0)
     assert Display.decode(display_bytes) == Display("N+1 Query", "SELECT * FROM users", "/api/0/users/",
-                                                    "warning", "production")
+                                                    "warning", "production", platform, assignee)
     assert digest == display_digest(display_bytes) and len(digest) == pending.DIGEST_SIZE == 8
 
 
@@ -55,12 +57,14 @@ def test_resource_id_none_and_empty_string_stay_distinct():
 @pytest.mark.parametrize("detector_id, activity_data", [
     (None, None), (7, None), (None, {"reason": "auto", "n": [1, 2]}), (7, {})])
 @pytest.mark.parametrize("new_status, new_substatus", [(1, None), (2, 5), (0, 3)])
-def test_status_change_round_trip(update_date, explicit, detector_id, activity_data, new_status, new_substatus):
-    change = status_change(new_status, new_substatus, update_date, detector_id, activity_data)
+@pytest.mark.parametrize("activity_type", [None, 29, 2 ** 62])
+def test_status_change_round_trip(update_date, explicit, detector_id, activity_data, new_status, new_substatus,
+                                  activity_type):
+    change = status_change(new_status, new_substatus, update_date, detector_id, activity_data, activity_type)
     record = pending.encode_status_change(change, received_at=T0 + 99)
     assert pending.decode(record) == PendingStatusChange(
         time=T0 if explicit else T0 + 99, id=change.id, new_status=new_status, new_substatus=new_substatus,
-        explicit_time=explicit, detector_id=detector_id, activity_data=activity_data)
+        explicit_time=explicit, detector_id=detector_id, activity_data=activity_data, activity_type=activity_type)
     assert pending.record_display_digest(record) is None
 
 
@@ -93,18 +97,16 @@ def test_display_is_interned_outside_the_record():
 
 
 @pytest.mark.parametrize("field", ["priority", "initial_issue_priority"])
-def test_every_validated_occurrence_can_be_encoded(field):
-    """JSON `25.0` passes the schema's `enum: [25, 50, 75, null]` (25.0 == 25) but is rejected as a
-    float since issue #7; the integer encodes."""
+@pytest.mark.parametrize("value", [25, 25.0])
+def test_every_validated_occurrence_can_be_encoded(field, value):
+    """JSON `25.0` passes the schema's `enum: [25, 50, 75, null]` (25.0 == 25), as in Sentry; it is
+    stored as the integer (issue #21), and either field becomes the priority that encodes."""
     payload = {"id": "0f1e2d3c4b5a49788695a4b3c2d1e0f9", "project_id": 42, "fingerprint": ["a"],
                "issue_title": "t", "subtitle": "s", "culprit": "c", "evidence_data": {}, "evidence_display": [],
-               "type": 1006, "detection_time": T0, "level": "info", "event_id": "a" * 32, field: 25.0}
-    with pytest.raises(Rejected) as rejected:
-        PayloadValidator("fast").validate(payload)
-    assert (rejected.value.reason, rejected.value.field) == ("invalid_value", field)
-    occ = PayloadValidator("fast").validate({**payload, field: 25})
+               "type": 1006, "detection_time": T0, "level": "info", "event_id": "a" * 32, field: value}
+    occ = PayloadValidator("fast").validate(payload)
     decoded = pending.decode(pending.encode_occurrence(occ)[0])
-    assert (decoded.priority if field == "priority" else decoded.initial_priority) == 25
+    assert decoded.priority == 25 and type(decoded.priority) is int
 
 
 def test_many_fingerprint_parts_are_rejected_or_round_trip():
@@ -141,7 +143,7 @@ def test_the_event_timestamp_is_carried_in_the_record(timestamp, expected):
 def test_without_an_embedded_event_the_event_time_is_detection_time():
     decoded = pending.decode(pending.encode_occurrence(occurrence())[0])
     assert decoded.event_datetime == decoded.time == T0
-    hand_built = PendingOccurrence(T0, "1" * 32, "2" * 32, 1006, None, None, b"d" * 8, (), None)
+    hand_built = PendingOccurrence(T0, "1" * 32, "2" * 32, 1006, 50, b"d" * 8, (), None)
     assert hand_built.event_datetime == T0
 
 

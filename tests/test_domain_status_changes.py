@@ -24,7 +24,7 @@ def processor(initial=None):
     """A processor for a key with a group in state `initial` (status, substatus), or no group."""
     proc = RulesEngine(KEY, KeyState(), {DIGEST: DISPLAY}, registry)
     if initial is not None:
-        proc.apply(PendingOccurrence(T0, "1" * 32, "2" * 32, QUIET, None, None, DIGEST, (), None))
+        proc.apply(PendingOccurrence(T0, "1" * 32, "2" * 32, QUIET, 25, DIGEST, (), None))
         group = proc.state.group
         group.status, group.substatus = initial
     return proc
@@ -174,7 +174,7 @@ def test_status_changes_do_not_touch_occurrence_counters():
 # --- regression (reference §4.5): an occurrence on a resolved group ------------------------------
 
 def occurrence_on(proc, t):
-    out = proc.apply(PendingOccurrence(t, "4" * 32, "5" * 32, QUIET, None, None, DIGEST, (), None))
+    out = proc.apply(PendingOccurrence(t, "4" * 32, "5" * 32, QUIET, 25, DIGEST, (), None))
     return {table: row for table, row in out}
 
 

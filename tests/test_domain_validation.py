@@ -144,12 +144,11 @@ REJECTIONS = [
     ("project_id 2**70", occurrence(project_id=2 ** 70, event_project_id=2 ** 70), outcomes.INVALID_VALUE, "project_id"),
     ("project_id 2**63", occurrence(project_id=2 ** 63), outcomes.INVALID_VALUE, "project_id"),
     ("project_id 1e300", occurrence(project_id=1e300), outcomes.INVALID_VALUE, "project_id"),
-    ("project_id 42.0", occurrence(project_id=42.0), outcomes.INVALID_VALUE, "project_id"),
     ("type 1e300", occurrence(type=1e300), outcomes.INVALID_VALUE, "type"),
-    ("type 1006.0", occurrence(type=1006.0), outcomes.INVALID_VALUE, "type"),
-    ("priority 25.0", occurrence(priority=25.0), outcomes.INVALID_VALUE, "priority"),
+    ("type 4.2", occurrence(type=4.2), outcomes.INVALID_TYPE, "type"),
+    ("priority 25.5", occurrence(priority=25.5), outcomes.INVALID_VALUE, "priority"),
     ("event project_id 1e300", occurrence(event_project_id=1e300), outcomes.INVALID_EVENT, "event.project_id"),
-    ("event project_id 42.0", occurrence(event_project_id=42.0), outcomes.INVALID_EVENT, "event.project_id"),
+    ("event project_id 42.5", occurrence(event_project_id=42.5), outcomes.INVALID_EVENT, "event.project_id"),
     ("evidence integer beyond 64 bits", occurrence(evidence_data={"n": [1, {"big": 2 ** 70}]}),
      outcomes.INVALID_VALUE, "evidence_data.n.1.big"),
     ("evidence bytes (Avro)", occurrence(evidence_data={"raw": b"\x00"}), outcomes.INVALID_TYPE, "evidence_data.raw"),
@@ -157,7 +156,10 @@ REJECTIONS = [
      outcomes.INVALID_TYPE, "event.tags.n"),
     ("issue_title bytes (Avro)", occurrence(issue_title=b"t"), outcomes.INVALID_TYPE, "issue_title"),
     ("sc project_id 2**70", status_change(project_id=2 ** 70), outcomes.INVALID_VALUE, "project_id"),
-    ("sc new_status 1.0", status_change(new_status=1.0), outcomes.INVALID_VALUE, "new_status"),
+    ("sc new_status 1.5", status_change(new_status=1.5), outcomes.INVALID_TYPE, "new_status"),
+    ("sc new_status NaN", status_change(new_status=float("nan")), outcomes.INVALID_TYPE, "new_status"),
+    ("sc activity_type inf", status_change(activity_type=float("inf")), outcomes.INVALID_TYPE, "activity_type"),
+    ("sc detector_id 2.0**63", status_change(detector_id=2.0 ** 63), outcomes.INVALID_VALUE, "detector_id"),
     ("sc new_substatus 1e300", status_change(new_substatus=1e300), outcomes.INVALID_VALUE, "new_substatus"),
     ("sc detector_id 2**70", status_change(detector_id=2 ** 70), outcomes.INVALID_VALUE, "detector_id"),
 ]
@@ -216,8 +218,8 @@ def test_valid_occurrence_with_event(mode):
     assert (occ.project_id, occ.type, occ.detection_time) == (42, 1006, T0)
     assert (occ.issue_title, occ.subtitle, occ.culprit, occ.level) == (
         "N+1 Query", "SELECT * FROM users", "/api/0/users/", "warning")
-    assert (occ.priority, occ.initial_priority, occ.resource_id) == (75, 25, "res-1")
-    assert occ.environment == "production"
+    assert (occ.priority, occ.resource_id) == (75, "res-1")
+    assert (occ.environment, occ.platform, occ.assignee) == ("production", "python", None)
     assert occ.event["release"] == "app@1.0" and occ.evidence_data == {"op": "db"}
     assert occ.evidence_display == [{"name": "Span", "value": "SELECT", "important": True}]
 
@@ -227,8 +229,8 @@ def test_valid_occurrence_with_event_id(mode):
     result, occ = verdict(mode, occurrence_with_event_id(payload_type=..., event_id=EVENT_ID.upper()))
     assert result == "ok" and isinstance(occ, Occurrence)  # no payload_type means occurrence
     assert occ.event_id == EVENT_ID.replace("-", "")
-    assert occ.event is None and occ.environment == ""
-    assert (occ.priority, occ.initial_priority, occ.resource_id) == (None, None, None)
+    assert occ.event is None and (occ.environment, occ.platform) == ("", None)
+    assert (occ.priority, occ.resource_id) == (25, None)  # N+1 (1006): the type's default, LOW
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -268,7 +270,7 @@ def test_valid_status_change(mode):
     assert result == "ok"
     assert change == StatusChange(id="0f1e2d3c4b5a49788695a4b3c2d1e0f9", project_id=42,
                                   fingerprint=(md5("n+1-users"),), new_status=2, new_substatus=5, update_date=None,
-                                  detector_id=7, activity_data={"reason": "auto"})
+                                  detector_id=7, activity_data={"reason": "auto"}, activity_type=3)
 
 
 @pytest.mark.parametrize("substatus", [None, ...])

@@ -110,7 +110,7 @@ def test_a_group_created_while_post_process_was_off_never_sends_is_new():
     processor = RulesEngine("2:" + "a" * 32, KeyState(), {digest: display}, registry)
     messages = []
     for i, post_process in enumerate([False, False, False, True, True]):
-        event = PendingOccurrence(BASE + i, f"{i:032x}", f"{i:032x}", UNRELEASED, None, None, digest, (), None,
+        event = PendingOccurrence(BASE + i, f"{i:032x}", f"{i:032x}", UNRELEASED, 50, digest, (), None,
                                   Admission(post_process=post_process))
         messages += [row for table, row in processor.apply(event) if table == POST_PROCESS]
     assert processor.state.group.times_seen == 3  # created by the 3rd (noise limit 3), flag off
