@@ -25,6 +25,7 @@ from issue_platform.enums import GroupSubStatus as Sub
 from issue_platform.noise import NoiseCounter
 
 STATE_VERSION = 2
+_ADDED_IN_2 = frozenset(("resolved_at", "platform", "assignee"))
 
 
 class StateVersionError(ValueError):
@@ -79,14 +80,14 @@ class Group:
 
     @classmethod
     def from_json(cls, data: dict, version: int = STATE_VERSION) -> "Group":
-        if version == 1:
-            resolved = data.get("status") == S.RESOLVED
-            data = {**data, "resolved_at": data.get("substatus_since") if resolved else None,
-                    "platform": None, "assignee": None}
-        names = {f.name for f in fields(cls)}
+        names = {f.name for f in fields(cls)} - (_ADDED_IN_2 if version == 1 else set())
         if set(data) != names:
             raise StateVersionError(f"key state: group fields {sorted(set(data) ^ names)} do not match "
                                     f"version {version}")
+        if version == 1:
+            resolved = data["status"] == S.RESOLVED
+            data = {**data, "resolved_at": data["substatus_since"] if resolved else None, "platform": None,
+                    "assignee": None}
         return cls(**{**data, "hourly": esc.HourlyCounts.from_json(data["hourly"])})
 
 
