@@ -311,7 +311,7 @@ SECRET_NUMBER = 987654321987
 NUMBER_ECHO_CASES = [
     ("project mismatch", occurrence(project_id=SECRET_NUMBER, event_project_id=SECRET_NUMBER + 1)),
     ("unknown type", occurrence(type=SECRET_NUMBER)),
-    ("project_id float", occurrence(project_id=float(SECRET_NUMBER))),
+    ("project_id float", occurrence(project_id=SECRET_NUMBER + 0.5)),
     ("project_id too big", occurrence(project_id=SECRET_NUMBER * 10 ** 10)),
     ("detection_time", occurrence(detection_time=SECRET_NUMBER * 1e3)),
     ("sc update_date", status_change(update_date=SECRET_NUMBER * 1e3)),

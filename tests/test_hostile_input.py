@@ -158,11 +158,11 @@ def test_dead_letter_errors_never_echo_payload_content(tmp_path):
         "environment": "prod", "received": BASE, "tags": {}, "timestamp": BASE})
     del mismatch["event_id"]
     payloads = [mismatch,
-                occurrence("echo", type_id=secret), occurrence("echo", project_id=float(secret)),
+                occurrence("echo", type_id=secret), occurrence("echo", project_id=secret + 0.5),
                 status_change("echo", t=secret * 1e3)]
     tables, _ = run_tables(tmp_path, [write_jsonl(tmp_path / "in.jsonl", payloads)], "echo")
     assert sorted(r["reason"] for r in tables["dead_letter"]) == [
-        "invalid_value", "invalid_value", "project_mismatch", "unknown_group_type"]
+        "invalid_type", "invalid_value", "project_mismatch", "unknown_group_type"]
     for row in tables["dead_letter"]:
         assert str(secret)[:6] not in row["error"], row["error"]
 
