@@ -53,7 +53,8 @@ def runs(tmp_path_factory):
     path = write_jsonl(tmp / "in.jsonl", _payloads())
     tables = {}
     for mode in MODES:
-        result = cli("run", "--input", path, "--output", str(tmp / mode), *(["--streaming"] if mode == "streaming" else []))
+        streaming = ["--streaming"] if mode == "streaming" else []
+        result = cli("run", "--input", path, "--output", str(tmp / mode), *streaming)
         assert result.returncode == 0, result.stderr[-2000:]
         tables[mode] = read_tables(tmp / mode)
     return tables

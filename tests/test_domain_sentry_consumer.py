@@ -21,6 +21,7 @@ from issue_platform.ingest_rules import updated_title
 from issue_platform.key_state import KeyState, StateVersionError
 from issue_platform.pending import Admission, Display, PendingOccurrence, PendingStatusChange, display_digest
 from issue_platform.rules_engine import RulesEngine
+from issue_platform.snapshot_codec import seed_from_row, snapshot_row, split_seed_record
 from issue_platform.tables import ACTIVITY, GROUPS, STATUS_CHANGES, group_row, iso, schema_problem
 from issue_platform.validation import PayloadValidator, assignee_identifier
 
@@ -265,3 +266,16 @@ def test_version_1_state_resumes_with_resolved_at_from_its_status():
     assert KeyState.decode(bytes((1,)) + orjson.dumps(body)).group.resolved_at is None
     with pytest.raises(StateVersionError, match="do not match version 1"):
         KeyState.decode(bytes((1,)) + key.proc.state.encode()[1:])  # a version-2 body labelled 1
+
+
+def test_a_version_1_snapshot_row_still_seeds_a_resumed_key():
+    """A `state` row written by the previous release (key state version 1) is read, not refused."""
+    key = Key()
+    key.occ(T0)
+    body = orjson.loads(key.proc.state.encode()[1:])
+    for name in ("resolved_at", "platform", "assignee"):
+        del body["group"][name]
+    row = snapshot_row(KEY, bytes((1,)) + orjson.dumps(body), T0, 0, key.group.group_id)
+    seeded_key, seed = seed_from_row(row)
+    state = KeyState.decode(split_seed_record(seed)[0])
+    assert seeded_key == KEY and state.group.times_seen == 1 and state.group.resolved_at is None
