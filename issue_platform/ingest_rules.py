@@ -13,8 +13,8 @@
   becomes the occurrence's priority, which is what leaving ESCALATING restores.
 * Regression (`_handle_regression`): a group `Group.get_status()` reports RESOLVED (RESOLVED, or
   UNRESOLVED, never resolved, with `last_seen` past the resolve age for types with
-  `enable_auto_resolve`) regresses
-  unless its `active_at` is within 5 s of the event; the occurrence counts either way.
+  `enable_auto_resolve`) regresses unless its `active_at` is within 5 s of the event; the occurrence
+  counts either way.
 """
 from __future__ import annotations
 
