@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench live clean chromium
+.PHONY: run test bench live clean chromium jars
 
 $(STAMP): setup.py
 	$(PY) -m venv $(VENV)
@@ -15,7 +15,12 @@ $(STAMP): setup.py
 run: $(STAMP)
 	$(BIN)/issue-platform run
 
-test: $(STAMP) chromium
+# The Java jars Beam's Flink runner and Kafka IO need, fetched with Maven into ~/.apache_beam/cache/jars
+# (first run only; says what it fetches; never committed). See pipelines/jars.py.
+jars: $(STAMP)
+	$(BIN)/python -m pipelines.jars
+
+test: $(STAMP) jars chromium
 	$(BIN)/python -m pytest -q tests
 
 # The report's browser tests drive Debian's chromium headless; install it when absent (needs root, as in .ci/run).

@@ -1,7 +1,11 @@
 """The issue platform on Apache Beam. Beam is pinned to one version, here and in templates/."""
 from setuptools import find_packages, setup
 
-BEAM = "apache-beam[gcp]==2.77.0"
+# 2.62.0, not the newest SDK: the Flink runner needs the Java modules of the same Beam version
+# (pipelines/jars.py), and the Maven registry reachable here serves them completely for 2.62.0 only
+# (beam-runners-flink-1.19 at 2.62.0 and 2.70.0, beam-runners-java-job-service up to 2.65.0 and not
+# 2.66-2.77; no shaded job-server or io-expansion-service jar of any recent version).
+BEAM = "apache-beam[gcp]==2.62.0"
 
 setup(
     name="issue-platform",
