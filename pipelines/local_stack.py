@@ -188,7 +188,9 @@ def start_kafka(classpath: str, timeout: float = 90.0) -> Server:
                                                    log_dir=workdir / "logs"))
     jvm = [java, KAFKA_HEAP, "-XX:+UseG1GC", "-Djava.awt.headless=true", "-cp", classpath]
     cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-    formatted = subprocess.run([*jvm, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(properties)],
+    # `--cluster-id=ID` in one argument: a base64 id may start with "-"
+    formatted = subprocess.run([*jvm, "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}",
+                                "--config", str(properties)],
                                capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
     if formatted.returncode != 0:
         shutil.rmtree(workdir, ignore_errors=True)
