@@ -22,7 +22,12 @@ import os
 import re
 import sys
 import time
+import warnings
 from typing import Optional, Sequence
+
+# The Google client libraries that Beam 2.62 pins warn on import about their own future (grpcio < 1.83,
+# Python 3.11): nothing a user of this command can act on, and it would break the one-line errors.
+warnings.filterwarnings("ignore", category=FutureWarning, module=r"google\.")
 
 from issue_platform.config import ConfigError, PlatformConfig
 from issue_platform.enums import GroupCategory, PriorityLevel

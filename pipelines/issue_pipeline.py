@@ -22,12 +22,14 @@ import tempfile
 from typing import Iterator, Optional
 
 import apache_beam as beam
+from apache_beam.runners.runner import PipelineState
 
 from issue_platform.config import ConfigError, PlatformConfig
 from issue_platform.tables import (ALL_TABLES, DEAD_LETTER, EVIDENCE, OCCURRENCES, PART_GATE, PART_GROUP, PART_KEY,
                                    PART_PARSE, jsonl_glob)
 from pipelines import runner_tuning
 from pipelines.plan import RunPlan, plan_run
+from pipelines.runners import runner_services
 from transforms.apply_rules import ApplyRules, sharded_seed
 from transforms.parse import Ingest
 from transforms.read import Progress
@@ -100,7 +102,7 @@ def execute(plan: RunPlan):
         pipeline = beam.Pipeline(options=plan.options)
         build_graph(pipeline, dataclasses.replace(plan, output=output_dir))
         Progress.start()  # from here on, count what the job takes in
-        with runner_tuning.tuned(plan.runner):
+        with runner_tuning.tuned(plan.runner), runner_services(plan.options, plan.runner):
             result = pipeline.run()
             result.wait_until_finish()
     return result
@@ -109,6 +111,23 @@ def execute(plan: RunPlan):
 def run(argv=None, config: Optional[PlatformConfig] = None):
     """`plan_run` then `execute`: the job of `issue-platform run ARGV`, to completion."""
     return execute(plan_run(argv, config))
+
+
+@contextlib.contextmanager
+def running(argv=None, config: Optional[PlatformConfig] = None):
+    """Plans, builds and submits the job (a stream: it writes into `--output` directly) and yields its
+    `PipelineResult` while it runs; on exit cancels the job if it still runs and stops what the runner
+    needed beside it (`runner_services`: on Flink, the SDK worker pool)."""
+    plan = plan_run(argv, config)
+    pipeline = beam.Pipeline(options=plan.options)
+    build_graph(pipeline, plan)
+    with runner_services(plan.options, plan.runner):
+        result = pipeline.run()
+        try:
+            yield result
+        finally:
+            if not PipelineState.is_terminal(result.state):
+                result.cancel()
 
 
 def submit(argv=None, config: Optional[PlatformConfig] = None):

@@ -21,6 +21,7 @@ from xml.sax.saxutils import escape
 
 BEAM = "2.62.0"  # the Java modules; must equal the Python SDK pinned in setup.py
 FLINK = "1.19"  # the newest Flink whose Beam runner module is served at BEAM
+FLINK_RELEASE = "1.19.0"  # the Flink release that runner module is built against
 KAFKA = "4.1.1"  # the Apache Kafka broker for tests and `make flink` (KRaft; needs Java 17)
 SLF4J = "1.7.36"  # the 1.7 line Flink 1.19 and Beam log through; api and binding of one version
 CACHE = Path(os.environ.get("BEAM_JAR_CACHE", "~/.apache_beam/cache/jars")).expanduser()
@@ -57,14 +58,21 @@ JOB_SERVER = Bundle(  # what Beam's flink_job_server.gradle puts in the shaded j
     f"beam-runners-flink-{FLINK}-job-server-{BEAM}",
     (f"org.apache.beam:beam-runners-flink-{FLINK}:{BEAM}",
      f"org.apache.beam:beam-sdks-java-extensions-google-cloud-platform-core:{BEAM}",
-     f"org.slf4j:jcl-over-slf4j:{SLF4J}") + _LOGGING + _KAFKA_IO,
+     f"org.slf4j:jcl-over-slf4j:{SLF4J}",
+     # The Java SDK harness runs Java transforms (KafkaIO) inside the TaskManager (environment EMBEDDED);
+     # it measures its cache with jamm, which its published pom does not name.
+     f"org.apache.beam:beam-sdks-java-harness:{BEAM}", "com.github.jbellis:jamm:0.4.0") + _LOGGING + _KAFKA_IO,
     "org.apache.beam.runners.flink.FlinkJobServerDriver")
 EXPANSION_SERVICE = Bundle(  # what ReadFromKafka/WriteToKafka start to expand themselves
     f"beam-sdks-java-io-expansion-service-{BEAM}",
     (f"org.apache.beam:beam-sdks-java-expansion-service:{BEAM}",) + _LOGGING + _KAFKA_IO,
     "org.apache.beam.sdk.expansion.service.ExpansionService")
 KAFKA_BROKER = Bundle(f"kafka_2.13-{KAFKA}", (f"org.apache.kafka:kafka_2.13:{KAFKA}",) + _LOGGING)
-BUNDLES = (JOB_SERVER, EXPANSION_SERVICE, KAFKA_BROKER)
+FLINK_CLUSTER = Bundle(  # a standalone JobManager and TaskManager (Maven serves no flink-dist): Flink alone, no Beam
+    f"flink-{FLINK_RELEASE}",
+    tuple(f"org.apache.flink:flink-{module}:{FLINK_RELEASE}"
+          for module in ("runtime", "clients", "streaming-java", "statebackend-rocksdb")) + _LOGGING)
+BUNDLES = (JOB_SERVER, EXPANSION_SERVICE, KAFKA_BROKER, FLINK_CLUSTER)
 
 
 def ensure(bundles=BUNDLES, log=print) -> None:

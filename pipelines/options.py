@@ -20,6 +20,12 @@ def add_config_args(parser) -> None:
         help="Python module to import that defines GroupType subclasses. Repeatable. Default: none.")
 
 
+def _exact(parser) -> None:
+    """Beam 2.62 parses each options view allowing abbreviations (`--config` would be read as
+    `--config_refresh_seconds`, a typo as the option it abbreviates): our views take names whole."""
+    parser.allow_abbrev = False
+
+
 class InputOptions(PipelineOptions):
     """What is read, and how a payload is judged."""
 
@@ -27,6 +33,7 @@ class InputOptions(PipelineOptions):
 
     @classmethod
     def _add_argparse_args(cls, parser):
+        _exact(parser)
         parser.add_argument(
             "--input", action="append", default=None, metavar="PATH",
             help="Path or glob of payload files: JSON Lines (.jsonl, .jsonl.gz) or Avro (.avro). Repeatable. "
@@ -49,6 +56,7 @@ class OutputOptions(PipelineOptions):
 
     @classmethod
     def _add_argparse_args(cls, parser):
+        _exact(parser)
         parser.add_argument(
             "--output", default="out", metavar="DIR",
             help="Directory for the output tables (groups, occurrences, status_changes, post_process, "
@@ -66,10 +74,11 @@ class SourceOptions(PipelineOptions):
 
     @classmethod
     def _add_argparse_args(cls, parser):
+        _exact(parser)
         parser.add_argument(
             "--source", choices=("files", "pubsub", "kafka"), default="files",
             help="files: --input (a replay with --streaming); pubsub: --subscription, a live stream; kafka: "
-                 "--bootstrap_servers (Beam's own flag, default localhost:9092) and --topic, a live stream with "
+                 "--bootstrap_servers and --topic, a live stream with "
                  "--streaming (Beam's cross-language ReadFromKafka: needs Java where the pipeline is built and a "
                  "Dataflow/Flink runner), else a bounded backfill of what the topic retains. Default: files.")
         parser.add_argument(
@@ -80,6 +89,9 @@ class SourceOptions(PipelineOptions):
             help="Pub/Sub attribute holding each message's event time (RFC 3339 or unix milliseconds), as "
                  "issue_platform.producer sets it; messages without it take their publish time. Default: "
                  "event_time.")
+        parser.add_argument(
+            "--bootstrap_servers", default="localhost:9092", metavar="HOST:PORT[,HOST:PORT...]",
+            help="Kafka brokers to read from (with --source kafka). Default: localhost:9092.")
         parser.add_argument(
             "--topic", default="ingest-occurrences", metavar="TOPIC",
             help="Kafka topic to read (with --source kafka). Default: ingest-occurrences.")
@@ -103,6 +115,7 @@ class SinkOptions(PipelineOptions):
 
     @classmethod
     def _add_argparse_args(cls, parser):
+        _exact(parser)
         parser.add_argument(
             "--sink", choices=("jsonl", "bigquery"), default="jsonl",
             help="jsonl: JSON Lines files under --output; bigquery: the tables in --bigquery_dataset. "
@@ -131,6 +144,7 @@ class StateOptions(PipelineOptions):
 
     @classmethod
     def _add_argparse_args(cls, parser):
+        _exact(parser)
         parser.add_argument(
             "--resume_from", default=None, metavar="DIR|bigquery:PROJECT:DATASET.TABLE",
             help="A previous run's state: its output directory (the `state` files), or its BigQuery state table "
@@ -153,6 +167,7 @@ class TimeOptions(PipelineOptions):
 
     @classmethod
     def _add_argparse_args(cls, parser):
+        _exact(parser)
         parser.add_argument(
             "--as_of", default=None, metavar="TIME",
             help="Apply time-driven transitions (auto-resolve, back to ongoing, forecasts) up to this event "

@@ -20,7 +20,7 @@ from importlib import resources
 from typing import Iterator, Optional, Sequence
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import KafkaStreamsRunnerOptions, PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from issue_platform.config import ConfigError, PlatformConfig, load_config
 from issue_platform.flush import DEFAULT_ALLOWED_LATENESS_SECONDS, REPLAY_FLUSH_SECONDS
@@ -29,7 +29,7 @@ from issue_platform.validation import (DEFAULT_MAX_PAYLOAD_BYTES, TIME_EXPECTED,
                                        bounded_time)
 from pipelines.options import InputOptions, OutputOptions, SinkOptions, SourceOptions, StateOptions, TimeOptions
 from pipelines.replay import event_time_range, latest_valid_time, replay_stream, timed
-from pipelines.runner_tuning import BATCH_RUNNER, STREAMING_RUNNER
+from pipelines.runners import choose_runner, is_flink
 from pipelines.sources_and_sinks import SinkPlan, choose_sinks, choose_source
 from transforms.read import input_files, open_config
 from transforms.read_snapshot import Snapshot, check, locate
@@ -81,8 +81,7 @@ def plan_run(argv: Optional[Sequence[str]] = None, config: Optional[PlatformConf
     standard = options.view_as(StandardOptions)
     check_values(inputs, when)
     as_of = parse_as_of(when.as_of)
-    if standard.runner is None:
-        standard.runner = STREAMING_RUNNER if standard.streaming else BATCH_RUNNER
+    choose_runner(options, argv)
     if config is None:
         config = read_config(inputs.config, inputs.group_types_module)
     with _type_modules_checked():  # a bad type definition fails here, before the job starts
@@ -92,8 +91,7 @@ def plan_run(argv: Optional[Sequence[str]] = None, config: Optional[PlatformConf
         check_output(output.output)
     live = source.source != "files"
     files = [] if live else input_files(inputs.input or [sample_path()])
-    kafka = options.view_as(KafkaStreamsRunnerOptions)  # Beam owns --bootstrap_servers
-    read = choose_source(source, kafka.bootstrap_servers, standard.streaming, files)
+    read = choose_source(source, standard.streaming, files, flink=is_flink(standard.runner))
     snapshot = None
     if state.resume_from:
         snapshot = locate(state.resume_from, options.view_as(SinkOptions).bigquery_endpoint)

@@ -9,7 +9,7 @@ import inspect
 import weakref
 from typing import Iterator, Optional
 
-BATCH_RUNNER = "FnApiRunner"
+BATCH_RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"  # Beam 2.62 has no short name for it
 STREAMING_RUNNER = "BundleBasedDirectRunner"
 
 

@@ -14,13 +14,13 @@ from pipelines.options import SinkOptions, SourceOptions
 from transforms.read import ReadPayloads
 from transforms.sinks import (SinkError, WriteBigQuery, WriteJsonLines, WriteOutputs, bigquery_client, ensure_tables,
                               parse_dataset, parse_topic)
-from transforms.sources import ReadFromKafkaTopic, ReadFromPubSubSubscription, ReadKafkaBackfill
+from transforms.sources import ReadFromKafkaTopic, ReadFromPubSubSubscription, ReadKafkaBackfill, kafka_expansion_service
 
 
-def choose_source(options: SourceOptions, bootstrap_servers: str, streaming: bool,
-                  files: Sequence[str]) -> beam.PTransform:
-    """The read transform for `options` and Beam's `--bootstrap_servers`; `files`: the listed inputs
-    of `--source files`."""
+def choose_source(options: SourceOptions, streaming: bool, files: Sequence[str],
+                  flink: bool = False) -> beam.PTransform:
+    """The read transform for `options`; `files`: the listed inputs of `--source files`; `flink`: the
+    job runs on Flink."""
     if options.source == "files":
         return ReadPayloads(files)
     if options.source == "pubsub":
@@ -28,15 +28,19 @@ def choose_source(options: SourceOptions, bootstrap_servers: str, streaming: boo
             raise ConfigError("--source pubsub needs --subscription projects/P/subscriptions/S")
         if not streaming:
             raise ConfigError("--source pubsub is unbounded: add --streaming")
+        if flink:  # Beam's Python Pub/Sub source runs on the DirectRunner and Dataflow only
+            raise ConfigError("--source pubsub does not run on Flink (no Pub/Sub source for it: see README, "
+                              "Running on Flink); read Kafka there, or run Pub/Sub on the default runner or Dataflow")
         return ReadFromPubSubSubscription(options.subscription, options.timestamp_attribute)
     config = _key_values(options.kafka_consumer_config, "--kafka_consumer_config")
     if streaming:
-        return ReadFromKafkaTopic(bootstrap_servers, options.topic, config)
+        return ReadFromKafkaTopic(options.bootstrap_servers, options.topic, config,
+                                  kafka_expansion_service() if flink else None)
     start_time = _time(options.kafka_start_time, "--kafka_start_time")
     offsets = _start_offsets(options.kafka_start_offsets)
     if start_time is not None and offsets:
         raise ConfigError("--kafka_start_time and --kafka_start_offsets: give one of them")
-    return ReadKafkaBackfill(bootstrap_servers, options.topic, config, start_time, offsets)
+    return ReadKafkaBackfill(options.bootstrap_servers, options.topic, config, start_time, offsets)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from issue_platform.config import PlatformConfig
 from issue_platform.generate import generate
 from pipelines.issue_pipeline import run
+from pipelines.runner_tuning import BATCH_RUNNER
 from pipelines.summary import counters
 from transforms.parse import GateIngest, ParsePayloads
 from tests.pipeline_support import (BASE, canonical, latest_groups, occurrence, read_tables, status_change,
@@ -24,7 +25,7 @@ CONFIG = PlatformConfig()
 
 
 def _runner_options():
-    return PipelineOptions(["--runner=FnApiRunner"])
+    return PipelineOptions([f"--runner={BATCH_RUNNER}"])
 
 
 def run_files(tmp_path, payloads, name="in.jsonl", extra=()):

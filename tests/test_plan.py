@@ -8,6 +8,7 @@ import pytest
 
 from issue_platform.config import ConfigError
 from pipelines import plan
+from pipelines.runner_tuning import STREAMING_RUNNER
 from tests.pipeline_support import BASE, occurrence, write_jsonl
 from transforms import read
 from transforms.read import InputError
@@ -62,4 +63,4 @@ def test_the_inputs_are_listed_once(tmp_path, monkeypatch):
 def test_a_live_source_is_planned_without_reading_anything(no_input_read):
     run_plan = plan.plan_run(["--source", "pubsub", "--subscription", "projects/p/subscriptions/s", "--streaming"])
     assert run_plan.as_of == math.inf and not run_plan.bounded and run_plan.received_at is None
-    assert run_plan.runner == plan.STREAMING_RUNNER
+    assert run_plan.runner == STREAMING_RUNNER

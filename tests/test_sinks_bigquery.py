@@ -12,6 +12,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from bigquery_server import PROJECT, bigquery_client
 from issue_platform import outcomes
 from issue_platform.tables import ACTIVITY, ALL_TABLES, DEAD_LETTER, GROUPS, PART_GROUP, schema_problem
+from pipelines.runner_tuning import BATCH_RUNNER
 from transforms.sinks import SinkError, WriteBigQuery, _failed_insert, ensure_tables
 
 pytestmark = pytest.mark.timeout(300)
@@ -29,7 +30,7 @@ ACTIVITY_ROW = {"group_id": 7, "project_id": 1, "type": "set_priority", "timesta
 def test_rejected_rows_go_to_dead_letter_and_the_rest_is_written(streaming, bigquery_emulator, tmp_path):
     dataset = f"reject_{uuid.uuid4().hex[:8]}"
     options = PipelineOptions(["--runner=BundleBasedDirectRunner", "--streaming"] if streaming else
-                              ["--runner=FnApiRunner", f"--temp_location={tmp_path}"])
+                              [f"--runner={BATCH_RUNNER}", f"--temp_location={tmp_path}"])
     ensure_tables(bigquery_client(bigquery_emulator), PROJECT, dataset)  # the run plan's pre-flight
     with beam.Pipeline(options=options) as p:
         tables = {GROUPS: {PART_GROUP: p | "Groups" >> beam.Create([[GOOD, BAD]])},

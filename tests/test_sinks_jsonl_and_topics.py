@@ -11,6 +11,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from issue_platform.tables import OCCURRENCES, PART_GATE, PART_GROUP, jsonl_prefix, read_jsonl
 from pipelines.issue_pipeline import run
+from pipelines.runner_tuning import BATCH_RUNNER
 from servers import free_port
 from tests.pipeline_support import occurrence, write_jsonl
 from pipelines.options import SinkOptions
@@ -25,7 +26,7 @@ def test_writing_one_part_never_deletes_another_parts_files(tmp_path):
     `<prefix>-*-of-NNNNN.jsonl`, which once matched the gated part of `occurrences` too."""
     gated = tmp_path / f"{os.path.basename(jsonl_prefix(str(tmp_path), OCCURRENCES, PART_GATE))}-00000-of-00001.jsonl"
     gated.write_bytes(orjson.dumps({"occurrence_id": "gated"}) + b"\n")
-    with beam.Pipeline(options=PipelineOptions(["--runner=FnApiRunner"])) as p:
+    with beam.Pipeline(options=PipelineOptions([f"--runner={BATCH_RUNNER}"])) as p:
         {OCCURRENCES: {PART_GROUP: p | beam.Create([[{"occurrence_id": "grouped"}]])}} | WriteJsonLines(str(tmp_path))
     assert gated.exists()
     assert sorted(r["occurrence_id"] for r in read_jsonl(str(tmp_path), OCCURRENCES)) == ["gated", "grouped"]
@@ -45,7 +46,7 @@ def test_a_kafka_delivery_failure_fails_the_bundle():
     dropping the message (the runner then retries the bundle)."""
     port = free_port()
     with pytest.raises(Exception, match="not delivered"):
-        with beam.Pipeline(options=PipelineOptions(["--runner=FnApiRunner"])) as p:
+        with beam.Pipeline(options=PipelineOptions([f"--runner={BATCH_RUNNER}"])) as p:
             (p | beam.Create([(b"1", b"{}", [("group_id", b"1")])])
              | beam.ParDo(KafkaProduceFn(f"127.0.0.1:{port}", "post_process", **{"message.timeout.ms": 1500, "log_level": 0})))  # no reconnect log for the rest of the session
 

@@ -376,10 +376,10 @@ def parse_topic(value: str) -> tuple[str, str, Optional[str]]:
 
 
 def _to_pubsub_message(row: dict):
-    from apache_beam.io.gcp.pubsub import PubsubMessage
+    from issue_platform.producer import Message
 
     key, body, attributes = post_process_message(row)
-    return PubsubMessage(body, attributes, ordering_key=key)
+    return Message(body, key, attributes)
 
 
 _PRODUCERS: dict = {}
@@ -448,6 +448,36 @@ class KafkaProduceFn(beam.DoFn):
                                f"delivered ({first}); the bundle fails and is retried")
 
 
+_PUBLISHERS: dict = {}
+
+
+class PubSubPublishFn(beam.DoFn):
+    """Publishes each `issue_platform.producer.Message` to a Pub/Sub topic with its ordering key
+    (`PubSubTransport`, one per process, topic and thread), confirming every message at the end of the bundle:
+    a failure raises, so the runner retries the bundle. Beam 2.62's `WriteToPubSub` drops ordering keys
+    on local runners and does not run on Flink; this runs on every runner."""
+
+    FLUSH_TIMEOUT_SECONDS = 60.0
+
+    def __init__(self, topic: str):
+        self._topic = topic
+
+    def setup(self):
+        from issue_platform.producer import PubSubTransport
+
+        key = (self._topic, threading.get_ident())  # a thread runs one bundle at a time
+        with _PRODUCERS_LOCK:
+            if key not in _PUBLISHERS:
+                _PUBLISHERS[key] = PubSubTransport(self._topic)
+            self._transport = _PUBLISHERS[key]
+
+    def process(self, message):
+        self._transport.send(message)
+
+    def finish_bundle(self):
+        self._transport.flush(self.FLUSH_TIMEOUT_SECONDS)  # raises ProduceError: the bundle is retried
+
+
 def _to_kafka_message(row: dict) -> tuple:
     key, body, attributes = post_process_message(row)
     return key.encode(), body, [(k, v.encode()) for k, v in attributes.items()]
@@ -467,12 +497,9 @@ class WritePostProcessTopic(beam.PTransform):
         for part, rows in sorted(parts.items()):
             label = _label(part)
             if self._kind == "pubsub":
-                from apache_beam.io.gcp.pubsub import WriteToPubSub
-
                 (rows
                  | f"ToPubSubMessage{label}" >> beam.FlatMap(lambda rows: map(_to_pubsub_message, rows))
-                 | f"PublishPubSub{label}" >> WriteToPubSub(self._topic, with_attributes=True,
-                                                           publish_with_ordering_key=True))
+                 | f"PublishPubSub{label}" >> beam.ParDo(PubSubPublishFn(self._topic)))
             else:
                 (rows
                  | f"ToKafkaMessage{label}" >> beam.FlatMap(lambda rows: map(_to_kafka_message, rows))

@@ -1,0 +1,92 @@
+"""Which runner a job runs on, and what that runner needs: the FnApiRunner for batch, the
+BundleBasedDirectRunner for a stream, or Flink with `--runner FlinkRunner` (an embedded Flink cluster,
+or the one `--flink_master HOST:PORT` names).
+
+On Flink the Python code runs in SDK workers. Locally (an embedded cluster, or one whose master is on
+this machine) that is a worker pool inside this process, which we start ourselves on 127.0.0.1: Beam's
+own LOOPBACK pool listens on every interface. A cluster elsewhere keeps Beam's default (a Docker
+container per TaskManager) unless `--environment_type` says otherwise (docs/flink.md).
+"""
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import socket
+import sys
+from typing import Iterator
+from urllib.parse import urlparse
+
+from apache_beam.options.pipeline_options import (DebugOptions, FlinkRunnerOptions, PipelineOptions, PortableOptions,
+                                                  StandardOptions)
+
+from pipelines import jars
+from pipelines.runner_tuning import BATCH_RUNNER, STREAMING_RUNNER
+
+FLINK_RUNNER = "FlinkRunner"
+RUNNER_NAMES = {"FnApiRunner": BATCH_RUNNER}  # as newer Beams (and our docs) call it
+EMBEDDED_FLINK = ("[auto]", "[local]")
+
+
+def choose_runner(options: PipelineOptions, argv) -> str:
+    """Sets the runner (the default for batch or stream unless `--runner` is given) and, for Flink, its
+    defaults; returns the runner's name."""
+    standard = options.view_as(StandardOptions)
+    standard.runner = RUNNER_NAMES.get(standard.runner, standard.runner) or (
+        STREAMING_RUNNER if standard.streaming else BATCH_RUNNER)
+    portable = options.view_as(PortableOptions)
+    if not any(flag.startswith("--output_executable_path") for flag in (sys.argv[1:] if argv is None else argv)):
+        # Beam 2.62 parses each options view allowing abbreviations, so our `--output DIR` also reads as
+        # --output_executable_path DIR: a portable runner would then write a jar there instead of running.
+        portable.output_executable_path = None
+    if is_flink(standard.runner) and not (portable.job_endpoint or options.view_as(FlinkRunnerOptions).flink_job_server_jar):
+        jars.ensure([jars.JOB_SERVER], log=lambda line: print(line, file=sys.stderr))  # Beam starts it from its cache
+    return standard.runner
+
+
+def is_flink(runner: str) -> bool:
+    return runner.rsplit(".", 1)[-1] == FLINK_RUNNER
+
+
+def local_workers(options: PipelineOptions) -> bool:
+    """The SDK workers run in this process: Flink's master is embedded or on this machine, and no
+    `--environment_type` chooses otherwise."""
+    if options.view_as(PortableOptions).environment_type:
+        return False
+    master = options.view_as(FlinkRunnerOptions).flink_master
+    if master in EMBEDDED_FLINK:
+        return True
+    host = urlparse(master if "://" in master else f"//{master}").hostname or ""
+    try:
+        return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
+    except (OSError, ValueError):
+        return False
+
+
+@contextlib.contextmanager
+def runner_services(options: PipelineOptions, runner: str) -> Iterator[None]:
+    """What the runner needs beside it for one run: on Flink with local workers, the SDK worker pool
+    on 127.0.0.1 (stopped when the run ends)."""
+    if not (is_flink(runner) and local_workers(options)):
+        yield
+        return
+    from apache_beam.portability.api import beam_fn_api_pb2_grpc
+    from apache_beam.runners.worker import sdk_worker_main, worker_pool_main
+    from apache_beam.utils import thread_pool_executor
+    import grpc
+
+    experiments = options.view_as(DebugOptions).experiments or []
+    pool = worker_pool_main.BeamFnExternalWorkerPoolServicer(
+        state_cache_size=sdk_worker_main._get_state_cache_size_bytes(options=options),
+        data_buffer_time_limit_ms=sdk_worker_main._get_data_buffer_time_limit_ms(experiments))
+    server = grpc.server(thread_pool_executor.shared_unbounded_instance(),
+                         options=[("grpc.http2.max_pings_without_data", 0), ("grpc.http2.max_ping_strikes", 0)])
+    port = server.add_insecure_port("127.0.0.1:0")
+    beam_fn_api_pb2_grpc.add_BeamFnExternalWorkerPoolServicer_to_server(pool, server)
+    server.start()
+    portable = options.view_as(PortableOptions)
+    portable.environment_type, portable.environment_config = "EXTERNAL", f"127.0.0.1:{port}"
+    try:
+        yield
+    finally:
+        server.stop(1)
+        portable.environment_type = portable.environment_config = None
