@@ -1,0 +1,111 @@
+"""The live Kafka stream on Apache Flink: a real Kafka broker (KRaft, tests/kafka_broker.py), Beam's
+cross-language `ReadFromKafka` expanded by Beam's IO expansion service and run inside Flink's
+TaskManager, the Python steps in an SDK worker pool in this process on 127.0.0.1, an embedded Flink
+cluster (the job server's). Payloads go in through the project's producer; the tables come out as JSON
+Lines, the post-process messages on a Kafka topic.
+
+Event times are set a few seconds ahead of the wall clock, so every event waits for the watermark
+(Kafka CreateTime, then the wall clock once the partitions are idle) and each key's events are
+applied in event-time order, as a batch run applies them: the stream's tables then equal a files
+run's over the same payloads.
+"""
+from __future__ import annotations
+
+import subprocess
+import time
+import uuid
+
+import orjson
+import pytest
+
+from issue_platform.config import load_config
+from issue_platform.tables import DEAD_LETTER, OCCURRENCES, STATUS_CHANGES
+from pipelines.issue_pipeline import run, running
+from pipelines.live import recent_payloads
+from pipeline_support import canonical, latest_groups, read_tables, write_jsonl
+from servers import consume_kafka, create_kafka_topic
+
+pytestmark = pytest.mark.servers
+COMPARED = ("occurrences", "status_changes", "post_process", "activity", "evidence", "dead_letter")
+AHEAD_SECONDS, SPAN_SECONDS = 25.0, 20.0  # event times: from now + 5 s to now + 25 s
+STREAM_TIMEOUT_SECONDS = 240.0
+FLINK = ["--runner", "FlinkRunner", "--streaming", "--parallelism", "1"]
+
+
+def _payloads(count: int, seed: int) -> list[bytes]:
+    return recent_payloads(count, seed, time.time() + AHEAD_SECONDS, window=SPAN_SECONDS)
+
+
+def _produce(bootstrap: str, topic: str, lines: list[bytes]) -> list[bytes]:
+    """Through the project's producer (`issue-platform produce`'s); the lines it sent (it refuses
+    those the pipeline would dead-letter as invalid)."""
+    from issue_platform.producer import connect
+    from issue_platform.validation import Rejected
+
+    producer, sent = connect(f"kafka:{bootstrap}/{topic}"), []
+    try:
+        for line in lines:
+            try:
+                producer.send_raw(line)
+                sent.append(line)
+            except Rejected:
+                pass
+        producer.flush(30)
+    finally:
+        producer.close()
+    return sent
+
+
+def _outcomes(tables: dict) -> int:
+    return sum(len(tables[name]) for name in (OCCURRENCES, STATUS_CHANGES, DEAD_LETTER))
+
+
+def _wait_for_outcomes(out, expected: int, timeout: float = STREAM_TIMEOUT_SECONDS) -> dict:
+    """The tables once every payload has its outcome row and one more second passed with no new
+    row (a post-process or group row may trail its occurrence row); the last read on timeout."""
+    deadline, previous = time.monotonic() + timeout, None
+    while True:
+        tables = read_tables(out)
+        counts = {name: len(rows) for name, rows in tables.items()}
+        if (_outcomes(tables) >= expected and counts == previous) or time.monotonic() > deadline:
+            return tables
+        previous = counts if _outcomes(tables) >= expected else None
+        time.sleep(1.0)
+
+
+def _listening_beyond_loopback() -> list[str]:
+    lines = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout.splitlines()
+    return [line for line in lines if ("java" in line or "python" in line)
+            and not any(host in line.split()[3] for host in ("127.0.0.1", "[::ffff:127.0.0.1]", "[::1]"))]
+
+
+def test_kafka_stream_on_flink_gives_the_files_run_tables(apache_kafka, tmp_path):
+    lines = _payloads(300, seed=21)
+    topic, post_topic = f"ingest-{uuid.uuid4().hex[:8]}", f"post-{uuid.uuid4().hex[:8]}"
+    create_kafka_topic(apache_kafka.address, topic, partitions=2)
+    create_kafka_topic(apache_kafka.address, post_topic, partitions=2)
+    sent = _produce(apache_kafka.address, topic, lines)
+    assert 0 < len(sent) < len(lines)  # some generated payloads are invalid: refused, never sent
+    out = tmp_path / "stream"
+    argv = [*FLINK, "--source", "kafka", "--bootstrap_servers", apache_kafka.address, "--topic", topic,
+            "--output", str(out), "--post_process_topic", f"kafka:{apache_kafka.address}/{post_topic}"]
+    with running(argv, load_config(None)):
+        stream = _wait_for_outcomes(out, len(sent))
+    assert _outcomes(stream) == len(sent)
+
+    run(["--input", write_jsonl(tmp_path / "sent.jsonl", sent), "--output", str(tmp_path / "files")], load_config(None))
+    files = read_tables(tmp_path / "files")
+    for row in stream[DEAD_LETTER]:
+        row.pop("source")  # kafka:TOPIC:PARTITION:OFFSET in the stream, none from files
+    for row in files[DEAD_LETTER]:
+        row.pop("source")
+    for table in COMPARED:
+        assert canonical(stream[table]) == canonical(files[table]), table
+    assert canonical(list(latest_groups(stream["groups"]).values())) == canonical(
+        list(latest_groups(files["groups"]).values()))
+    posted = consume_kafka(apache_kafka.address, post_topic, len(files["post_process"]), timeout=30)
+    assert sorted(orjson.loads(m.value())["group_id"] for m in posted) == sorted(
+        r["group_id"] for r in files["post_process"])
+    new = [r["group_id"] for r in stream["post_process"] if r["is_new"]]
+    assert len(new) == len(set(new)) == len(latest_groups(files["groups"]))
+
