@@ -115,11 +115,20 @@ def _pom(artifacts) -> str:
             f'<packaging>pom</packaging><dependencies>{dependencies}</dependencies></project>')
 
 
+# What Flink's start scripts open on Java 17 (its serializers, and the Java SDK harness running in the
+# TaskManager, reach into the JDK's classes); a launcher's manifest opens them (`Add-Opens`).
+JAVA17_OPENS = tuple(f"java.base/{package}" for package in (
+    "java.lang", "java.lang.reflect", "java.io", "java.net", "java.nio", "java.text", "java.time", "java.util",
+    "java.util.concurrent", "java.util.concurrent.atomic", "java.util.concurrent.locks", "sun.nio.ch"))
+
+
 def _write_launcher(bundle: Bundle) -> None:
-    """A jar holding only a manifest: the main class and the folder's jars as relative Class-Path entries."""
+    """A jar holding only a manifest: the main class, the folder's jars as relative Class-Path entries
+    and the JDK packages to open."""
     entries = [f"{bundle.name}/{jar.name}" for jar in sorted(bundle.folder.glob("*.jar"))]
     manifest = ("Manifest-Version: 1.0\r\n" f"Main-Class: {bundle.main_class}\r\n"
-                + _manifest_line("Class-Path: " + " ".join(entries)))
+                + _manifest_line("Class-Path: " + " ".join(entries))
+                + _manifest_line("Add-Opens: " + " ".join(JAVA17_OPENS)))
     partial = bundle.launcher.with_suffix(".tmp")
     with zipfile.ZipFile(partial, "w") as jar:
         jar.writestr("META-INF/MANIFEST.MF", manifest)

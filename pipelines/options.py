@@ -186,3 +186,38 @@ class TimeOptions(PipelineOptions):
 
 
 RUN_OPTIONS = (InputOptions, OutputOptions, SourceOptions, SinkOptions, StateOptions, TimeOptions)
+
+
+class FlinkStreamOptions(PipelineOptions):
+    """Flink's checkpointing and recovery settings (Beam's Java FlinkPipelineOptions, which Beam's
+    Python FlinkRunner passes to the job server only when they are declared here)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        _exact(parser)
+        parser.add_argument(
+            "--checkpointing_interval", type=int, default=None, metavar="MS",
+            help="Flink: take a checkpoint (Kafka offsets and every key's state) every MS milliseconds; "
+                 "a failed job restarts from the last one. Default: none (a failure loses the job).")
+        parser.add_argument(
+            "--state_backend", choices=("filesystem", "rocksdb"), default=None,
+            help="Flink: where keyed state lives (filesystem: the heap; rocksdb: local disk, for state larger "
+                 "than memory). Needs --state_backend_storage_path. Default: Flink's (the heap).")
+        parser.add_argument(
+            "--state_backend_storage_path", default=None, metavar="URI",
+            help="Flink: where checkpoints are written, e.g. file:///var/flink/checkpoints or s3://...")
+        parser.add_argument(
+            "--retain_externalized_checkpoints_on_cancellation", action="store_true", default=None,
+            help="Flink: keep the last checkpoint when the job is cancelled or dies, to start a new job "
+                 "from it (--savepoint_path).")
+        parser.add_argument(
+            "--savepoint_path", default=None, metavar="URI",
+            help="Flink: start from this savepoint or retained checkpoint (the analogue of Dataflow's "
+                 "--update: same transform names, the state carried over).")
+        parser.add_argument(
+            "--number_of_execution_retries", type=int, default=None,
+            help="Flink: restarts after a failure before the job fails. Default: Flink's (unbounded "
+                 "with checkpointing).")
+        parser.add_argument(
+            "--execution_retry_delay", type=int, default=None, metavar="MS",
+            help="Flink: milliseconds between a failure and the restart.")
