@@ -200,12 +200,6 @@ class FlinkStreamOptions(PipelineOptions):
             help="Flink: take a checkpoint (Kafka offsets and every key's state) every MS milliseconds; "
                  "a failed job restarts from the last one. Default: none (a failure loses the job).")
         parser.add_argument(
-            "--finish_bundle_before_checkpointing", type=lambda v: v.lower() in ("1", "true", "yes"), default=True,
-            metavar="true|false",
-            help="Flink: finish the bundle in flight before a checkpoint instead of holding its outputs in "
-                 "the checkpoint (Beam 2.62 fails to snapshot the held outputs of a multi-output step such as "
-                 "Ingest: ClassCastException, checkpoint declined). Default: true.")
-        parser.add_argument(
             "--state_backend", choices=("filesystem", "rocksdb"), default=None,
             help="Flink: where keyed state lives (filesystem: the heap; rocksdb: local disk, for state larger "
                  "than memory). Needs --state_backend_storage_path. Default: Flink's (the heap).")
