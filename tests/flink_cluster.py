@@ -44,7 +44,8 @@ class Netns:
         if shutil.which("unshare") is None or shutil.which("nsenter") is None:
             raise RuntimeError("unshare/nsenter (util-linux) are needed for a private network namespace")
         holder = subprocess.Popen(["unshare", "--net", "--", "sh", "-c", "ip link set lo up && exec sleep infinity"],
-                                  stdin=subprocess.DEVNULL, start_new_session=True)
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True,
+                                  preexec_fn=_die_with_parent)
         ns = cls(holder)
         for _ in range(50):  # `ip link set lo up` takes a few ms
             up = subprocess.run(ns.command(["ip", "-o", "link", "show", "lo"]), capture_output=True, text=True)
@@ -64,6 +65,14 @@ class Netns:
         if self.holder.poll() is None:
             self.holder.kill()
             self.holder.wait(10)
+
+
+def _die_with_parent() -> None:
+    """The holder gets SIGKILL when the process that started it dies, however it dies."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 @dataclass
