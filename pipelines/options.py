@@ -20,7 +20,7 @@ def add_config_args(parser) -> None:
         help="Python module to import that defines GroupType subclasses. Repeatable. Default: none.")
 
 
-def _exact(parser) -> None:
+def exact_names(parser) -> None:
     """Beam 2.62 parses each options view allowing abbreviations (`--config` would be read as
     `--config_refresh_seconds`, a typo as the option it abbreviates): our views take names whole."""
     parser.allow_abbrev = False
@@ -33,7 +33,7 @@ class InputOptions(PipelineOptions):
 
     @classmethod
     def _add_argparse_args(cls, parser):
-        _exact(parser)
+        exact_names(parser)
         parser.add_argument(
             "--input", action="append", default=None, metavar="PATH",
             help="Path or glob of payload files: JSON Lines (.jsonl, .jsonl.gz) or Avro (.avro). Repeatable. "
@@ -56,7 +56,7 @@ class OutputOptions(PipelineOptions):
 
     @classmethod
     def _add_argparse_args(cls, parser):
-        _exact(parser)
+        exact_names(parser)
         parser.add_argument(
             "--output", default="out", metavar="DIR",
             help="Directory for the output tables (groups, occurrences, status_changes, post_process, "
@@ -74,7 +74,7 @@ class SourceOptions(PipelineOptions):
 
     @classmethod
     def _add_argparse_args(cls, parser):
-        _exact(parser)
+        exact_names(parser)
         parser.add_argument(
             "--source", choices=("files", "pubsub", "kafka"), default="files",
             help="files: --input (a replay with --streaming); pubsub: --subscription, a live stream; kafka: "
@@ -115,7 +115,7 @@ class SinkOptions(PipelineOptions):
 
     @classmethod
     def _add_argparse_args(cls, parser):
-        _exact(parser)
+        exact_names(parser)
         parser.add_argument(
             "--sink", choices=("jsonl", "bigquery"), default="jsonl",
             help="jsonl: JSON Lines files under --output; bigquery: the tables in --bigquery_dataset. "
@@ -144,7 +144,7 @@ class StateOptions(PipelineOptions):
 
     @classmethod
     def _add_argparse_args(cls, parser):
-        _exact(parser)
+        exact_names(parser)
         parser.add_argument(
             "--resume_from", default=None, metavar="DIR|bigquery:PROJECT:DATASET.TABLE",
             help="A previous run's state: its output directory (the `state` files), or its BigQuery state table "
@@ -167,7 +167,7 @@ class TimeOptions(PipelineOptions):
 
     @classmethod
     def _add_argparse_args(cls, parser):
-        _exact(parser)
+        exact_names(parser)
         parser.add_argument(
             "--as_of", default=None, metavar="TIME",
             help="Apply time-driven transitions (auto-resolve, back to ongoing, forecasts) up to this event "
@@ -186,38 +186,3 @@ class TimeOptions(PipelineOptions):
 
 
 RUN_OPTIONS = (InputOptions, OutputOptions, SourceOptions, SinkOptions, StateOptions, TimeOptions)
-
-
-class FlinkStreamOptions(PipelineOptions):
-    """Flink's checkpointing and recovery settings (Beam's Java FlinkPipelineOptions, which Beam's
-    Python FlinkRunner passes to the job server only when they are declared here)."""
-
-    @classmethod
-    def _add_argparse_args(cls, parser):
-        _exact(parser)
-        parser.add_argument(
-            "--checkpointing_interval", type=int, default=None, metavar="MS",
-            help="Flink: take a checkpoint (Kafka offsets and every key's state) every MS milliseconds; "
-                 "a failed job restarts from the last one. Default: none (a failure loses the job).")
-        parser.add_argument(
-            "--state_backend", choices=("filesystem", "rocksdb"), default=None,
-            help="Flink: where keyed state lives (filesystem: the heap; rocksdb: local disk, for state larger "
-                 "than memory). Needs --state_backend_storage_path. Default: Flink's (the heap).")
-        parser.add_argument(
-            "--state_backend_storage_path", default=None, metavar="URI",
-            help="Flink: where checkpoints are written, e.g. file:///var/flink/checkpoints or s3://...")
-        parser.add_argument(
-            "--retain_externalized_checkpoints_on_cancellation", action="store_true", default=None,
-            help="Flink: keep the last checkpoint when the job is cancelled or dies, to start a new job "
-                 "from it (--savepoint_path).")
-        parser.add_argument(
-            "--savepoint_path", default=None, metavar="URI",
-            help="Flink: start from this savepoint or retained checkpoint (the analogue of Dataflow's "
-                 "--update: same transform names, the state carried over).")
-        parser.add_argument(
-            "--number_of_execution_retries", type=int, default=None,
-            help="Flink: restarts after a failure before the job fails. Default: Flink's (unbounded "
-                 "with checkpointing).")
-        parser.add_argument(
-            "--execution_retry_delay", type=int, default=None, metavar="MS",
-            help="Flink: milliseconds between a failure and the restart.")

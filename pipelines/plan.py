@@ -91,7 +91,8 @@ def plan_run(argv: Optional[Sequence[str]] = None, config: Optional[PlatformConf
         check_output(output.output)
     live = source.source != "files"
     files = [] if live else input_files(inputs.input or [sample_path()])
-    read = choose_source(source, standard.streaming, files, flink=is_flink(standard.runner))
+    read = choose_source(source, source.bootstrap_servers, standard.streaming, files,
+                         flink=is_flink(standard.runner))
     snapshot = None
     if state.resume_from:
         snapshot = locate(state.resume_from, options.view_as(SinkOptions).bigquery_endpoint)

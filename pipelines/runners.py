@@ -20,11 +20,47 @@ from apache_beam.options.pipeline_options import (DebugOptions, FlinkRunnerOptio
                                                   StandardOptions)
 
 from pipelines import jars
+from pipelines.options import exact_names
 from pipelines.runner_tuning import BATCH_RUNNER, STREAMING_RUNNER
 
 FLINK_RUNNER = "FlinkRunner"
 RUNNER_NAMES = {"FnApiRunner": BATCH_RUNNER}  # as newer Beams (and our docs) call it
 EMBEDDED_FLINK = ("[auto]", "[local]")
+
+
+class FlinkStreamOptions(PipelineOptions):
+    """Flink's checkpointing and recovery settings (Beam's Java FlinkPipelineOptions, which Beam's
+    Python FlinkRunner passes to the job server only when they are declared here)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        exact_names(parser)
+        parser.add_argument(
+            "--checkpointing_interval", type=int, default=None, metavar="MS",
+            help="Flink: take a checkpoint (Kafka offsets and every key's state) every MS milliseconds; "
+                 "a failed job restarts from the last one. Default: none (a failure loses the job).")
+        parser.add_argument(
+            "--state_backend", choices=("filesystem", "rocksdb"), default=None,
+            help="Flink: where keyed state lives (filesystem: the heap; rocksdb: local disk, for state larger "
+                 "than memory). Needs --state_backend_storage_path. Default: Flink's (the heap).")
+        parser.add_argument(
+            "--state_backend_storage_path", default=None, metavar="URI",
+            help="Flink: where checkpoints are written, e.g. file:///var/flink/checkpoints or s3://...")
+        parser.add_argument(
+            "--retain_externalized_checkpoints_on_cancellation", action="store_true", default=None,
+            help="Flink: keep the last checkpoint when the job is cancelled or dies, to start a new job "
+                 "from it (--savepoint_path).")
+        parser.add_argument(
+            "--savepoint_path", default=None, metavar="URI",
+            help="Flink: start from this savepoint or retained checkpoint (the analogue of Dataflow's "
+                 "--update: same transform names, the state carried over).")
+        parser.add_argument(
+            "--number_of_execution_retries", type=int, default=None,
+            help="Flink: restarts after a failure before the job fails. Default: Flink's (unbounded "
+                 "with checkpointing).")
+        parser.add_argument(
+            "--execution_retry_delay", type=int, default=None, metavar="MS",
+            help="Flink: milliseconds between a failure and the restart.")
 
 
 def choose_runner(options: PipelineOptions, argv) -> str:
@@ -38,7 +74,8 @@ def choose_runner(options: PipelineOptions, argv) -> str:
         # Beam 2.62 parses each options view allowing abbreviations, so our `--output DIR` also reads as
         # --output_executable_path DIR: a portable runner would then write a jar there instead of running.
         portable.output_executable_path = None
-    if is_flink(standard.runner) and not (portable.job_endpoint or options.view_as(FlinkRunnerOptions).flink_job_server_jar):
+    own_job_server = not (portable.job_endpoint or options.view_as(FlinkRunnerOptions).flink_job_server_jar)
+    if is_flink(standard.runner) and own_job_server:
         jars.ensure([jars.JOB_SERVER], log=lambda line: print(line, file=sys.stderr))  # Beam starts it from its cache
     return standard.runner
 

@@ -14,13 +14,14 @@ from pipelines.options import SinkOptions, SourceOptions
 from transforms.read import ReadPayloads
 from transforms.sinks import (SinkError, WriteBigQuery, WriteJsonLines, WriteOutputs, bigquery_client, ensure_tables,
                               parse_dataset, parse_topic)
-from transforms.sources import ReadFromKafkaTopic, ReadFromPubSubSubscription, ReadKafkaBackfill, kafka_expansion_service
+from transforms.sources import (ReadFromKafkaTopic, ReadFromPubSubSubscription, ReadKafkaBackfill,
+                               kafka_expansion_service)
 
 
-def choose_source(options: SourceOptions, streaming: bool, files: Sequence[str],
+def choose_source(options: SourceOptions, bootstrap_servers: str, streaming: bool, files: Sequence[str],
                   flink: bool = False) -> beam.PTransform:
-    """The read transform for `options`; `files`: the listed inputs of `--source files`; `flink`: the
-    job runs on Flink."""
+    """The read transform for `options` and its `--bootstrap_servers`; `files`: the listed inputs of
+    `--source files`; `flink`: the job runs on Flink."""
     if options.source == "files":
         return ReadPayloads(files)
     if options.source == "pubsub":
@@ -34,13 +35,13 @@ def choose_source(options: SourceOptions, streaming: bool, files: Sequence[str],
         return ReadFromPubSubSubscription(options.subscription, options.timestamp_attribute)
     config = _key_values(options.kafka_consumer_config, "--kafka_consumer_config")
     if streaming:
-        return ReadFromKafkaTopic(options.bootstrap_servers, options.topic, config,
+        return ReadFromKafkaTopic(bootstrap_servers, options.topic, config,
                                   kafka_expansion_service() if flink else None)
     start_time = _time(options.kafka_start_time, "--kafka_start_time")
     offsets = _start_offsets(options.kafka_start_offsets)
     if start_time is not None and offsets:
         raise ConfigError("--kafka_start_time and --kafka_start_offsets: give one of them")
-    return ReadKafkaBackfill(options.bootstrap_servers, options.topic, config, start_time, offsets)
+    return ReadKafkaBackfill(bootstrap_servers, options.topic, config, start_time, offsets)
 
 
 @dataclass(frozen=True)

@@ -140,7 +140,8 @@ def _resource_params(jvm: list[str], conf_dir: Path, command: str) -> tuple[list
     without its derived CPU and memory settings."""
     done = subprocess.run([*jvm, "org.apache.flink.runtime.util.bash.BashJavaUtils", command, "--configDir",
                            str(conf_dir)], capture_output=True, text=True, timeout=60, check=True)
-    results = [line.split(":", 1)[1] for line in done.stdout.splitlines() if line.startswith("BASH_JAVA_UTILS_EXEC_RESULT:")]
+    prefix = "BASH_JAVA_UTILS_EXEC_RESULT:"
+    results = [line[len(prefix):] for line in done.stdout.splitlines() if line.startswith(prefix)]
     return results[0].split(), results[1].split()
 
 

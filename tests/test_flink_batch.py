@@ -20,7 +20,8 @@ from flink_cluster import Netns, start_cluster
 from issue_platform.generate import generate
 from issue_platform.tables import ALL_TABLES, jsonl_glob
 from pipelines import jars
-from pipelines.issue_pipeline import run, sample_path
+from pipelines.issue_pipeline import run
+from pipelines.plan import sample_path
 from pipelines.summary import counters
 
 pytestmark = [pytest.mark.servers, pytest.mark.timeout(900)]
@@ -94,7 +95,8 @@ def finished(process: subprocess.Popen) -> str:
 
 def test_the_resumed_input_exercises_duplicates_noise_status_changes_and_late_events(reference):
     _, totals = reference["resumed"]
-    for counter in ("occurrences.duplicate", "dead_letter.late", "occurrences.noise_suppressed", "status_changes.applied"):
+    for counter in ("occurrences.duplicate", "dead_letter.late", "occurrences.noise_suppressed",
+                    "status_changes.applied"):
         assert totals.get(counter, 0) > 0, (counter, totals)
 
 
