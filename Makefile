@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench live clean chromium jars
+.PHONY: run test bench live flink clean chromium jars
 
 $(STAMP): setup.py
 	$(PY) -m venv $(VENV)
@@ -31,6 +31,11 @@ chromium:
 
 live: $(STAMP)
 	$(BIN)/issue-platform live $(ARGS)
+
+# The Kafka stream on an embedded Flink cluster, in a private network namespace (as root): Beam's Java
+# gRPC servers (job server, SDK harness) listen on every interface, and there they reach only loopback.
+flink: $(STAMP) jars
+	unshare --net -- sh -c 'ip link set lo up && exec $(BIN)/issue-platform live --runner flink $(ARGS)'
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench.py $(ARGS)

@@ -30,6 +30,10 @@ def register(sub) -> None:
     parser.add_argument("--seed", type=int, default=7, help="random seed of the generated payloads (default 7)")
     parser.add_argument("--output", default="out/live", help="output directory (default out/live)")
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for the stream")
+    parser.add_argument("--runner", choices=("direct", "flink"), default="direct",
+                        help="direct: Pub/Sub, Kafka (Tansu) and BigQuery emulators on the DirectRunner; flink: a real "
+                             "Kafka broker and the Kafka stream on an embedded Flink cluster (make flink). Default: direct")
+    parser.add_argument("--parallelism", type=int, default=1, help="Flink parallelism with --runner flink (default 1)")
     parser.set_defaults(handler=cmd_live)
 
 
@@ -139,6 +143,10 @@ def cmd_live(args: argparse.Namespace) -> int:
     from pipelines.local_stack import TopicReader, create_kafka_topic, create_pubsub_topic
     from pipelines.summary import counts_from_outputs, counts_from_rows, latest_groups, render
 
+    if args.runner == "flink":
+        from pipelines.live_flink import cmd_live_flink
+
+        return cmd_live_flink(args)
     if args.count < 1:
         raise ConfigError("--count must be >= 1")
     lines = recent_payloads(args.count, args.seed, time.time() - 30)

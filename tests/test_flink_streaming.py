@@ -16,6 +16,7 @@ import time
 import uuid
 
 import orjson
+import psutil
 import pytest
 
 from issue_platform.config import load_config
@@ -75,8 +76,6 @@ def _wait_for_outcomes(out, expected: int, timeout: float = STREAM_TIMEOUT_SECON
 
 def _listening(pids: set[int]) -> set[str]:
     """The addresses `pids` listen on (TCP)."""
-    import psutil
-
     return {c.laddr.ip.removeprefix("::ffff:") for c in psutil.net_connections("tcp")
             if c.pid in pids and c.status == psutil.CONN_LISTEN}
 
@@ -118,8 +117,6 @@ def test_kafka_stream_on_flink_gives_the_files_run_tables(apache_kafka, tmp_path
 
 def _job_server_pids() -> list[int]:
     """The Flink job servers this process started (each holds an embedded Flink cluster)."""
-    import psutil
-
     return [p.pid for p in psutil.Process().children(recursive=True)
             if "java" in p.name() and any("flink" in part and "job-server" in part for part in p.cmdline())]
 
@@ -154,14 +151,14 @@ def test_killed_mid_stream_a_new_job_resumes_from_the_last_checkpoint(apache_kaf
     try:
         with running(argv, load_config(None)):
             deadline = time.monotonic() + STREAM_TIMEOUT_SECONDS
-            while not (_latest_checkpoint(storage) and len(sent) // 4 <= _outcomes(read_tables(out)) < len(sent) // 2):
+            # Kill once a checkpoint is complete and between a quarter and half of the outcomes are written.
+            while not (_latest_checkpoint(storage)
+                       and len(sent) // 4 <= _outcomes(read_tables(out)) < len(sent) // 2):
                 if time.monotonic() > deadline:
                     break
                 time.sleep(0.5)
             else:
                 [job_server] = set(_job_server_pids()) - before
-                import psutil
-
                 psutil.Process(job_server).kill()  # the whole embedded cluster, mid-stream
                 psutil.Process(job_server).wait(30)
                 killed = True

@@ -185,5 +185,5 @@ class ReadKafkaBackfill(beam.PTransform):
                 | "ReadPartitions" >> beam.ParDo(_ReadPartitionFn(*self._args, self._start_time)))
 
 
-__all__ = ["ReadFromPubSubSubscription", "ReadFromKafkaTopic", "kafka_expansion_service", "ReadKafkaBackfill", "kafka_row_payload",
-           "EMPTY_POLL_SECONDS"]
+__all__ = ["ReadFromPubSubSubscription", "ReadFromKafkaTopic", "kafka_expansion_service", "ReadKafkaBackfill",
+           "kafka_row_payload", "EMPTY_POLL_SECONDS"]
