@@ -1,7 +1,7 @@
 """Sources: a Kafka backfill against a real Kafka-protocol broker (Tansu) gives what the same records
 give from files; a live Pub/Sub stream on the streaming DirectRunner against the Pub/Sub emulator; the
-cross-language Kafka read is checked by construction only (its Java expansion jar cannot be fetched
-here, and the DirectRunner cannot run Java transforms)."""
+cross-language Kafka read's construction (it runs end to end on Flink in test_flink_streaming.py: the
+DirectRunner cannot run Java transforms)."""
 import time
 import uuid
 
@@ -106,7 +106,7 @@ def test_kafka_backfill_from_offsets_and_from_a_start_time(kafka_broker, tmp_pat
 
 
 def test_live_kafka_read_is_beams_cross_language_read_with_offsets_and_create_time():
-    """Construction only: applying ReadFromKafka downloads its expansion jar (not reachable here)."""
+    """Construction only (no expansion service started): what the read asks KafkaIO for."""
     options = PipelineOptions(["--source", "kafka", "--topic", "ingest-occurrences",
                                "--kafka_consumer_config", "group.id=issue-platform"]).view_as(SourceOptions)
     transform = choose_source(options, "broker:9092", streaming=True, files=[])
@@ -144,6 +144,17 @@ def test_a_kafka_record_keeps_its_coordinates():
 def test_source_option_errors_are_one_line(flags, streaming, message):
     with pytest.raises(ConfigError, match=message):
         choose_source(PipelineOptions(flags).view_as(SourceOptions), "b:1", streaming, files=[])
+
+
+def test_pubsub_on_flink_is_refused_with_one_line(capsys):
+    """Beam's Python Pub/Sub source has no implementation on Flink (docs/flink-streaming.md): refused
+    before anything starts, exit 2."""
+    from pipelines.cli import main
+
+    code = main(["run", "--runner", "FlinkRunner", "--streaming", "--source", "pubsub",
+                 "--subscription", "projects/p/subscriptions/s"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--source pubsub does not run on Flink" in err[0]
 
 
 def test_live_pubsub_stream_groups_occurrences_and_applies_status_changes(pubsub_emulator, tmp_path):
