@@ -5,8 +5,8 @@ import pytest
 from servers import HOST, consume_kafka, create_kafka_topic, create_pubsub_topic, start_tansu
 
 
-def test_servers_listen_on_loopback_only(pubsub_emulator, kafka_broker):
-    for server in (pubsub_emulator, kafka_broker):
+def test_servers_listen_on_loopback_only(pubsub_emulator, kafka_broker, apache_kafka):
+    for server in (pubsub_emulator, kafka_broker, apache_kafka):
         pids = {server.process.pid, *(c.pid for c in psutil.Process(server.process.pid).children(recursive=True))}
         listening = {c.laddr.ip.removeprefix("::ffff:") for c in psutil.net_connections("tcp")
                      if c.pid in pids and c.status == psutil.CONN_LISTEN}
