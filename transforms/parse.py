@@ -36,10 +36,12 @@ def _counter(group: str, name: str):
 
 class SourcedPayload(NamedTuple):
     """A raw payload from a live source and where it came from (`kafka:TOPIC:PARTITION:OFFSET` or
-    `pubsub:SUBSCRIPTION:MESSAGE_ID`), so that its dead-letter row can name it."""
+    `pubsub:SUBSCRIPTION:MESSAGE_ID`), so that its dead-letter row can name it. `problem`: what the
+    source found wrong with the message around the payload (reason, field, message; e.g. a bad
+    event-time attribute): the payload is then dead-lettered without being parsed."""
     payload: bytes
     source: str
-
+    problem: Optional[Tuple[str, str, str]] = None
 
 def _internal_error(stage: str, exc: Exception, payload, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
                     source: Optional[str] = None):
@@ -74,7 +76,11 @@ class _ParseFn(beam.DoFn):
         """One raw payload -> its validated payload, or its dead-letter row as a TaggedOutput."""
         source = None
         if isinstance(raw, SourcedPayload):  # a live message: its coordinates go with any dead letter
-            raw, source = raw
+            raw, source, problem = raw
+            if problem is not None:
+                _counter("dead_letter", problem[0]).inc()
+                rejected = Rejected(*problem, stage=R.STAGE_PARSE)
+                return pvalue.TaggedOutput(DEAD_LETTER, dead_letter_row(rejected, raw, self._max_bytes, source))
         try:
             return self._validator.validate(parse(raw, self._max_bytes))
         except Rejected as rejected:

@@ -14,6 +14,10 @@ from typing import Mapping, Optional
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
+from apache_beam.transforms.window import TimestampedValue
+
+from issue_platform import outcomes as R
+from issue_platform.validation import EARLIEST_TIME, LATEST_TIME, Rejected, parse_time
 from transforms.parse import SourcedPayload
 from transforms.read import NAMESPACE
 
@@ -25,20 +29,52 @@ _BATCH = 500
 
 class ReadFromPubSubSubscription(beam.PTransform):
     """Messages of a subscription as `SourcedPayload`s, timestamped from `timestamp_attribute` where
-    the producer set it (issue_platform.producer does), else from the publish time."""
+    the producer set it (issue_platform.producer does), else from the publish time.
+
+    The attribute is read here, not by Beam's reader: that one raises on a value it cannot parse,
+    which stops the job and loses the messages of its pull. A value that does not parse or lies
+    outside the accepted range makes the message a dead letter (`invalid_value`, field the
+    attribute's name) and the stream goes on."""
 
     def __init__(self, subscription: str, timestamp_attribute: Optional[str] = "event_time"):
         super().__init__()
         self._subscription, self._timestamp_attribute = subscription, timestamp_attribute or None
 
     def expand(self, pbegin):
-        subscription = self._subscription
         return (pbegin
-                | "ReadFromPubSub" >> beam.io.ReadFromPubSub(
-                    subscription=subscription, with_attributes=True,
-                    timestamp_attribute=self._timestamp_attribute)
-                | "WithMessageId" >> beam.Map(
-                    lambda m: SourcedPayload(m.data, f"pubsub:{subscription}:{m.message_id}")))
+                | "ReadFromPubSub" >> beam.io.ReadFromPubSub(subscription=self._subscription, with_attributes=True)
+                | "WithMessageId" >> beam.ParDo(_StampFn(self._subscription, self._timestamp_attribute)))
+
+
+class _StampFn(beam.DoFn):
+    """A Pub/Sub message -> its `SourcedPayload`, timestamped from the attribute when it is valid."""
+
+    def __init__(self, subscription: str, attribute: Optional[str]):
+        self._subscription, self._attribute = subscription, attribute
+
+    def process(self, message):
+        sourced = SourcedPayload(message.data, f"pubsub:{self._subscription}:{message.message_id}")
+        value = (message.attributes or {}).get(self._attribute) if self._attribute else None
+        if value is None:
+            yield sourced
+            return
+        try:
+            yield TimestampedValue(sourced, attribute_time(value, self._attribute))
+        except Rejected as rejected:
+            yield sourced._replace(problem=(rejected.reason, rejected.field, rejected.message))
+
+
+def attribute_time(value: str, name: str) -> float:
+    """A timestamp attribute as Beam's Pub/Sub IO reads it (unix milliseconds, or RFC 3339) -> unix
+    seconds, in the range every accepted time lies in; else `Rejected` (`invalid_value`)."""
+    try:
+        seconds = int(value) / 1000 if value.strip().lstrip("-").isdigit() else parse_time(value, name)
+        if EARLIEST_TIME < seconds <= LATEST_TIME:
+            return seconds
+    except (Rejected, ValueError, OverflowError):
+        pass
+    raise Rejected(R.INVALID_VALUE, name, f"attribute '{name}' must be unix milliseconds or an RFC 3339 time "
+                   f"after 1970-01-01 and at most 3000-01-01T00:00:00Z, got {value[:40]!r}", stage=R.STAGE_PARSE)
 
 
 def _kafka_coordinates(topic: str, partition: int, offset: int) -> str:
@@ -185,5 +221,6 @@ class ReadKafkaBackfill(beam.PTransform):
                 | "ReadPartitions" >> beam.ParDo(_ReadPartitionFn(*self._args, self._start_time)))
 
 
-__all__ = ["ReadFromPubSubSubscription", "ReadFromKafkaTopic", "kafka_expansion_service", "ReadKafkaBackfill",
+__all__ = ["ReadFromPubSubSubscription", "attribute_time", "ReadFromKafkaTopic", "kafka_expansion_service",
+           "ReadKafkaBackfill",
            "kafka_row_payload", "EMPTY_POLL_SECONDS"]
