@@ -145,8 +145,9 @@ class Flusher:
     def __init__(self, types: GroupTypeRegistry, count: Callable[[str], None],
                  dedupe_window: float = DEFAULT_DEDUPE_WINDOW_SECONDS, as_of: float = math.inf,
                  allowed_lateness: float = DEFAULT_ALLOWED_LATENESS_SECONDS, bounded: bool = True,
-                 flush_seconds: float = 1.0):
+                 flush_seconds: float = 1.0, version_floor: int = 0):
         self._types, self._count = types, count
+        self._version_floor = version_floor  # see RulesEngine
         self._as_of, self._allowed_lateness = as_of, allowed_lateness
         self._bounded = bounded  # a live stream's transitions also never pass the wall clock
         self._flush_seconds = flush_seconds
@@ -326,7 +327,8 @@ class Flusher:
         return engine.state, wakeup
 
     def _engine(self, key, start, displays, limit) -> RulesEngine:
-        return RulesEngine(key, KeyState.decode(start), displays, self._types, self._dedupe_window, limit)
+        return RulesEngine(key, KeyState.decode(start), displays, self._types, self._dedupe_window, limit,
+                           self._version_floor)
 
     def _rebuild(self, key, start, displays, limit, records) -> RulesEngine:
         """An engine holding the state after applying `records` to `start` (their rows are not wanted:

@@ -42,8 +42,12 @@ class RulesEngine:
     """Applies one key's events and due transitions, in event-time order, to its `KeyState`."""
 
     def __init__(self, key: str, state: KeyState, displays: Mapping[bytes, Display], types: GroupTypeRegistry,
-                 dedupe_window: float = DEFAULT_DEDUPE_WINDOW_SECONDS, as_of: float = math.inf):
+                 dedupe_window: float = DEFAULT_DEDUPE_WINDOW_SECONDS, as_of: float = math.inf,
+                 version_floor: int = 0):
+        """`version_floor`: a group created here starts above it (a live job on a sink that holds an
+        earlier job's groups: a group's version never goes backwards across jobs)."""
         self.key, self.state, self.displays, self.types = key, state, displays, types
+        self.version_floor = version_floor
         self.project_id, self.primary_hash = split_group_key(key)
         self.dedupe_window, self.as_of = dedupe_window, as_of
         self._version_at_start = state.group.version if state.group else 0
@@ -141,6 +145,7 @@ class RulesEngine:
             if create:
                 group = state.group = ingest_rules.create_group(
                     group_id_for(self.key), self.project_id, self.primary_hash, ev, display, gtype)
+                group.version += self.version_floor
                 is_new = True
             outcome = outcomes.GROUPED if create else outcomes.NOISE_SUPPRESSED
         elif group.type != ev.type:

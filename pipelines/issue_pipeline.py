@@ -56,7 +56,8 @@ def build_graph(pipeline: beam.Pipeline, plan: RunPlan) -> dict:
         events = (events, seeds) | "WithSnapshot" >> beam.Flatten()
     tables = events | "ApplyRules" >> ApplyRules(
         plan.config, plan.dedupe_window_seconds, plan.as_of, plan.allowed_lateness_seconds,
-        streaming=plan.streaming, bounded=plan.bounded, flush_seconds=plan.flush_seconds)
+        streaming=plan.streaming, bounded=plan.bounded, flush_seconds=plan.flush_seconds,
+        version_floor=plan.version_floor)
     parts = {table: {PART_GROUP: rows} for table, rows in tables.items()}
     parts[OCCURRENCES][PART_GATE] = ingested[OCCURRENCES]
     parts[DEAD_LETTER].update({part: ingested[part] for part in (PART_PARSE, PART_GATE, PART_KEY)})

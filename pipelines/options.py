@@ -152,6 +152,11 @@ class StateOptions(PipelineOptions):
                  "with instead of from nothing, so groups, noise counts, recent ids and forecasts carry over. "
                  "Events at or before a key's snapshot are handled as late data. Default: start empty.")
         parser.add_argument(
+            "--start_fresh", action="store_true", default=False,
+            help="A live stream whose sink holds an earlier job's state refuses to start unless given "
+                 "--resume_from or this: start from nothing (groups are created again, their versions above "
+                 "the earlier job's).")
+        parser.add_argument(
             "--config_refresh_seconds", type=float, default=None, metavar="SECONDS",
             help="Re-read --config (any Beam filesystem path) when the copy in use is older than this many "
                  "seconds; only its projects and features may change (checked by modification time and size "

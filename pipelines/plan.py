@@ -28,6 +28,7 @@ from issue_platform.rules_engine import DEFAULT_DEDUPE_WINDOW_SECONDS
 from issue_platform.validation import (DEFAULT_MAX_PAYLOAD_BYTES, TIME_EXPECTED, PayloadValidator, Rejected,
                                        bounded_time)
 from pipelines.options import InputOptions, OutputOptions, SinkOptions, SourceOptions, StateOptions, TimeOptions
+from pipelines.restart import check_restart
 from pipelines.replay import event_time_range, latest_valid_time, replay_stream, timed
 from pipelines.runners import choose_runner, is_flink
 from pipelines.sources_and_sinks import SinkPlan, choose_sinks, choose_source
@@ -56,6 +57,7 @@ class RunPlan:
     dedupe_window_seconds: float = DEFAULT_DEDUPE_WINDOW_SECONDS
     allowed_lateness_seconds: float = DEFAULT_ALLOWED_LATENESS_SECONDS
     config_refresh_seconds: Optional[float] = None
+    version_floor: int = 0  # a live job's new groups start above it (pipelines.restart)
     # What planning learned from the input, for the run's summary:
     as_of_given: Optional[str] = None  # --as_of as given
     earliest: Optional[float] = None  # a replay's earliest valid event time
@@ -98,11 +100,15 @@ def plan_run(argv: Optional[Sequence[str]] = None, config: Optional[PlatformConf
         snapshot = locate(state.resume_from, options.view_as(SinkOptions).bigquery_endpoint)
         check(snapshot)
     sinks.check()
+    # A live job on an earlier job's sink must say whether it continues it; its groups' versions go on.
+    version_floor = check_restart(options.view_as(SinkOptions), output.output, state.resume_from,
+                                  state.start_fresh) if live and standard.streaming else 0
     plan = RunPlan(config, read, options, sinks, output.output, max_payload_bytes=inputs.max_payload_bytes,
                    validator=inputs.validator, progress=output.progress, snapshot=snapshot,
                    dedupe_window_seconds=when.dedupe_window_seconds,
                    allowed_lateness_seconds=when.allowed_lateness_seconds,
-                   config_refresh_seconds=state.config_refresh_seconds, as_of_given=when.as_of)
+                   config_refresh_seconds=state.config_refresh_seconds, as_of_given=when.as_of,
+                   version_floor=version_floor)
     # Checked; from here on the input is read where the run needs it up front.
     validator = PayloadValidator(inputs.validator, types)
     if live:  # never read up front: a live stream has no as_of, a Kafka backfill's default is its start

@@ -66,3 +66,91 @@ def test_a_bad_event_time_attribute_is_dead_lettered_and_the_stream_goes_on(pubs
     assert all(r["source"] == f"pubsub:{stream.subscription}:{i}" for i, r in dead.items())
     landed = _mine(tables["occurrences"])
     assert len(landed) == len({r["occurrence_id"] for r in landed}) == 10  # none lost, none doubled
+
+
+def test_a_live_job_on_an_earlier_jobs_state_must_resume_or_start_fresh_and_versions_go_on(
+        pubsub_emulator, bigquery_emulator, tmp_path, capsys):
+    """Job 1 writes groups a and b to BigQuery. Job 2 on the same dataset without --resume_from is
+    refused (one line, exit 2). With --start_fresh, a is created again above job 1's versions; then
+    with --resume_from, b goes on from its state (not new again). Nothing lost, nothing doubled."""
+    import uuid
+
+    from bigquery_server import PROJECT as BQ_PROJECT, bigquery_client
+    from pipelines.cli import main
+
+    dataset = f"restart_{uuid.uuid4().hex[:8]}"
+    sink = ["--sink", "bigquery", "--bigquery_dataset", f"{BQ_PROJECT}:{dataset}",
+            "--bigquery_endpoint", f"http://{bigquery_emulator.address}"]
+    client = bigquery_client(bigquery_emulator)
+
+    def rows(table: str) -> list:
+        return [dict(r) for r in client.query(f"SELECT * FROM `{BQ_PROJECT}.{dataset}.{table}` "
+                                              f"WHERE project_id = {PROJECT_ID}").result()]
+
+    def current() -> dict:
+        return {g["culprit"]: g for g in rows("groups_current")}
+
+    with live_stream(tmp_path) as stream:
+        now = time.time()
+
+        def occur(culprit: str, age: float) -> None:
+            stream.producer.produce(PayloadType.OCCURRENCE, occurrence=IssueOccurrence(
+                project_id=PROJECT_ID, fingerprint=[culprit], issue_title="t", subtitle="s", culprit=culprit,
+                type=4001, detection_time=now - age))
+            stream.producer.flush(10)
+
+        for culprit, age in (("a", 200), ("b", 199), ("a", 198)):
+            occur(culprit, age)
+        stream.start(*sink)
+        stream.wait_for(lambda g: sum(x["times_seen"] for x in g.values()) == 3, read=current)
+        stream.stop()
+        first = current()
+        assert {c: (g["times_seen"], g["version"]) for c, g in first.items()} == {"a": (2, 2), "b": (1, 1)}
+
+        argv = ["run", "--source", "pubsub", "--subscription", stream.subscription, "--streaming",
+                "--output", str(stream.out), *sink]
+        capsys.readouterr()
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "holds the state of an earlier job" in err[0]
+        assert f"--resume_from bigquery:{BQ_PROJECT}:{dataset}.state" in err[0] and "--start_fresh" in err[0]
+        assert main([*argv, "--start_fresh", "--resume_from", "x"]) == 2
+
+        occur("a", 100)
+        stream.start(*sink, "--start_fresh")
+        stream.wait_for(lambda g: g["a"]["times_seen"] == 1, read=current)
+        stream.stop()
+        fresh = current()["a"]
+        assert fresh["version"] > first["a"]["version"]  # shown by groups_current, not job 1's row
+
+        occur("b", 90)
+        stream.start(*sink, "--resume_from", f"bigquery:{BQ_PROJECT}:{dataset}.state")
+        stream.wait_for(lambda g: g["b"]["times_seen"] == 2, read=current)
+        stream.stop()
+    final = current()
+    assert (final["b"]["times_seen"], final["b"]["version"]) == (2, 2)
+    assert final["a"] == fresh
+    occurrences = rows("occurrences")
+    assert len(occurrences) == len({r["occurrence_id"] for r in occurrences}) == 5  # none lost, none doubled
+    new = sorted(r["group_id"] == final["b"]["group_id"] for r in rows("post_process") if r["is_new"])
+    assert new == [False, False, True]  # a twice (job 1, and the fresh start), b once
+
+
+def test_a_live_job_on_json_lines_with_an_earlier_state_is_refused(tmp_path, capsys):
+    """The same rule for the JSON Lines sink: refused before anything is read (no server needed)."""
+    from pipelines.cli import main
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "state.group-1.jsonl").write_text('{"key": "1:x"}\n')
+    (out / "groups.group-1.jsonl").write_text('{"group_id": 1, "version": 7}\n')
+    argv = ["run", "--source", "pubsub", "--subscription", "projects/p/subscriptions/s", "--streaming",
+            "--output", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"--resume_from {out}" in err[0]
+    from pipelines.restart import sink_history
+    from pipelines.options import SinkOptions
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    assert sink_history(PipelineOptions([]).view_as(SinkOptions), str(out)).max_version == 7

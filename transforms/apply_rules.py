@@ -60,10 +60,10 @@ class ApplyRulesFn(beam.DoFn):
 
     def __init__(self, config: PlatformConfig, dedupe_window: float = DEFAULT_DEDUPE_WINDOW_SECONDS,
                  as_of: float = math.inf, allowed_lateness: float = DEFAULT_ALLOWED_LATENESS_SECONDS,
-                 bounded: bool = True, flush_seconds: float = 1.0):
+                 bounded: bool = True, flush_seconds: float = 1.0, version_floor: int = 0):
         self._config = config
         self._settings = dict(dedupe_window=dedupe_window, as_of=as_of, allowed_lateness=allowed_lateness,
-                              bounded=bounded, flush_seconds=flush_seconds)
+                              bounded=bounded, flush_seconds=flush_seconds, version_floor=version_floor)
         self._bounded = bounded  # only a bounded input has an end of time to arm FINAL for
         self._counters = {}
 
@@ -225,14 +225,15 @@ class ApplyRules(beam.PTransform):
     may pass more (`REPLAY_FLUSH_SECONDS`): no event of it can arrive behind the watermark, so none
     is late whatever the rounding, and each flush applies its events sorted with the transitions due
     between them, as the batch run's one flush does; the final results are the same, with fewer
-    flushes (and fewer intermediate snapshots)."""
+    flushes (and fewer intermediate snapshots). `version_floor`: see `RulesEngine`."""
 
     def __init__(self, config: PlatformConfig, dedupe_window: float = DEFAULT_DEDUPE_WINDOW_SECONDS,
                  as_of: float = math.inf, allowed_lateness: float = DEFAULT_ALLOWED_LATENESS_SECONDS,
-                 streaming: bool = True, bounded: bool = True, flush_seconds: float = 1.0):
+                 streaming: bool = True, bounded: bool = True, flush_seconds: float = 1.0, version_floor: int = 0):
         super().__init__()
         fn_class = ApplyRulesFn if streaming else BatchApplyRulesFn
-        self._fn = fn_class(config, dedupe_window, as_of, allowed_lateness, bounded or not streaming, flush_seconds)
+        self._fn = fn_class(config, dedupe_window, as_of, allowed_lateness, bounded or not streaming, flush_seconds,
+                            version_floor)
 
     def expand(self, keyed):
         results = keyed | "ApplyInEventTimeOrder" >> beam.ParDo(self._fn).with_outputs(*OUTPUTS)
