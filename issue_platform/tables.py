@@ -10,7 +10,9 @@ plain loop, the CLI summary, the tests) takes it from here. Plain Python: no Bea
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable, Iterable, Iterator, Optional
@@ -19,9 +21,11 @@ import orjson
 
 import schemas
 
-GROUPS, OCCURRENCES, STATUS_CHANGES, POST_PROCESS, ACTIVITY, EVIDENCE, DEAD_LETTER, STATE = (
-    "groups", "occurrences", "status_changes", "post_process", "activity", "evidence", "dead_letter", "state")
-ALL_TABLES = (GROUPS, OCCURRENCES, STATUS_CHANGES, POST_PROCESS, ACTIVITY, EVIDENCE, DEAD_LETTER, STATE)
+GROUPS, OCCURRENCES, STATUS_CHANGES, POST_PROCESS, ACTIVITY, EVIDENCE, DEAD_LETTER, STATE, UNDELIVERED = (
+    "groups", "occurrences", "status_changes", "post_process", "activity", "evidence", "dead_letter", "state",
+    "undelivered")
+ALL_TABLES = (GROUPS, OCCURRENCES, STATUS_CHANGES, POST_PROCESS, ACTIVITY, EVIDENCE, DEAD_LETTER, STATE, UNDELIVERED)
+UNDELIVERED_STATUS, RESENT_STATUS = "undelivered", "resent"
 
 # A table is written in parts, one per step that produces its rows (the dead-letter `stage` names).
 PART_PARSE, PART_GATE, PART_KEY, PART_GROUP, PART_SINK = "parse", "gate", "key", "group", "sink"
@@ -54,6 +58,7 @@ TABLES = {t.name: t for t in (
     Table(EVIDENCE, None, ("project_id",)),
     Table(DEAD_LETTER, None, ("stage", "reason"), _by("reason", DEAD_LETTER)),
     Table(STATE, "snapshot_at", ("project_id", "group_id"), lambda row: "snapshot.rows"),
+    Table(UNDELIVERED, "at", ("topic", "status")),  # counted by the delivering step itself
 )}
 
 
@@ -206,3 +211,12 @@ def post_process_message(row: dict) -> tuple[str, bytes, dict[str, str]]:
                   "group_type": str(row["group_type"]), "is_new": "true" if row["is_new"] else "false",
                   "is_regression": "true" if row["is_regression"] else "false"}
     return attributes["group_id"], orjson.dumps(row), attributes
+
+
+def undelivered_row(topic: str, key: str, body: bytes, attributes: dict, error: Optional[str], attempts: int,
+                    status: str = UNDELIVERED_STATUS, at: Optional[float] = None) -> dict:
+    """A post-process message for `topic` (the `--post_process_topic` value) that was not delivered
+    (`status` undelivered), or was delivered later by `issue-platform resend` (`resent`)."""
+    digest = hashlib.sha256(b"\0".join((topic.encode(), key.encode(), body))).hexdigest()[:32]
+    return {"topic": topic, "message_id": digest, "key": key, "body": body.decode(), "attributes": attributes,
+            "status": status, "error": error, "attempts": attempts, "at": iso(time.time() if at is None else at)}

@@ -9,6 +9,7 @@
     issue-platform produce FILE... --to pubsub:projects/P/topics/T | kafka:HOST:PORT/TOPIC
     issue-platform live [--count N]
     issue-platform report [OUTPUT_DIR | --from bigquery:PROJECT:DATASET] [--to FILE]
+    issue-platform resend --output DIR | --bigquery_dataset PROJECT:DATASET
 
 Exit codes: 0 success; 1 invalid records (`validate`) or a failed run; 2 a usage, config or input
 error (one line on stderr); 130 interrupted; 141 stdout closed early (`... | head`).
@@ -302,11 +303,12 @@ def build_parser() -> argparse.ArgumentParser:
                                                                 "payloads. Default: 0")
     generate_p.add_argument("--output", help="file (.jsonl, or .jsonl.gz to compress); default: stdout")
 
-    from pipelines import live, produce_cli, report
+    from pipelines import live, produce_cli, report, resend
 
     produce_cli.register(sub)
     live.register(sub)
     report.register(sub)
+    resend.register(sub)
     return parser
 
 

@@ -74,7 +74,7 @@ def _local_stack() -> Iterator[tuple]:
         os.environ["PUBSUB_EMULATOR_HOST"] = started[0].address
         yield started
     finally:
-        from transforms.sinks import close_producers
+        from transforms.delivery import close_producers
 
         close_producers()  # the post-process step's cached Kafka producer, else it retries the stopped broker
         for server in reversed(started):

@@ -31,7 +31,7 @@ def cmd_live_flink(args: argparse.Namespace) -> int:
     from pipelines.live import _send, recent_payloads
     from pipelines.local_stack import KAFKA_CONSUMER_DEFAULTS, create_kafka_topic, start_kafka
     from pipelines.summary import counts_from_outputs, latest_groups, render
-    from transforms.sinks import close_producers
+    from transforms.delivery import close_producers
 
     if args.count < 1:
         raise ConfigError("--count must be >= 1")

@@ -142,9 +142,10 @@ def _kafka_ready(address: str) -> bool:
     return True
 
 
-def start_tansu() -> Server:
-    """Tansu with memory storage; its default listener is 0.0.0.0, so both URLs are always given."""
-    port = free_port()
+def start_tansu(port: int | None = None) -> Server:
+    """Tansu with memory storage (on `port`, else a free one); its default listener is 0.0.0.0, so
+    both URLs are always given."""
+    port = port or free_port()
     url = f"tcp://{HOST}:{port}"
     argv = [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
             "--storage-engine", "memory://tansu/", "--cluster-id", f"test-{uuid.uuid4().hex[:8]}"]

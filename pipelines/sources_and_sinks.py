@@ -11,6 +11,7 @@ import apache_beam as beam
 from issue_platform.config import ConfigError
 from issue_platform.validation import Rejected, parse_time
 from pipelines.options import SinkOptions, SourceOptions
+from transforms.delivery import check_topic
 from transforms.read import ReadPayloads
 from transforms.sinks import (SinkError, WriteBigQuery, WriteJsonLines, WriteOutputs, bigquery_client, ensure_tables,
                               parse_dataset, parse_topic)
@@ -60,7 +61,12 @@ class SinkPlan:
 
     def check(self) -> None:
         """BigQuery: the dataset's tables and view exist as `issue_platform.tables` defines them (absent
-        ones are created; one that differs is an error, never altered)."""
+        ones are created; one that differs is an error, never altered). Each post-process topic exists
+        and its server answers."""
+        for topic in self.post_process_topics:
+            problem = check_topic(*parse_topic(topic))
+            if problem:
+                raise SinkError(f"--post_process_topic {topic}: {problem}")
         if not self.files:
             project, dataset = parse_dataset(self.bigquery_dataset)
             ensure_tables(bigquery_client(project, self.bigquery_endpoint), project, dataset,

@@ -25,7 +25,7 @@ def apache_kafka() -> Iterator[Server]:
     try:
         yield server
     finally:
-        from transforms.sinks import close_producers
+        from transforms.delivery import close_producers
 
         close_producers()  # else librdkafka keeps reconnecting to the stopped broker for the rest of the run
         server.stop()

@@ -154,3 +154,87 @@ def test_a_live_job_on_json_lines_with_an_earlier_state_is_refused(tmp_path, cap
     from apache_beam.options.pipeline_options import PipelineOptions
 
     assert sink_history(PipelineOptions([]).view_as(SinkOptions), str(out)).max_version == 7
+
+
+def _project_messages(messages: list) -> dict:
+    """Kafka messages of the test's project, by occurrence id -> how many times each arrived."""
+    import collections
+
+    import orjson
+
+    return collections.Counter(orjson.loads(m.value())["occurrence_id"] for m in messages
+                               if dict(m.headers())["project_id"] == str(PROJECT_ID).encode())
+
+
+def test_a_kafka_outage_keeps_messages_undelivered_and_resend_delivers_them(pubsub_emulator, tmp_path, capsys):
+    """The post-process broker stops mid-stream: the tables go on, the messages of the outage are
+    retried with backoff, then kept in `undelivered`; the broker comes back (same port, topic made
+    again: it keeps topics in memory) and delivery resumes; `issue-platform resend` delivers the
+    kept ones, once. Every post-process row reaches the topic exactly once."""
+    from issue_platform.tables import read_jsonl
+    from pipelines.cli import main
+    from pipelines.local_stack import start_tansu
+    from servers import consume_kafka, create_kafka_topic
+
+    broker = start_tansu()
+    port, topic = int(broker.address.rsplit(":", 1)[1]), "post-process"
+    try:
+        create_kafka_topic(broker.address, topic)
+        with live_stream(tmp_path) as stream:
+            now = time.time()
+
+            def occur(prefix: str, count: int, age: float) -> None:
+                for i in range(count):
+                    stream.producer.produce(PayloadType.OCCURRENCE, occurrence=_occurrence(f"{prefix}-{i}", now - age + i))
+                stream.producer.flush(10)
+
+            def rows(table: str) -> list:
+                return _mine([{**r, "project_id": r.get("project_id", int((r.get("attributes") or {}).get(
+                    "project_id", 0)))} for r in read_jsonl(str(stream.out), table)])
+
+            occur("before", 3, 200)
+            stream.start("--post_process_topic", f"kafka:{broker.address}/{topic}")
+            stream.wait_for(lambda _: len(_project_messages(consume_kafka(broker.address, topic, 10**6, 2))) == 3,
+                            read=dict)
+            before = _project_messages(consume_kafka(broker.address, topic, 10**6, 2))
+
+            broker.stop()
+            occur("during", 3, 150)
+            stream.wait_for(lambda _: len(rows("undelivered")) >= 3, read=dict, timeout=120)
+            assert len(rows("occurrences")) == 6  # the tables went on during the outage
+
+            broker = start_tansu(port)  # the job's producer reconnects and, Tansu auto-creating, makes the topic
+            occur("after", 3, 100)
+            stream.wait_for(lambda _: len(_project_messages(consume_kafka(broker.address, topic, 10**6, 2))) == 3,
+                            read=dict, timeout=60)
+        capsys.readouterr()
+        kept = len(list(read_jsonl(str(stream.out), "undelivered")))  # the filler's messages too
+        assert main(["resend", "--output", str(stream.out)]) == 0
+        assert f"resent {kept} of {kept} undelivered message(s); 0 still undeliverable" in capsys.readouterr().out
+        assert main(["resend", "--output", str(stream.out)]) == 0
+        assert "resent 0 of 0" in capsys.readouterr().out
+        after = _project_messages(consume_kafka(broker.address, topic, 10**6, 3))
+    finally:
+        broker.stop()
+    posted = {r["occurrence_id"] for r in rows("post_process")}
+    assert len(posted) == 9 and not set(before) & set(after)
+    assert before + after == dict.fromkeys(posted, 1)  # none lost, none doubled
+
+
+@pytest.mark.parametrize("kind", ["pubsub", "kafka"])
+def test_a_missing_post_process_topic_is_one_line_and_exit_2_before_the_job_starts(
+        kind, pubsub_emulator, kafka_broker, tmp_path, capsys):
+    from pipelines.cli import main
+    from servers import free_port
+
+    topic = {"pubsub": "pubsub:projects/live-test/topics/no-such-topic",
+             "kafka": f"kafka:{kafka_broker.address}/no-such-topic"}[kind]
+    argv = ["run", "--output", str(tmp_path / "out"), "--post_process_topic", topic]
+    assert main(argv) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"issue-platform: error: --post_process_topic {topic}: ") and "not found" in line
+    assert not (tmp_path / "out").exists()  # nothing was run, nothing written
+    if kind == "kafka":  # no broker at all: the same, within the check's bound
+        unreachable = f"kafka:127.0.0.1:{free_port()}/t"
+        assert main(["run", "--output", str(tmp_path / "out"), "--post_process_topic", unreachable]) == 2
+        assert "cannot reach the Kafka broker" in capsys.readouterr().err

@@ -16,7 +16,8 @@ from servers import free_port
 from tests.pipeline_support import occurrence, write_jsonl
 from pipelines.options import SinkOptions
 from pipelines.sources_and_sinks import choose_sinks
-from transforms.sinks import KafkaProduceFn, SinkError, WriteJsonLines, parse_topic
+from transforms.delivery import KafkaDeliverFn
+from transforms.sinks import SinkError, WriteJsonLines, parse_topic
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -41,14 +42,20 @@ def test_a_run_writes_each_table_in_parts_that_read_back_whole(tmp_path):
     assert len(list(read_jsonl(str(tmp_path / "out"), OCCURRENCES))) == 3
 
 
-def test_a_kafka_delivery_failure_fails_the_bundle():
-    """No broker on the port: the producer's delivery times out, and the step raises instead of
-    dropping the message (the runner then retries the bundle)."""
-    port = free_port()
-    with pytest.raises(Exception, match="not delivered"):
-        with beam.Pipeline(options=PipelineOptions([f"--runner={BATCH_RUNNER}"])) as p:
-            (p | beam.Create([(b"1", b"{}", [("group_id", b"1")])])
-             | beam.ParDo(KafkaProduceFn(f"127.0.0.1:{port}", "post_process", **{"message.timeout.ms": 1500, "log_level": 0})))  # no reconnect log for the rest of the session
+def test_a_message_kafka_cannot_take_is_retried_then_kept_undelivered(tmp_path):
+    """No broker on the port: each attempt's delivery times out; after the bounded retries the
+    message is an `undelivered` row (nothing dropped, nothing raised)."""
+    port, topic = free_port(), f"kafka:127.0.0.1:{free_port()}/post_process"
+    fn = KafkaDeliverFn(topic, f"127.0.0.1:{port}", "post_process", **{"log_level": 0})
+    fn._attempts, fn._backoff, fn._attempt_seconds = 2, 0.1, 1.0
+    row = {"group_id": 1, "project_id": 2, "group_type": 1, "is_new": True, "is_regression": False}
+    with beam.Pipeline(options=PipelineOptions([f"--runner={BATCH_RUNNER}"])) as p:
+        (p | beam.Create([[row]]) | beam.ParDo(fn) | beam.FlatMap(lambda rows: rows)
+         | beam.Map(orjson.dumps) | beam.io.WriteToText(str(tmp_path / "kept")))
+    [kept] = [orjson.loads(line) for path in tmp_path.glob("kept*") for line in path.read_bytes().splitlines()]
+    assert (kept["topic"], kept["status"], kept["attempts"], kept["key"]) == (topic, "undelivered", 2, "1")
+    assert orjson.loads(kept["body"]) == row and kept["attributes"]["is_new"] == "true"
+    assert kept["error"]
 
 
 def test_topic_and_sink_options_are_checked_before_the_job_starts():

@@ -9,7 +9,8 @@ None flattens them: the FnApiRunner holds a Flatten of inputs from different sta
 - `WriteJsonLines`: `<table>.<part>-*.jsonl` files under a directory (the local default).
 - `WriteBigQuery`: the BigQuery tables of `issue_platform.tables` (FILE_LOADS in batch,
   STREAMING_INSERTS with insert ids derived from each row when streaming).
-- `WritePostProcessTopic`: one message per `post_process` row to Pub/Sub or Kafka.
+- `WritePostProcessTopic`: one message per `post_process` row to Pub/Sub or Kafka (transforms.delivery:
+  bounded retries, then the message is kept in the `undelivered` table).
 - `WriteOutputs`: the composite the graph applies: one tables sink, plus the topics.
 """
 from __future__ import annotations
@@ -18,7 +19,6 @@ import collections
 import functools
 import hashlib
 import logging
-import threading
 import uuid
 from typing import Optional, Sequence
 
@@ -33,8 +33,9 @@ from issue_platform import outcomes
 from issue_platform.config import ConfigError
 from issue_platform.dead_letters import sink_rejected_row
 from issue_platform.tables import (DEAD_LETTER, GROUPS, GROUPS_CURRENT, GROUPS_CURRENT_SQL, JSONL_SUFFIX, PART_SINK,
-                                   POST_PROCESS, TABLES, jsonl_prefix, post_process_message, schema_problem)
+                                   POST_PROCESS, TABLES, UNDELIVERED, jsonl_prefix, schema_problem)
 from issue_platform.validation import DEFAULT_MAX_PAYLOAD_BYTES
+from transforms.delivery import KafkaDeliverFn, PubSubDeliverFn
 from transforms.read import NAMESPACE
 
 _LOGGER = logging.getLogger(__name__)
@@ -375,136 +376,22 @@ def parse_topic(value: str) -> tuple[str, str, Optional[str]]:
     raise SinkError(f"--post_process_topic {value!r}: expected pubsub:projects/P/topics/T or kafka:HOST:PORT/TOPIC")
 
 
-def _to_pubsub_message(row: dict):
-    from issue_platform.producer import Message
-
-    key, body, attributes = post_process_message(row)
-    return Message(body, key, attributes)
-
-
-_PRODUCERS: dict = {}
-_PRODUCERS_LOCK = threading.Lock()
-
-
-def _producer(config: dict):
-    """One producer per process and config: runners may call `setup` once per bundle."""
-    key = tuple(sorted(config.items()))
-    with _PRODUCERS_LOCK:
-        if key not in _PRODUCERS:
-            from confluent_kafka import Producer
-
-            _PRODUCERS[key] = Producer(config)
-        return _PRODUCERS[key]
-
-
-def close_producers() -> None:
-    """Flush and close the process's cached producers (when the brokers they talk to go away)."""
-    with _PRODUCERS_LOCK:
-        for producer in _PRODUCERS.values():
-            producer.flush(5)
-            producer.close()
-        _PRODUCERS.clear()
-
-
-class KafkaProduceFn(beam.DoFn):
-    """Produces each `(key, value, headers)` to `topic`: an idempotent producer (no duplicates from
-    its own retries), batching (`linger.ms`), a flush at the end of every bundle, and a delivery
-    failure raises, so the runner retries the bundle: a message is never dropped silently."""
-
-    FLUSH_TIMEOUT_SECONDS = 60.0
-
-    def __init__(self, servers: str, topic: str, **producer_config):
-        self._topic = topic
-        # A message not delivered within message.timeout.ms fails its delivery before the flush gives up.
-        self._config = {"bootstrap.servers": servers, "enable.idempotence": True, "acks": "all", "linger.ms": 20,
-                        "compression.type": "lz4", "message.timeout.ms": 30_000, **producer_config}
-
-    def setup(self):
-        self._producer = _producer(self._config)
-
-    def start_bundle(self):
-        self._failures = []
-
-    def _delivered(self, error, message):
-        if error is not None:
-            self._failures.append(error)
-
-    def process(self, message):
-        key, value, headers = message
-        while True:
-            try:
-                self._producer.produce(self._topic, value=value, key=key, headers=headers,
-                                       on_delivery=self._delivered)
-                break
-            except BufferError:  # the local queue is full: let deliveries drain, then retry
-                self._producer.poll(0.1)
-        self._producer.poll(0)
-
-    def finish_bundle(self):
-        pending = self._producer.flush(self.FLUSH_TIMEOUT_SECONDS)
-        if pending or self._failures:
-            first = self._failures[0] if self._failures else "flush timed out"
-            raise RuntimeError(f"kafka topic {self._topic}: {len(self._failures) or pending} message(s) not "
-                               f"delivered ({first}); the bundle fails and is retried")
-
-
-_PUBLISHERS: dict = {}
-
-
-class PubSubPublishFn(beam.DoFn):
-    """Publishes each `issue_platform.producer.Message` to a Pub/Sub topic with its ordering key
-    (`PubSubTransport`, one per process, topic and thread), confirming every message at the end of the bundle:
-    a failure raises, so the runner retries the bundle. Beam 2.62's `WriteToPubSub` drops ordering keys
-    on local runners and does not run on Flink; this runs on every runner."""
-
-    FLUSH_TIMEOUT_SECONDS = 60.0
-
-    def __init__(self, topic: str):
-        self._topic = topic
-
-    def setup(self):
-        from issue_platform.producer import PubSubTransport
-
-        key = (self._topic, threading.get_ident())  # a thread runs one bundle at a time
-        with _PRODUCERS_LOCK:
-            if key not in _PUBLISHERS:
-                _PUBLISHERS[key] = PubSubTransport(self._topic)
-            self._transport = _PUBLISHERS[key]
-
-    def process(self, message):
-        self._transport.send(message)
-
-    def finish_bundle(self):
-        self._transport.flush(self.FLUSH_TIMEOUT_SECONDS)  # raises ProduceError: the bundle is retried
-
-
-def _to_kafka_message(row: dict) -> tuple:
-    key, body, attributes = post_process_message(row)
-    return key.encode(), body, [(k, v.encode()) for k, v in attributes.items()]
-
-
 class WritePostProcessTopic(beam.PTransform):
     """`post_process` rows -> one message each on the topic: the row as a JSON body; attributes
     (Pub/Sub) or headers (Kafka) `group_id`, `project_id`, `group_type`, `is_new`, `is_regression`;
     ordering key (Pub/Sub) or message key (Kafka, hence the partition) = the group id, so one
-    group's messages stay in order."""
+    group's messages stay in order (the run plan checks the topic first: `check_topic`). Returns the
+    `undelivered` rows (transforms.delivery), a part per part of the input."""
 
     def __init__(self, topic: str):
         super().__init__()
+        self._flag = topic
         self._kind, self._topic, self._servers = parse_topic(topic)
 
     def expand(self, parts: dict):
-        for part, rows in sorted(parts.items()):
-            label = _label(part)
-            if self._kind == "pubsub":
-                (rows
-                 | f"ToPubSubMessage{label}" >> beam.FlatMap(lambda rows: map(_to_pubsub_message, rows))
-                 | f"PublishPubSub{label}" >> beam.ParDo(PubSubPublishFn(self._topic)))
-            else:
-                (rows
-                 | f"ToKafkaMessage{label}" >> beam.FlatMap(lambda rows: map(_to_kafka_message, rows))
-                 | f"ProduceKafka{label}" >> beam.ParDo(KafkaProduceFn(self._servers, self._topic)))
-        return pvalue.PDone(next(iter(parts.values())).pipeline)
+        fn = (KafkaDeliverFn(self._flag, self._servers, self._topic) if self._kind == "kafka"
+              else PubSubDeliverFn(self._flag, self._topic))
+        return {part: rows | f"Deliver{_label(part)}" >> beam.ParDo(fn) for part, rows in sorted(parts.items())}
 
 
 class WriteOutputs(beam.PTransform):
@@ -518,10 +405,11 @@ class WriteOutputs(beam.PTransform):
 
     def expand(self, tables: dict):
         for i, topic in enumerate(self._topics):
-            tables[POST_PROCESS] | f"PostProcessTopic{i}" >> topic
+            undelivered = tables[POST_PROCESS] | f"PostProcessTopic{i}" >> topic
+            tables.setdefault(UNDELIVERED, {}).update({f"topic{i}{part}": rows for part, rows in undelivered.items()})
         label = "WriteBigQuery" if isinstance(self._tables, WriteBigQuery) else "WriteTables"  # stable labels
         return tables | label >> self._tables
 
 
-__all__ = ["WriteOutputs", "WriteJsonLines", "WriteBigQuery", "WritePostProcessTopic", "KafkaProduceFn",
+__all__ = ["WriteOutputs", "WriteJsonLines", "WriteBigQuery", "WritePostProcessTopic",
            "SinkError", "ensure_tables", "parse_topic"]
