@@ -5,8 +5,9 @@ instead: `cache.get(path, ...)` returns the cached `PlatformConfig` while its co
 `ttl` seconds; after that it compares the file's (mtime, size) with the copy's and re-reads the file
 only if they changed. A new version that does not load (a syntax error, a bad field, a changed
 `group_types` section, an unreadable file) is refused: the last good version stays in use, the
-refusal is logged without the file's content and reported to the caller so it can count it. Nothing
-here raises on a bad file.
+refusal is logged without the file's content and reported to the caller so it can count it, once
+per version (the same bad file is not read, logged or counted again). Nothing here raises on a bad
+file.
 
 One cache per process (`CACHE`) serves every DoFn instance and thread: runners re-create DoFns per
 bundle, and a per-instance copy would re-read the file each time.
@@ -32,6 +33,7 @@ class _Entry:
     config: PlatformConfig
     stamp: Optional[Stamp]
     checked_at: float
+    refused: object = None  # the stamp of the version last refused ("missing": no file): refused once
 
 
 class ConfigCache:
@@ -62,8 +64,13 @@ class ConfigCache:
             entry.checked_at = now
             try:
                 stamp = stat(path)
-                if stamp == entry.stamp:
-                    return entry.config, None
+            except Exception:  # removed or unreadable: refused below, once while it stays so
+                stamp = "missing"
+            if stamp == entry.stamp or stamp == entry.refused:
+                return entry.config, None
+            try:
+                if stamp == "missing":
+                    stat(path)  # raises again, with its own error
                 config = load_config(path, current.group_types_modules, opener)
                 if config.group_types != entry.config.group_types:
                     raise ConfigError("group_types changed (types are fixed while a job runs)")
@@ -71,6 +78,7 @@ class ConfigCache:
                 _LOGGER.warning("config %s: new version refused (%s); keeping the version loaded at %s",
                                 path, type(exc).__name__, time.strftime(
                                     "%Y-%m-%dT%H:%M:%SZ", time.gmtime(entry.config.loaded_at)))
+                entry.refused = stamp
                 return entry.config, REFUSED
             previous = entry.stamp
             entry.config, entry.stamp = config, stamp

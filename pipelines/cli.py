@@ -11,8 +11,10 @@
     issue-platform report [OUTPUT_DIR | --from bigquery:PROJECT:DATASET] [--to FILE]
     issue-platform resend --output DIR | --bigquery_dataset PROJECT:DATASET
 
-Exit codes: 0 success; 1 invalid records (`validate`) or a failed run; 2 a usage, config or input
-error (one line on stderr); 130 interrupted; 141 stdout closed early (`... | head`).
+Exit codes: 0 success; 1 invalid records (`validate`), a failed run, or messages `resend` could not
+deliver; 2 a usage, config or input error (one line on stderr); 130 interrupted (Ctrl-C); 141 stdout
+closed early (`... | head`); 143 stopped by SIGTERM (the default action: no cleanup, see the README on
+what a stopped live job can lose).
 """
 from __future__ import annotations
 
@@ -180,7 +182,9 @@ def cmd_run(args, argv: Sequence[str]) -> int:
     if (args.progress or sys.stderr.isatty()) and "--progress" not in argv:
         argv.append("--progress")
     started = time.monotonic()
-    ran = _run_job(argv, args.output)
+    kept = (f"the previous results in {args.output} are untouched" if args.sink == "jsonl" else
+            f"rows written to BigQuery {args.bigquery_dataset} before that stay (it only appends)")
+    ran = _run_job(argv, kept)
     if ran is None:
         return EXIT_INTERRUPTED
     plan, result = ran
@@ -189,7 +193,8 @@ def cmd_run(args, argv: Sequence[str]) -> int:
     totals = counts_from_outputs(plan.output) if plan.streaming and files else counters(result)
     if plan.streaming:
         totals["records.blank_lines"] = plan.blank_lines
-    print(render(totals, latest_groups(plan.output) if files else [], plan.output if files else None, elapsed))
+    print(render(totals, latest_groups(plan.output) if files else [], plan.output if files else None, elapsed,
+                 files=args.source == "files"))
     if not files:
         print(f"output: BigQuery {plan.sinks.bigquery_dataset} (see its groups_current view)")
     earliest = plan.earliest if plan.earliest is not None else earliest_event_time(result)
@@ -208,9 +213,9 @@ def cmd_run(args, argv: Sequence[str]) -> int:
     return 0
 
 
-def _run_job(argv: list, output: str):
+def _run_job(argv: list, kept: str):
     """(the `RunPlan`, its `PipelineResult`), or None if interrupted; a failure inside the job becomes
-    one line (an `InputError` if a file was the cause). Beam's own logging is muted meanwhile: it would
+    one line (an `InputError` if a file was the cause) ending with `kept`, what became of earlier results. Beam's own logging is muted meanwhile: it would
     print the traceback this replaces."""
     from pipelines import issue_pipeline
     from pipelines.plan import plan_run
@@ -224,15 +229,14 @@ def _run_job(argv: list, output: str):
     except (ConfigError, InputError):
         raise
     except KeyboardInterrupt:
-        print(f"issue-platform: interrupted; the previous results in {output} are untouched", file=sys.stderr)
+        print(f"issue-platform: interrupted; {kept}", file=sys.stderr)
         return None
     except Exception as exc:  # the runner wraps what failed inside the job; find our own error in it
         cause = _input_error(exc)
         if cause:
             raise InputError(cause) from None
         first = (str(exc).strip().splitlines() or [""])[0][:300]
-        raise JobFailed(f"the run failed ({type(exc).__name__}: {first}); the previous results in {output} "
-                        "are untouched") from None
+        raise JobFailed(f"the run failed ({type(exc).__name__}: {first}); {kept}") from None
     finally:
         beam_logger.setLevel(level)
 

@@ -113,9 +113,10 @@ class _BigQueryTables:
         self._client = bigquery_client(PROJECT, endpoint)
 
     def rows(self, table: str) -> list[dict]:
-        from issue_platform.tables import DEAD_LETTER
+        from issue_platform.tables import DEAD_LETTER, UNDELIVERED
 
-        where = "" if table == DEAD_LETTER else f" WHERE project_id != {HEARTBEAT_PROJECT}"  # no project there
+        no_project = table in (DEAD_LETTER, UNDELIVERED)
+        where = "" if no_project else f" WHERE project_id != {HEARTBEAT_PROJECT}"
         return [dict(row) for row in self._client.query(f"SELECT * FROM `{PROJECT}.{DATASET}.{table}`{where}").result()]
 
     def outcomes(self) -> int:
@@ -206,7 +207,7 @@ def cmd_live(args: argparse.Namespace) -> int:
         print(f"\n== streaming pipeline on Pub/Sub -> BigQuery {PROJECT}:{DATASET}: {arrived} of {sent} payloads "
               f"have an outcome (heartbeats in project {HEARTBEAT_PROJECT} left out) ==")
         current = tables.rows(GROUPS_CURRENT)
-        print(render(counts_from_rows(tables.rows), current, None, time.monotonic() - started))
+        print(render(counts_from_rows(tables.rows), current, None, time.monotonic() - started, files=False))
         print(f"groups in {DATASET}.{GROUPS_CURRENT}: {len(current)}")
         print(f"post-process messages: {posted} rows in {DATASET}.{POST_PROCESS}; {len(on_pubsub)} on Pub/Sub "
               f"{post_process_topics[0]}, {len(on_kafka)} on Kafka {post_process_topics[1]}")
@@ -216,7 +217,8 @@ def cmd_live(args: argparse.Namespace) -> int:
              "--output", backfill_out], load_config(None))
         print(f"\n== Kafka backfill of {TOPIC} ==")
         backfilled = latest_groups(backfill_out)
-        print(render(counts_from_outputs(backfill_out), backfilled, backfill_out, time.monotonic() - started))
+        print(render(counts_from_outputs(backfill_out), backfilled, backfill_out, time.monotonic() - started,
+                     files=False))
         same = _group_states(backfilled) == _group_states(current)
         print(f"groups: the stream's in BigQuery and the backfill's are {'the same' if same else 'DIFFERENT'}")
     print(f"\noutput: BigQuery {PROJECT}:{DATASET} (gone with the emulator), {backfill_out}/")

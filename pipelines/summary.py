@@ -79,14 +79,16 @@ def tables_written(output_dir: str) -> dict[str, int]:
 
 
 def render(totals: dict[str, int], groups: list[dict], output_dir: Optional[str], elapsed: float,
-           top: int = 5) -> str:
-    """The summary; `output_dir` None: the tables went elsewhere (BigQuery)."""
+           top: int = 5, files: bool = True) -> str:
+    """The summary; `output_dir` None: the tables went elsewhere (BigQuery); `files`: the input was
+    files (a live source has no blank lines to skip)."""
     dead = sum(v for k, v in totals.items() if k.startswith("dead_letter."))
     occ = {k.split(".", 1)[1]: v for k, v in totals.items() if k.startswith("occurrences.")}
     changes = {k.split(".", 1)[1]: v for k, v in totals.items() if k.startswith("status_changes.")}
     lines = [
         f"records in:            {totals.get('records.in', 0)}",
-        f"blank lines skipped:   {totals.get('records.blank_lines', 0)} (JSON Lines; not records)",
+        *([f"blank lines skipped:   {totals.get('records.blank_lines', 0)} (JSON Lines; not records)"] if files
+          else []),
         f"groups created:        {totals.get('groups.created', 0)}",
         f"occurrences grouped:   {occ.get('grouped', 0)}",
         f"held back by noise:    {occ.get('noise_suppressed', 0)}",

@@ -115,6 +115,10 @@ def test_a_bad_new_version_is_refused_and_the_last_good_one_kept(setup, caplog, 
     assert "new version refused" in caplog.text and "SECRET" not in caplog.text
     clock.now += 1
     assert get() == (good, None)  # within the TTL: no second attempt, no second log line
+    clock.now += TTL
+    with caplog.at_level(logging.WARNING):
+        assert get() == (good, None)  # the same bad version: not refused (nor logged) again
+    assert len(caplog.records) == 1
     _write(path, _config_text(72), 1_000_020)  # fixed: picked up at the next check
     clock.now += TTL
     config, outcome = get()

@@ -5,17 +5,15 @@ number of times, then kept as `undelivered` rows (their topic, key, body, attrib
 error), which `issue-platform resend` sends again. While a topic is failing (an outage), later
 bundles try once and keep what fails, so the step never waits more than one attempt per bundle;
 the first success ends the outage. An outage is logged once when it starts and once when it ends,
-with the number of retries and of messages kept.
+with the number of retries and of messages kept (transforms.outages).
 
 `check_topic` finds a missing topic or an unreachable broker before the job starts.
 """
 from __future__ import annotations
 
-import logging
 import os
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import apache_beam as beam
@@ -24,47 +22,13 @@ from apache_beam.transforms.window import GlobalWindows
 from apache_beam.utils.timestamp import Timestamp
 
 from issue_platform.tables import post_process_message, undelivered_row
+from transforms import outages
 from transforms.parse import NAMESPACE
 
-_LOGGER = logging.getLogger(__name__)
 ATTEMPTS = 4  # per bundle, outside an outage: the first try and three retries
 BACKOFF_SECONDS = 1.0  # before the first retry; doubled before each next one
 ATTEMPT_SECONDS = 5.0  # how long one attempt waits for its deliveries
-
-
-@dataclass
-class _Outage:
-    """A topic's current outage, shared by the process's bundles: since when, what failed first,
-    how many retries and how many messages were kept undelivered."""
-
-    since: float
-    error: str
-    retries: int = 0
-    kept: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-
-_OUTAGES: dict = {}
-_OUTAGES_LOCK = threading.Lock()
-
-
-def _outage_started(topic: str, error: str) -> _Outage:
-    with _OUTAGES_LOCK:
-        outage = _OUTAGES.get(topic)
-        if outage is None:
-            outage = _OUTAGES[topic] = _Outage(time.monotonic(), error)
-            _LOGGER.warning("post-process topic %s: delivery failing (%s); retrying with backoff, then keeping "
-                            "undelivered messages in table undelivered (issue-platform resend sends them)",
-                            topic, error)
-        return outage
-
-
-def _outage_ended(topic: str) -> None:
-    with _OUTAGES_LOCK:
-        outage = _OUTAGES.pop(topic, None)
-    if outage is not None:
-        _LOGGER.warning("post-process topic %s: delivering again after %.0f s; %d retries, %d message(s) kept in "
-                        "table undelivered", topic, time.monotonic() - outage.since, outage.retries, outage.kept)
+_THEN = "retrying with backoff, then keeping undelivered messages in table undelivered (issue-platform resend)"
 
 
 class DeliverFn(beam.DoFn):
@@ -88,32 +52,26 @@ class DeliverFn(beam.DoFn):
         messages, self._messages = self._messages, []
         if not messages:
             return
+        name = f"post-process topic {self._topic}"
         failed, errors, attempt = messages, [], 0
-        attempts = 1 if self._topic in _OUTAGES else self._attempts  # in an outage, no bundle waits on it
+        attempts = 1 if outages.in_outage(name) else self._attempts  # in an outage, no bundle waits on it
         while failed and attempt < attempts:
             if attempt:
-                self._retry(errors[0], attempt)
+                self._retried.inc()
+                outages.failing(name, errors[0], retries=1, then=_THEN)
+                time.sleep(self._backoff * 2 ** (attempt - 1))
             sent = self.send(failed, self._attempt_seconds)
             errors, failed = [e for e in sent if e is not None], [m for m, e in zip(failed, sent) if e is not None]
             attempt += 1
         self._delivered.inc(len(messages) - len(failed))
         if not failed:
-            _outage_ended(self._topic)
+            outages.recovered(name)
             return
-        outage = _outage_started(self._topic, errors[0])
-        with outage.lock:
-            outage.kept += len(failed)
+        outages.failing(name, errors[0], kept=len(failed), then=_THEN)
         self._kept.inc(len(failed))
         rows = [undelivered_row(self._topic, key, body, attributes, error, attempt)
                 for (key, body, attributes), error in zip(failed, errors)]
         yield GlobalWindows.windowed_value(rows, timestamp=Timestamp.now())
-
-    def _retry(self, error: str, attempt: int) -> None:
-        self._retried.inc()
-        outage = _outage_started(self._topic, error)
-        with outage.lock:
-            outage.retries += 1
-        time.sleep(self._backoff * 2 ** (attempt - 1))
 
     def send(self, messages: list, timeout: float) -> list[Optional[str]]:
         """Sends `(key, body, attributes)` messages; per message None (delivered) or the error."""

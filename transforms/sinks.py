@@ -19,6 +19,7 @@ import collections
 import functools
 import hashlib
 import logging
+import threading
 import uuid
 from typing import Optional, Sequence
 
@@ -35,6 +36,7 @@ from issue_platform.dead_letters import sink_rejected_row
 from issue_platform.tables import (DEAD_LETTER, GROUPS, GROUPS_CURRENT, GROUPS_CURRENT_SQL, JSONL_SUFFIX, PART_SINK,
                                    POST_PROCESS, TABLES, UNDELIVERED, jsonl_prefix, schema_problem)
 from issue_platform.validation import DEFAULT_MAX_PAYLOAD_BYTES
+from transforms import outages
 from transforms.delivery import KafkaDeliverFn, PubSubDeliverFn
 from transforms.read import NAMESPACE
 
@@ -346,12 +348,58 @@ class WriteBigQuery(beam.PTransform):
             return None
         written = (rows
                    | f"InsertIds{label}" >> beam.ParDo(_InsertIdFn(self._ref(table), table))
-                   | f"Insert{label}" >> beam.ParDo(BigQueryWriteFn(
+                   | f"Insert{label}" >> beam.ParDo(_watched_bigquery_write_fn()(
                        batch_size=None, schema=schema, create_disposition=BigQueryDisposition.CREATE_NEVER,
                        write_disposition=BigQueryDisposition.WRITE_APPEND, test_client=test_client,
                        retry_strategy=RetryStrategy.RETRY_ON_TRANSIENT_ERROR)).with_outputs(
                        BigQueryWriteFn.FAILED_ROWS_WITH_ERRORS, BigQueryWriteFn.FAILED_ROWS, main="written"))
         return written[BigQueryWriteFn.FAILED_ROWS_WITH_ERRORS]
+
+
+@functools.lru_cache(maxsize=None)
+def _watched_bigquery_write_fn():
+    """The class, built on first use: Beam's BigQuery IO is a heavy import, for BigQuery runs only."""
+    from apache_beam.io.gcp.bigquery import BigQueryWriteFn
+
+    class WatchedBigQueryWriteFn(BigQueryWriteFn):
+        """Beam's streaming-insert step, its outages logged once at start and end (transforms.outages):
+        an insert that gets no answer within STALL_SECONDS (the client retries a refused connection
+        quietly for minutes) or returns errors Beam retries starts one; the next success ends it."""
+
+        def start_bundle(self):
+            super().start_bundle()
+            wrapper = self.bigquery_wrapper
+            if not getattr(wrapper, "_watched", False):
+                wrapper.insert_rows, wrapper._watched = _watched_insert(wrapper.insert_rows), True
+
+    return WatchedBigQueryWriteFn
+
+
+STALL_SECONDS = 5.0
+
+
+def _watched_insert(insert_rows):
+    def watched(*args, **kwargs):
+        name = f"BigQuery dataset {kwargs.get('project_id')}:{kwargs.get('dataset_id')}"
+        stalled = threading.Timer(STALL_SECONDS, outages.failing, (name, f"no answer within {STALL_SECONDS:.0f} s"))
+        stalled.daemon = True
+        stalled.start()
+        try:
+            passed, errors = insert_rows(*args, **kwargs)
+        except Exception as exc:
+            outages.failing(name, type(exc).__name__, retries=1)
+            raise
+        finally:
+            stalled.cancel()
+        if passed or not errors:
+            outages.recovered(name)
+        elif any(e["errors"][0].get("reason") not in _ROW_ERRORS for e in errors):
+            outages.failing(name, str(errors[0]["errors"][0].get("reason")), retries=1)
+        return passed, errors
+    return watched
+
+
+_ROW_ERRORS = {"invalid", "invalidQuery", "stopped"}  # a row's own fault (a dead letter), not an outage
 
 
 def _lost(failed) -> None:
