@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import threading
 
+from pipelines import runner_tuning
 from pipelines.runner_tuning import STREAMING_RUNNER
 
 PULL_MESSAGES = 100
@@ -64,6 +65,9 @@ def install() -> None:
         if not _INSTALLED:
             _INSTALLED.append(_PubSubReadEvaluator._read_from_pubsub)
             _PubSubReadEvaluator._read_from_pubsub = _read_from_pubsub
+            # `execute` caches DoFn signatures for its run; a submitted job runs on after `submit`
+            # returns, so the cache stays for the process (the runner re-reads them per bundle).
+            runner_tuning.dofn_signatures_cached().__enter__()
 
 
 __all__ = ["install", "install_for", "LOCAL_RUNNERS", "PULL_MESSAGES", "PULL_SECONDS"]

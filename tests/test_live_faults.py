@@ -238,3 +238,128 @@ def test_a_missing_post_process_topic_is_one_line_and_exit_2_before_the_job_star
         unreachable = f"kafka:127.0.0.1:{free_port()}/t"
         assert main(["run", "--output", str(tmp_path / "out"), "--post_process_topic", unreachable]) == 2
         assert "cannot reach the Kafka broker" in capsys.readouterr().err
+
+
+LATENCY_BOUND_SECONDS = 10.0  # the README's bound on the local stack, publish -> row and post-process message
+
+
+def test_every_message_is_out_within_the_bound_when_input_stops(pubsub_emulator, kafka_broker, tmp_path):
+    """No filler, no heartbeat: messages published one by one, then nothing. Each one's occurrence
+    row and post-process message are out within the bound (the local pull returns within a second
+    on an idle subscription, so the watermark, and each key's flush, moves on)."""
+    import uuid
+
+    import orjson
+
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    from issue_platform.config import load_config
+    from issue_platform.producer import connect
+    from issue_platform.tables import read_jsonl
+    from pipelines.issue_pipeline import submit
+    from servers import create_kafka_topic, create_pubsub_topic
+
+    name = f"idle-{uuid.uuid4().hex[:8]}"
+    create_pubsub_topic("live-test", name, (name,), ordering=True)
+    create_kafka_topic(kafka_broker.address, name)
+    out, producer = tmp_path / "out", connect(f"pubsub:projects/live-test/topics/{name}")
+    result = submit(["--source", "pubsub", "--subscription", f"projects/live-test/subscriptions/{name}",
+                     "--streaming", "--output", str(out), "--post_process_topic", f"kafka:{kafka_broker.address}/{name}"],
+                    load_config(None))
+    consumer = Consumer({"bootstrap.servers": kafka_broker.address, "group.id": name, "enable.auto.commit": False})
+    consumer.assign([TopicPartition(name, 0, OFFSET_BEGINNING)])
+    published, rows, messages = {}, {}, {}
+    try:
+        time.sleep(3)  # the job's first pulls
+        for i in range(4):
+            occurrence = _occurrence(f"idle-{i}", time.time())
+            producer.produce(PayloadType.OCCURRENCE, occurrence=occurrence)
+            producer.flush(10)
+            published[occurrence.id] = time.time()
+            deadline = time.time() + LATENCY_BOUND_SECONDS + 5
+            while occurrence.id not in messages and time.time() < deadline:
+                consumed = consumer.consume(100, timeout=0.2)
+                now = time.time()
+                for m in consumed:
+                    messages.setdefault(orjson.loads(m.value())["occurrence_id"], now)
+                for row in read_jsonl(str(out), "occurrences"):
+                    rows.setdefault(row["occurrence_id"], now)
+    finally:
+        consumer.close()
+        producer.close()
+        result.cancel()
+    late = {i: (rows.get(i, float("inf")) - t, messages.get(i, float("inf")) - t) for i, t in published.items()}
+    assert all(max(pair) <= LATENCY_BOUND_SECONDS for pair in late.values()), late
+
+
+def test_a_killed_job_loses_at_most_one_pull_and_a_resumed_one_doubles_nothing(
+        pubsub_emulator, bigquery_emulator, tmp_path):
+    """`kill -9` of a live job mid-stream, then a job resumed from its BigQuery state table, while
+    messages keep coming: what the killed job had pulled (acknowledged) but not written is lost, at
+    most one pull (pipelines.local_pubsub.PULL_MESSAGES); nothing else is lost and nothing is written
+    twice. The resumed job is stopped with SIGTERM: exit 143."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import uuid
+
+    from bigquery_server import PROJECT as BQ_PROJECT, bigquery_client
+    from issue_platform.producer import connect
+    from pipelines.local_pubsub import PULL_MESSAGES
+    from servers import create_pubsub_topic
+
+    name, dataset = f"kill-{uuid.uuid4().hex[:8]}", f"kill_{uuid.uuid4().hex[:8]}"
+    create_pubsub_topic("live-test", name, (name,), ordering=True)
+    producer, client = connect(f"pubsub:projects/live-test/topics/{name}"), bigquery_client(bigquery_emulator)
+    argv = [sys.executable, "-m", "pipelines.cli", "run", "--source", "pubsub", "--streaming",
+            "--subscription", f"projects/live-test/subscriptions/{name}", "--sink", "bigquery",
+            "--bigquery_dataset", f"{BQ_PROJECT}:{dataset}", "--bigquery_endpoint", f"http://{bigquery_emulator.address}"]
+    sent = []
+
+    def publish(count: int) -> None:
+        for _ in range(count):
+            occurrence = _occurrence(f"kill-{len(sent) % 10}", time.time() - 5)
+            producer.produce(PayloadType.OCCURRENCE, occurrence=occurrence)
+            sent.append(occurrence.id)
+        producer.flush(10)
+
+    def landed() -> list:
+        try:
+            return [r["occurrence_id"] for r in client.query(
+                f"SELECT occurrence_id FROM `{BQ_PROJECT}.{dataset}.occurrences`").result()]
+        except Exception:  # the job has not created its tables yet
+            return []
+
+    def until(condition, timeout: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition() and time.monotonic() < deadline:
+            publish(5)
+            time.sleep(0.5)
+
+    def start(*flags: str) -> subprocess.Popen:
+        return subprocess.Popen([*argv, *flags], start_new_session=True, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, env=os.environ.copy())
+
+    job = start()
+    try:
+        until(lambda: len(landed()) >= 20)
+        publish(30)
+        os.killpg(job.pid, signal.SIGKILL)  # mid-stream: pulls acknowledged, some not yet written
+        job.wait(10)
+        publish(20)  # while no job runs: they wait in the subscription
+        job = start("--resume_from", f"bigquery:{BQ_PROJECT}:{dataset}.state")
+        publish(20)
+        until(lambda: set(sent[-20:]) <= set(landed()))
+        time.sleep(3)
+        os.killpg(job.pid, signal.SIGTERM)
+        assert job.wait(30) == -signal.SIGTERM  # exit status 143 in a shell
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+            job.wait(10)
+        producer.close()
+    rows = landed()
+    lost, doubled = len(set(sent) - set(rows)), len(rows) - len(set(rows))
+    assert doubled == 0 and not set(rows) - set(sent)
+    assert lost <= PULL_MESSAGES, lost
