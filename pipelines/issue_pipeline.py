@@ -27,7 +27,7 @@ from apache_beam.runners.runner import PipelineState
 from issue_platform.config import ConfigError, PlatformConfig
 from issue_platform.tables import (ALL_TABLES, DEAD_LETTER, EVIDENCE, OCCURRENCES, PART_GATE, PART_GROUP, PART_KEY,
                                    PART_PARSE, jsonl_glob)
-from pipelines import local_pubsub, runner_tuning
+from pipelines import local_runner, runner_tuning
 from pipelines.plan import RunPlan, plan_run
 from pipelines.runners import runner_services
 from transforms.apply_rules import ApplyRules, sharded_seed
@@ -103,7 +103,7 @@ def execute(plan: RunPlan):
         pipeline = beam.Pipeline(options=plan.options)
         build_graph(pipeline, dataclasses.replace(plan, output=output_dir))
         Progress.start()  # from here on, count what the job takes in
-        local_pubsub.install_for(plan)
+        local_runner.install_for(plan)
         with runner_tuning.tuned(plan.runner), runner_services(plan.options, plan.runner):
             result = pipeline.run()
             result.wait_until_finish()
@@ -123,7 +123,7 @@ def running(argv=None, config: Optional[PlatformConfig] = None):
     plan = plan_run(argv, config)
     pipeline = beam.Pipeline(options=plan.options)
     build_graph(pipeline, plan)
-    local_pubsub.install_for(plan)
+    local_runner.install_for(plan)
     with runner_services(plan.options, plan.runner):
         result = pipeline.run()
         try:
@@ -139,5 +139,5 @@ def submit(argv=None, config: Optional[PlatformConfig] = None):
     plan = plan_run(argv, config)
     pipeline = beam.Pipeline(options=plan.options)
     build_graph(pipeline, plan)
-    local_pubsub.install_for(plan)
+    local_runner.install_for(plan)
     return pipeline.run()

@@ -296,7 +296,7 @@ def test_a_killed_job_loses_at_most_one_pull_and_a_resumed_one_doubles_nothing(
         pubsub_emulator, bigquery_emulator, tmp_path):
     """`kill -9` of a live job mid-stream, then a job resumed from its BigQuery state table, while
     messages keep coming: what the killed job had pulled (acknowledged) but not written is lost, at
-    most one pull (pipelines.local_pubsub.PULL_MESSAGES); nothing else is lost and nothing is written
+    most one pull (pipelines.local_runner.PULL_MESSAGES); nothing else is lost and nothing is written
     twice. The resumed job is stopped with SIGTERM: exit 143."""
     import os
     import signal
@@ -306,7 +306,7 @@ def test_a_killed_job_loses_at_most_one_pull_and_a_resumed_one_doubles_nothing(
 
     from bigquery_server import PROJECT as BQ_PROJECT, bigquery_client
     from issue_platform.producer import connect
-    from pipelines.local_pubsub import PULL_MESSAGES
+    from pipelines.local_runner import PULL_MESSAGES
     from servers import create_pubsub_topic
 
     name, dataset = f"kill-{uuid.uuid4().hex[:8]}", f"kill_{uuid.uuid4().hex[:8]}"
