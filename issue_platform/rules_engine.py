@@ -44,10 +44,14 @@ class RulesEngine:
     def __init__(self, key: str, state: KeyState, displays: Mapping[bytes, Display], types: GroupTypeRegistry,
                  dedupe_window: float = DEFAULT_DEDUPE_WINDOW_SECONDS, as_of: float = math.inf,
                  version_floor: int = 0):
-        """`version_floor`: a group created here starts above it (a live job on a sink that holds an
-        earlier job's groups: a group's version never goes backwards across jobs)."""
+        """`version_floor`: a live job on a sink that holds an earlier job's groups passes the highest
+        version there; a group created here starts above it, and a resumed group's next row too (its
+        snapshot may be older than its last row: a job killed between the two writes), so a group's
+        version never goes backwards across jobs."""
         self.key, self.state, self.displays, self.types = key, state, displays, types
         self.version_floor = version_floor
+        if state.group is not None and state.group.version < version_floor:
+            state.group.version = version_floor
         self.project_id, self.primary_hash = split_group_key(key)
         self.dedupe_window, self.as_of = dedupe_window, as_of
         self._version_at_start = state.group.version if state.group else 0
