@@ -364,3 +364,36 @@ def test_a_killed_job_loses_at_most_one_pull_and_a_resumed_one_doubles_nothing(
     lost, doubled = len(set(sent) - set(rows)), len(rows) - len(set(rows))
     assert doubled == 0 and not set(rows) - set(sent)
     assert lost <= PULL_MESSAGES, lost
+
+
+def test_resend_reads_and_marks_the_undelivered_table_in_bigquery(bigquery_emulator, kafka_broker, capsys):
+    """The BigQuery side of `issue-platform resend`: a kept message is delivered, a `resent` row is
+    appended beside it, and a second resend sends nothing."""
+    import uuid
+
+    import orjson
+
+    from bigquery_server import PROJECT as BQ_PROJECT, bigquery_client
+    from issue_platform.tables import undelivered_row
+    from pipelines.cli import main
+    from servers import consume_kafka, create_kafka_topic
+    from transforms.sinks import bigquery_row, ensure_tables
+
+    dataset, topic = f"resend_{uuid.uuid4().hex[:8]}", f"resend-{uuid.uuid4().hex[:8]}"
+    create_kafka_topic(kafka_broker.address, topic)
+    client = bigquery_client(bigquery_emulator)
+    ensure_tables(client, BQ_PROJECT, dataset)
+    body = orjson.dumps({"occurrence_id": "o-1", "group_id": 7})
+    row = undelivered_row(f"kafka:{kafka_broker.address}/{topic}", "7", body, {"group_id": "7"}, "timed out", 4)
+    assert client.insert_rows_json(f"{BQ_PROJECT}.{dataset}.undelivered", [bigquery_row(row, "undelivered", True)]) == []
+    argv = ["resend", "--bigquery_dataset", f"{BQ_PROJECT}:{dataset}",
+            "--bigquery_endpoint", f"http://{bigquery_emulator.address}"]
+    assert main(argv) == 0
+    assert "resent 1 of 1" in capsys.readouterr().out
+    assert main(argv) == 0
+    assert "resent 0 of 0" in capsys.readouterr().out
+    [message] = consume_kafka(kafka_broker.address, topic, 2, 5)  # once: a second would show within 5 s
+    assert (message.key(), message.value(), message.headers()) == (b"7", body, [("group_id", b"7")])
+    statuses = sorted(r["status"] for r in client.query(
+        f"SELECT status FROM `{BQ_PROJECT}.{dataset}.undelivered`").result())
+    assert statuses == ["resent", "undelivered"]
