@@ -220,25 +220,28 @@ main(sys.argv[1:])
 """
 
 
-def bigquery_emulator_argv(port: int, project: str) -> list[str]:
-    """bqemulator on 127.0.0.1:`port` (REST; gRPC on another free port), in memory, for `project`."""
+def bigquery_emulator_argv(port: int, project: str, data_dir: str | None = None) -> list[str]:
+    """bqemulator on 127.0.0.1:`port` (REST; gRPC on another free port) for `project`, in memory, or
+    in `data_dir` (so that a restart keeps the tables)."""
     if importlib_util.find_spec("bqemulator") is None:
         raise RuntimeError("bqemulator is not installed (a test dependency): pip install -e '.[test]'")
     return [sys.executable, "-c", _BQEMULATOR_LAUNCHER, "start", "--rest-host", HOST, "--rest-port", str(port),
-            "--grpc-host", HOST, "--grpc-port", str(free_port()), "--ephemeral", "--project", project,
+            "--grpc-host", HOST, "--grpc-port", str(free_port()),
+            *(["--persistent", "--data-dir", data_dir] if data_dir else ["--ephemeral"]), "--project", project,
             "--log-level", "warning"]
 
 
-def start_bigquery_emulator(project: str) -> Server:
-    """bqemulator for `project`; its endpoint (`--bigquery_endpoint`) is `http://` + its address."""
+def start_bigquery_emulator(project: str, port: int | None = None, data_dir: str | None = None) -> Server:
+    """bqemulator for `project` (on `port`, else a free one; in `data_dir`, else in memory); its
+    endpoint (`--bigquery_endpoint`) is `http://` + its address."""
     def ready(address: str) -> bool:
         import urllib.request
 
         with urllib.request.urlopen(f"http://{address}/bigquery/v2/projects/{project}/datasets", timeout=2) as response:
             return response.status == 200
 
-    port = free_port()
-    return start_server("bqemulator", bigquery_emulator_argv(port, project), port, ready)
+    port = port or free_port()
+    return start_server("bqemulator", bigquery_emulator_argv(port, project, data_dir), port, ready)
 
 
 def create_kafka_topic(bootstrap: str, topic: str, partitions: int = 1, timeout: float = 10.0) -> None:

@@ -167,7 +167,8 @@ def _project_messages(messages: list) -> dict:
                                if dict(m.headers())["project_id"] == str(PROJECT_ID).encode())
 
 
-def test_a_kafka_outage_keeps_messages_undelivered_and_resend_delivers_them(pubsub_emulator, tmp_path, capsys):
+def test_a_kafka_outage_keeps_messages_undelivered_and_resend_delivers_them(pubsub_emulator, tmp_path, capsys,
+                                                                            monkeypatch):
     """The post-process broker stops mid-stream: the tables go on, the messages of the outage are
     retried with backoff, then kept in `undelivered`; the broker comes back (same port, topic made
     again: it keeps topics in memory) and delivery resumes; `issue-platform resend` delivers the
@@ -176,7 +177,11 @@ def test_a_kafka_outage_keeps_messages_undelivered_and_resend_delivers_them(pubs
     from pipelines.cli import main
     from pipelines.local_stack import start_tansu
     from servers import consume_kafka, create_kafka_topic
+    from transforms import delivery
 
+    # Shorter attempts and backoff than the defaults (5 s, 1-2-4 s), to keep the test short.
+    monkeypatch.setattr(delivery, "ATTEMPT_SECONDS", 2.0)
+    monkeypatch.setattr(delivery, "BACKOFF_SECONDS", 0.2)
     broker = start_tansu()
     port, topic = int(broker.address.rsplit(":", 1)[1]), "post-process"
     try:
@@ -397,3 +402,54 @@ def test_resend_reads_and_marks_the_undelivered_table_in_bigquery(bigquery_emula
     statuses = sorted(r["status"] for r in client.query(
         f"SELECT status FROM `{BQ_PROJECT}.{dataset}.undelivered`").result())
     assert statuses == ["resent", "undelivered"]
+
+
+def test_a_bigquery_outage_is_logged_once_and_loses_nothing(pubsub_emulator, kafka_broker, tmp_path, caplog):
+    """The BigQuery emulator (on disk) stops mid-stream and comes back on the same port: the inserts
+    wait it out (the client retries), the outage is logged once when it starts and once when it
+    ends, and every occurrence lands once; the post-process messages all arrive."""
+    import logging
+    import uuid
+
+    from pipelines.local_stack import start_bigquery_emulator
+    from servers import consume_kafka, create_kafka_topic
+    from transforms.sinks import bigquery_client
+
+    project, dataset, topic = "outage-project", "outage", f"bq-outage-{uuid.uuid4().hex[:8]}"
+    create_kafka_topic(kafka_broker.address, topic)
+    server = start_bigquery_emulator(project, data_dir=str(tmp_path / "bq"))
+    port = int(server.address.rsplit(":", 1)[1])
+    client = bigquery_client(project, f"http://{server.address}")
+
+    def occurrence_ids() -> list:
+        return [r["occurrence_id"] for r in client.query(
+            f"SELECT occurrence_id FROM `{project}.{dataset}.occurrences` WHERE project_id = {PROJECT_ID}").result()]
+
+    try:
+        with caplog.at_level(logging.WARNING, logger="transforms.outages"), live_stream(tmp_path) as stream:
+            now = time.time()
+
+            def occur(prefix: str, count: int, age: float) -> None:
+                for i in range(count):
+                    stream.producer.produce(PayloadType.OCCURRENCE, occurrence=_occurrence(f"{prefix}-{i}", now - age + i))
+                stream.producer.flush(10)
+
+            occur("before", 3, 200)
+            stream.start("--sink", "bigquery", "--bigquery_dataset", f"{project}:{dataset}",
+                         "--bigquery_endpoint", f"http://{server.address}",
+                         "--post_process_topic", f"kafka:{kafka_broker.address}/{topic}")
+            stream.wait_for(lambda ids: len(ids) == 3, read=occurrence_ids)
+            server.stop()
+            occur("during", 3, 150)
+            time.sleep(7)  # the inserts of the outage wait on the stopped emulator (an outage after 5 s)
+            server = start_bigquery_emulator(project, port=port, data_dir=str(tmp_path / "bq"))
+            occur("after", 3, 100)
+            landed = stream.wait_for(lambda ids: len(ids) >= 9, read=occurrence_ids, timeout=120)
+    finally:
+        server.stop()
+    assert len(landed) == len(set(landed)) == 9  # none lost, none doubled
+    delivered = _project_messages(consume_kafka(kafka_broker.address, topic, 10**6, 3))
+    assert len(delivered) == 9 and set(delivered.values()) == {1}
+    started = [r for r in caplog.records if "BigQuery dataset" in r.getMessage() and "failing" in r.getMessage()]
+    ended = [r for r in caplog.records if "BigQuery dataset" in r.getMessage() and "working again" in r.getMessage()]
+    assert len(started) == 1 and len(ended) == 1, [r.getMessage() for r in caplog.records]

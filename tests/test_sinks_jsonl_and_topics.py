@@ -16,6 +16,7 @@ from servers import free_port
 from tests.pipeline_support import occurrence, write_jsonl
 from pipelines.options import SinkOptions
 from pipelines.sources_and_sinks import choose_sinks
+from transforms import delivery
 from transforms.delivery import KafkaDeliverFn
 from transforms.sinks import SinkError, WriteJsonLines, parse_topic
 
@@ -42,12 +43,13 @@ def test_a_run_writes_each_table_in_parts_that_read_back_whole(tmp_path):
     assert len(list(read_jsonl(str(tmp_path / "out"), OCCURRENCES))) == 3
 
 
-def test_a_message_kafka_cannot_take_is_retried_then_kept_undelivered(tmp_path):
+def test_a_message_kafka_cannot_take_is_retried_then_kept_undelivered(tmp_path, monkeypatch):
     """No broker on the port: each attempt's delivery times out; after the bounded retries the
     message is an `undelivered` row (nothing dropped, nothing raised)."""
     port, topic = free_port(), f"kafka:127.0.0.1:{free_port()}/post_process"
+    for name, value in (("ATTEMPTS", 2), ("BACKOFF_SECONDS", 0.1), ("ATTEMPT_SECONDS", 1.0)):
+        monkeypatch.setattr(delivery, name, value)
     fn = KafkaDeliverFn(topic, f"127.0.0.1:{port}", "post_process", **{"log_level": 0})
-    fn._attempts, fn._backoff, fn._attempt_seconds = 2, 0.1, 1.0
     row = {"group_id": 1, "project_id": 2, "group_type": 1, "is_new": True, "is_regression": False}
     with beam.Pipeline(options=PipelineOptions([f"--runner={BATCH_RUNNER}"])) as p:
         (p | beam.Create([[row]]) | beam.ParDo(fn) | beam.FlatMap(lambda rows: rows)

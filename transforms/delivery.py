@@ -35,9 +35,8 @@ class DeliverFn(beam.DoFn):
     """Batches of `post_process` rows -> delivered to `topic` (the `--post_process_topic` value);
     outputs batches of `undelivered` rows for the messages that could not be. Subclasses send."""
 
-    def __init__(self, topic: str, attempts: int = ATTEMPTS, backoff: float = BACKOFF_SECONDS,
-                 attempt_seconds: float = ATTEMPT_SECONDS):
-        self._topic, self._attempts, self._backoff, self._attempt_seconds = topic, attempts, backoff, attempt_seconds
+    def __init__(self, topic: str):
+        self._topic, self._attempts, self._backoff, self._attempt_seconds = topic, ATTEMPTS, BACKOFF_SECONDS, ATTEMPT_SECONDS
         self._delivered = Metrics.counter(NAMESPACE, "post_process.delivered")
         self._kept = Metrics.counter(NAMESPACE, "post_process.undelivered")
         self._retried = Metrics.counter(NAMESPACE, "post_process.retries")
