@@ -79,7 +79,7 @@ class _ParseFn(beam.DoFn):
             raw, source, problem = raw
             if problem is not None:
                 _counter("dead_letter", problem[0]).inc()
-                rejected = Rejected(*problem, stage=R.STAGE_PARSE)
+                rejected = Rejected(*problem, stage=outcomes.STAGE_PARSE)
                 return pvalue.TaggedOutput(DEAD_LETTER, dead_letter_row(rejected, raw, self._max_bytes, source))
         try:
             return self._validator.validate(parse(raw, self._max_bytes))

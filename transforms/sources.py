@@ -16,7 +16,7 @@ from apache_beam.metrics import Metrics
 
 from apache_beam.transforms.window import TimestampedValue
 
-from issue_platform import outcomes as R
+from issue_platform import outcomes
 from issue_platform.validation import EARLIEST_TIME, LATEST_TIME, Rejected, parse_time
 from transforms.parse import SourcedPayload
 from transforms.read import NAMESPACE
@@ -73,8 +73,9 @@ def attribute_time(value: str, name: str) -> float:
             return seconds
     except (Rejected, ValueError, OverflowError):
         pass
-    raise Rejected(R.INVALID_VALUE, name, f"attribute '{name}' must be unix milliseconds or an RFC 3339 time "
-                   f"after 1970-01-01 and at most 3000-01-01T00:00:00Z, got {value[:40]!r}", stage=R.STAGE_PARSE)
+    raise Rejected(outcomes.INVALID_VALUE, name, f"attribute '{name}' must be unix milliseconds or an RFC 3339 "
+                   f"time after 1970-01-01 and at most 3000-01-01T00:00:00Z, got {value[:40]!r}",
+                   stage=outcomes.STAGE_PARSE)
 
 
 def _kafka_coordinates(topic: str, partition: int, offset: int) -> str:
