@@ -215,8 +215,8 @@ def cmd_run(args, argv: Sequence[str]) -> int:
 
 def _run_job(argv: list, kept: str):
     """(the `RunPlan`, its `PipelineResult`), or None if interrupted; a failure inside the job becomes
-    one line (an `InputError` if a file was the cause) ending with `kept`, what became of earlier results. Beam's own logging is muted meanwhile: it would
-    print the traceback this replaces."""
+    one line (an `InputError` if a file was the cause) ending with `kept`, what became of earlier
+    results. Beam's own logging is muted meanwhile: it would print the traceback this replaces."""
     from pipelines import issue_pipeline
     from pipelines.plan import plan_run
 

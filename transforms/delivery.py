@@ -36,7 +36,8 @@ class DeliverFn(beam.DoFn):
     outputs batches of `undelivered` rows for the messages that could not be. Subclasses send."""
 
     def __init__(self, topic: str):
-        self._topic, self._attempts, self._backoff, self._attempt_seconds = topic, ATTEMPTS, BACKOFF_SECONDS, ATTEMPT_SECONDS
+        self._topic = topic
+        self._attempts, self._backoff, self._attempt_seconds = ATTEMPTS, BACKOFF_SECONDS, ATTEMPT_SECONDS
         self._delivered = Metrics.counter(NAMESPACE, "post_process.delivered")
         self._kept = Metrics.counter(NAMESPACE, "post_process.undelivered")
         self._retried = Metrics.counter(NAMESPACE, "post_process.retries")
