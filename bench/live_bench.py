@@ -57,7 +57,8 @@ class Watch:
             if message.error() is None:
                 self.kafka.setdefault(orjson.loads(message.value())["occurrence_id"], time.time())
         try:
-            received = self.subscriber.pull(subscription=self.subscription, max_messages=1000, timeout=1).received_messages
+            received = self.subscriber.pull(subscription=self.subscription, max_messages=1000,
+                                            timeout=1).received_messages
         except DeadlineExceeded:
             received = []
         if received:

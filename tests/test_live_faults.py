@@ -20,6 +20,15 @@ def _occurrence(fingerprint: str, detection_time: float) -> IssueOccurrence:
                            culprit="job", type=4001, detection_time=detection_time)
 
 
+def _occurrences(producer, now: float):
+    """`occur(prefix, count, age)`: publishes `count` occurrences on new groups, dated `age` s ago."""
+    def occur(prefix: str, count: int, age: float) -> None:
+        for i in range(count):
+            producer.produce(PayloadType.OCCURRENCE, occurrence=_occurrence(f"{prefix}-{i}", now - age + i))
+        producer.flush(10)
+    return occur
+
+
 def _mine(rows: list) -> list:
     return [r for r in rows if r.get("project_id") == PROJECT_ID]
 
@@ -187,12 +196,7 @@ def test_a_kafka_outage_keeps_messages_undelivered_and_resend_delivers_them(pubs
     try:
         create_kafka_topic(broker.address, topic)
         with live_stream(tmp_path) as stream:
-            now = time.time()
-
-            def occur(prefix: str, count: int, age: float) -> None:
-                for i in range(count):
-                    stream.producer.produce(PayloadType.OCCURRENCE, occurrence=_occurrence(f"{prefix}-{i}", now - age + i))
-                stream.producer.flush(10)
+            occur = _occurrences(stream.producer, time.time())
 
             def rows(table: str) -> list:
                 return _mine([{**r, "project_id": r.get("project_id", int((r.get("attributes") or {}).get(
@@ -270,7 +274,8 @@ def test_every_message_is_out_within_the_bound_when_input_stops(pubsub_emulator,
     create_kafka_topic(kafka_broker.address, name)
     out, producer = tmp_path / "out", connect(f"pubsub:projects/live-test/topics/{name}")
     result = submit(["--source", "pubsub", "--subscription", f"projects/live-test/subscriptions/{name}",
-                     "--streaming", "--output", str(out), "--post_process_topic", f"kafka:{kafka_broker.address}/{name}"],
+                     "--streaming", "--output", str(out),
+                     "--post_process_topic", f"kafka:{kafka_broker.address}/{name}"],
                     load_config(None))
     consumer = Consumer({"bootstrap.servers": kafka_broker.address, "group.id": name, "enable.auto.commit": False})
     consumer.assign([TopicPartition(name, 0, OFFSET_BEGINNING)])
@@ -320,7 +325,8 @@ def test_a_killed_job_loses_at_most_one_pull_and_a_resumed_one_doubles_nothing(
     producer, client = connect(f"pubsub:projects/live-test/topics/{name}"), bigquery_client(bigquery_emulator)
     argv = [sys.executable, "-m", "pipelines.cli", "run", "--source", "pubsub", "--streaming",
             "--subscription", f"projects/live-test/subscriptions/{name}", "--sink", "bigquery",
-            "--bigquery_dataset", f"{BQ_PROJECT}:{dataset}", "--bigquery_endpoint", f"http://{bigquery_emulator.address}"]
+            "--bigquery_dataset", f"{BQ_PROJECT}:{dataset}",
+            "--bigquery_endpoint", f"http://{bigquery_emulator.address}"]
     sent = []
 
     def publish(count: int) -> None:
@@ -390,7 +396,8 @@ def test_resend_reads_and_marks_the_undelivered_table_in_bigquery(bigquery_emula
     ensure_tables(client, BQ_PROJECT, dataset)
     body = orjson.dumps({"occurrence_id": "o-1", "group_id": 7})
     row = undelivered_row(f"kafka:{kafka_broker.address}/{topic}", "7", body, {"group_id": "7"}, "timed out", 4)
-    assert client.insert_rows_json(f"{BQ_PROJECT}.{dataset}.undelivered", [bigquery_row(row, "undelivered", True)]) == []
+    table = f"{BQ_PROJECT}.{dataset}.undelivered"
+    assert client.insert_rows_json(table, [bigquery_row(row, "undelivered", True)]) == []
     argv = ["resend", "--bigquery_dataset", f"{BQ_PROJECT}:{dataset}",
             "--bigquery_endpoint", f"http://{bigquery_emulator.address}"]
     assert main(argv) == 0
@@ -427,12 +434,7 @@ def test_a_bigquery_outage_is_logged_once_and_loses_nothing(pubsub_emulator, kaf
 
     try:
         with caplog.at_level(logging.WARNING, logger="transforms.outages"), live_stream(tmp_path) as stream:
-            now = time.time()
-
-            def occur(prefix: str, count: int, age: float) -> None:
-                for i in range(count):
-                    stream.producer.produce(PayloadType.OCCURRENCE, occurrence=_occurrence(f"{prefix}-{i}", now - age + i))
-                stream.producer.flush(10)
+            occur = _occurrences(stream.producer, time.time())
 
             occur("before", 3, 200)
             stream.start("--sink", "bigquery", "--bigquery_dataset", f"{project}:{dataset}",
