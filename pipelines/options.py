@@ -155,7 +155,7 @@ class StateOptions(PipelineOptions):
             "--start_fresh", action="store_true", default=False,
             help="A live stream whose sink holds an earlier job's state refuses to start unless given "
                  "--resume_from or this: start from nothing (groups are created again, their versions above "
-                 "the earlier job's).")
+                 "the earlier job's). Default: off (such a job refuses to start).")
         parser.add_argument(
             "--config_refresh_seconds", type=float, default=None, metavar="SECONDS",
             help="Re-read --config (any Beam filesystem path) when the copy in use is older than this many "
