@@ -11,7 +11,7 @@ from issue_platform.producer import IssueOccurrence
 from live_support import live_stream
 from transforms.sources import attribute_time
 
-pytestmark = [pytest.mark.servers, pytest.mark.timeout(240)]
+pytestmark = pytest.mark.timeout(240)  # a test using a server fixture is marked `servers` (conftest)
 PROJECT_ID = 1  # the filler messages of live_support are in project 99
 
 
