@@ -20,7 +20,6 @@ from issue_platform.config import ConfigError
 
 PROJECT, TOPIC = "issue-platform-live", "ingest-occurrences"
 DATASET, POST_PROCESS_TOPIC = "live", "post-process"
-HEARTBEAT_PROJECT = 999_999
 _SHIFTED_FIELDS = ("detection_time", "update_date")
 
 
@@ -105,7 +104,7 @@ def _send(target: str, lines: list[bytes]) -> tuple[int, int]:
 
 
 class _BigQueryTables:
-    """The stream's tables in the BigQuery emulator, without the heartbeat's rows."""
+    """The stream's tables in the BigQuery emulator."""
 
     def __init__(self, endpoint: str):
         from transforms.sinks import bigquery_client
@@ -113,11 +112,7 @@ class _BigQueryTables:
         self._client = bigquery_client(PROJECT, endpoint)
 
     def rows(self, table: str) -> list[dict]:
-        from issue_platform.tables import DEAD_LETTER, UNDELIVERED
-
-        no_project = table in (DEAD_LETTER, UNDELIVERED)
-        where = "" if no_project else f" WHERE project_id != {HEARTBEAT_PROJECT}"
-        return [dict(row) for row in self._client.query(f"SELECT * FROM `{PROJECT}.{DATASET}.{table}`{where}").result()]
+        return [dict(row) for row in self._client.query(f"SELECT * FROM `{PROJECT}.{DATASET}.{table}`").result()]
 
     def outcomes(self) -> int:
         """Rows for the sent payloads so far (every payload ends in exactly one of these tables)."""
@@ -128,17 +123,12 @@ class _BigQueryTables:
                 + sum(row["stage"] != outcomes.STAGE_SINK for row in self.rows(DEAD_LETTER)))
 
 
-def _not_heartbeat(messages: list, project_of) -> list:
-    return [m for m in messages if project_of(m) != str(HEARTBEAT_PROJECT)]
-
-
 def _group_states(groups: list[dict]) -> dict:
     return {g["group_id"]: (g["times_seen"], g["status"], g["substatus"], g["priority"]) for g in groups}
 
 
 def cmd_live(args: argparse.Namespace) -> int:
     from issue_platform.config import load_config
-    from issue_platform.producer import IssueOccurrence, PayloadType, connect
     from issue_platform.tables import GROUPS_CURRENT, POST_PROCESS
     from pipelines.issue_pipeline import run, submit
     from pipelines.local_stack import TopicReader, create_kafka_topic, create_pubsub_topic
@@ -172,25 +162,16 @@ def cmd_live(args: argparse.Namespace) -> int:
                          "--bigquery_endpoint", endpoint,
                          *(flag for topic in post_process_topics for flag in ("--post_process_topic", topic))],
                         load_config(None))
-        heartbeat = connect(f"pubsub:projects/{PROJECT}/topics/{TOPIC}")
         tables = _BigQueryTables(endpoint)
         topics = TopicReader(f"projects/{PROJECT}/subscriptions/reader", kafka.address, POST_PROCESS_TOPIC)
 
-        def beat() -> None:  # keeps the local reader pulling, so its wall-clock watermark advances
-            heartbeat.produce(PayloadType.OCCURRENCE, occurrence=IssueOccurrence(
-                project_id=HEARTBEAT_PROJECT, fingerprint=["heartbeat"], issue_title="heartbeat", subtitle="",
-                culprit="live", type=4001, detection_time=time.time() - 30))
-            heartbeat.flush(10)
-
         def messages() -> tuple[list, list]:
             topics.read()
-            return (_not_heartbeat(topics.pubsub, lambda m: m.attributes["project_id"]),
-                    _not_heartbeat(topics.kafka, lambda m: dict(m.headers())["project_id"].decode()))
+            return topics.pubsub, topics.kafka
 
         deadline, seen, arrived, posted, on_pubsub, on_kafka = time.monotonic() + args.timeout, None, 0, 0, [], []
         try:
             while time.monotonic() < deadline:
-                beat()
                 arrived, posted = tables.outcomes(), len(tables.rows(POST_PROCESS))
                 on_pubsub, on_kafka = messages()
                 # Done when every payload has its outcome row and the counts held still for one more round
@@ -200,12 +181,10 @@ def cmd_live(args: argparse.Namespace) -> int:
                     break
                 seen = (arrived, posted) if done else None
         finally:
-            beat()  # the pending pull returns at once: cancel() need not wait out an idle pull (~30 s)
-            result.cancel()
-            heartbeat.close()
+            result.cancel()  # within a second: the local pull waits at most that (pipelines.local_runner)
             topics.close()
         print(f"\n== streaming pipeline on Pub/Sub -> BigQuery {PROJECT}:{DATASET}: {arrived} of {sent} payloads "
-              f"have an outcome (heartbeats in project {HEARTBEAT_PROJECT} left out) ==")
+              "have an outcome ==")
         current = tables.rows(GROUPS_CURRENT)
         print(render(counts_from_rows(tables.rows), current, None, time.monotonic() - started, files=False))
         print(f"groups in {DATASET}.{GROUPS_CURRENT}: {len(current)}")
