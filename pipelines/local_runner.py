@@ -73,7 +73,9 @@ def install() -> None:
             _PubSubReadEvaluator._read_from_pubsub = _read_from_pubsub
             # `execute` caches DoFn signatures for its run; a submitted job runs on after `submit`
             # returns, so the cache stays for the process (the runner re-reads them per bundle).
-            runner_tuning.dofn_signatures_cached().__enter__()
+            cache = runner_tuning.dofn_signatures_cached()
+            cache.__enter__()
+            _INSTALLED.append(cache)  # held: a collected context manager would exit and undo the patch
             init = _ParDoEvaluator.__init__
 
             def without_pickle_copy(self, *args, perform_dofn_pickle_test=True, **kwargs):
