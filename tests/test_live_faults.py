@@ -455,3 +455,19 @@ def test_a_bigquery_outage_is_logged_once_and_loses_nothing(pubsub_emulator, kaf
     started = [r for r in caplog.records if "BigQuery dataset" in r.getMessage() and "failing" in r.getMessage()]
     ended = [r for r in caplog.records if "BigQuery dataset" in r.getMessage() and "working again" in r.getMessage()]
     assert len(started) == 1 and len(ended) == 1, [r.getMessage() for r in caplog.records]
+
+
+def test_the_local_runner_tuning_lasts_for_the_process():
+    """What `submit` installs for a live job stays installed after garbage collection (a collected
+    context manager would undo the signature cache: measured 63 instead of 143 messages/s)."""
+    import gc
+
+    from apache_beam.runners.direct.transform_evaluator import _PubSubReadEvaluator
+    from apache_beam.transforms import core
+
+    from pipelines import local_runner
+
+    local_runner.install()
+    gc.collect()
+    assert _PubSubReadEvaluator._read_from_pubsub is local_runner._read_from_pubsub
+    assert core.get_function_arguments.__qualname__.startswith("dofn_signatures_cached.")
