@@ -39,7 +39,7 @@ def _read_from_pubsub(self, timestamp_attribute):
 
     if timestamp_attribute:  # not ours: Beam's own reading
         return _INSTALLED[0](self, timestamp_attribute)
-    client = self._get_subscriber_client(self._applied_ptransform)
+    client = _subscriber()
     try:
         received = client.pull(subscription=self._sub_name, max_messages=PULL_MESSAGES,
                                timeout=PULL_SECONDS).received_messages
@@ -60,6 +60,22 @@ def install_for(plan) -> None:
 
     if plan.runner in LOCAL_RUNNERS and isinstance(plan.source, ReadFromPubSubSubscription):
         install()
+
+
+def _subscriber():
+    """One subscriber client per process and emulator host (Beam 2.62 makes one per pull)."""
+    import os
+
+    from google.cloud import pubsub
+
+    host = os.environ.get("PUBSUB_EMULATOR_HOST")
+    with _LOCK:
+        if host not in _SUBSCRIBERS:
+            _SUBSCRIBERS[host] = pubsub.SubscriberClient()
+        return _SUBSCRIBERS[host]
+
+
+_SUBSCRIBERS: dict = {}
 
 
 def install() -> None:
