@@ -36,6 +36,8 @@ from issue_platform.dead_letters import sink_rejected_row
 from issue_platform.tables import (DEAD_LETTER, GROUPS, GROUPS_CURRENT, GROUPS_CURRENT_SQL, JSONL_SUFFIX, PART_SINK,
                                    POST_PROCESS, TABLES, UNDELIVERED, jsonl_prefix, schema_problem)
 from issue_platform.validation import DEFAULT_MAX_PAYLOAD_BYTES
+from apache_beam.io.gcp.bigquery import BigQueryWriteFn
+
 from transforms import outages
 from transforms.delivery import KafkaDeliverFn, PubSubDeliverFn
 from transforms.read import NAMESPACE
@@ -348,7 +350,7 @@ class WriteBigQuery(beam.PTransform):
             return None
         written = (rows
                    | f"InsertIds{label}" >> beam.ParDo(_InsertIdFn(self._ref(table), table))
-                   | f"Insert{label}" >> beam.ParDo(_watched_bigquery_write_fn()(
+                   | f"Insert{label}" >> beam.ParDo(WatchedBigQueryWriteFn(
                        batch_size=None, schema=schema, create_disposition=BigQueryDisposition.CREATE_NEVER,
                        write_disposition=BigQueryDisposition.WRITE_APPEND, test_client=test_client,
                        retry_strategy=RetryStrategy.RETRY_ON_TRANSIENT_ERROR)).with_outputs(
@@ -356,34 +358,28 @@ class WriteBigQuery(beam.PTransform):
         return written[BigQueryWriteFn.FAILED_ROWS_WITH_ERRORS]
 
 
-@functools.lru_cache(maxsize=None)
-def _watched_bigquery_write_fn():
-    """The class, built on first use: Beam's BigQuery IO is a heavy import, for BigQuery runs only."""
-    from apache_beam.io.gcp.bigquery import BigQueryWriteFn
+class WatchedBigQueryWriteFn(BigQueryWriteFn):
+    """Beam's streaming-insert step, its outages logged once at start and end (transforms.outages):
+    an insert that gets no answer within STALL_SECONDS (the client retries a refused connection
+    quietly for minutes) or returns errors Beam retries starts one; the next success ends it.
 
-    class WatchedBigQueryWriteFn(BigQueryWriteFn):
-        """Beam's streaming-insert step, its outages logged once at start and end (transforms.outages):
-        an insert that gets no answer within STALL_SECONDS (the client retries a refused connection
-        quietly for minutes) or returns errors Beam retries starts one; the next success ends it.
+    A row's size is its JSON's length: Beam measures it with objsize, which walks every loaded
+    module per row (16 % of a local stream's time, measured with py-spy; docs/live-path.md)."""
 
-        A row's size is its JSON's length: Beam measures it with objsize, which walks every loaded
-        module per row (16 % of a local stream's time, measured with py-spy; docs/live-path.md)."""
+    def _check_row_size(self, row_and_insert_id):
+        row, insert_id = row_and_insert_id
+        size = len(orjson.dumps(row, default=str)) + len(insert_id or "")
+        if size < self._max_insert_payload_size:
+            return size, None
+        return size, (f"Received row with size {size / 1e6}MB that exceeds the maximum insert payload size "
+                      f"set ({self._max_insert_payload_size / 1e6}MB).")
 
-        def _check_row_size(self, row_and_insert_id):
-            row, insert_id = row_and_insert_id
-            size = len(orjson.dumps(row, default=str)) + len(insert_id or "")
-            if size < self._max_insert_payload_size:
-                return size, None
-            return size, (f"Received row with size {size / 1e6}MB that exceeds the maximum insert payload size "
-                          f"set ({self._max_insert_payload_size / 1e6}MB).")
+    def start_bundle(self):
+        super().start_bundle()
+        wrapper = self.bigquery_wrapper
+        if not getattr(wrapper, "_watched", False):
+            wrapper.insert_rows, wrapper._watched = _watched_insert(wrapper.insert_rows), True
 
-        def start_bundle(self):
-            super().start_bundle()
-            wrapper = self.bigquery_wrapper
-            if not getattr(wrapper, "_watched", False):
-                wrapper.insert_rows, wrapper._watched = _watched_insert(wrapper.insert_rows), True
-
-    return WatchedBigQueryWriteFn
 
 
 STALL_SECONDS = 5.0
