@@ -35,7 +35,7 @@ from issue_platform.dead_letters import sink_rejected_row
 from issue_platform.tables import (DEAD_LETTER, GROUPS, GROUPS_CURRENT, GROUPS_CURRENT_SQL, JSONL_SUFFIX, PART_SINK,
                                    POST_PROCESS, TABLES, jsonl_prefix, post_process_message, schema_problem)
 from issue_platform.validation import DEFAULT_MAX_PAYLOAD_BYTES
-from transforms.read import NAMESPACE
+from transforms.read import NAMESPACE, Progress
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -55,6 +55,7 @@ def to_json_line(row: dict) -> bytes:
 def to_json_lines(rows: list):
     """A batch of rows as one text-sink record: its JSON lines joined (the sink adds the last newline)."""
     if rows:
+        Progress.wrote(len(rows))
         yield b"\n".join(map(to_json_line, rows))
 
 
@@ -71,6 +72,7 @@ class _AppendJsonLinesFn(beam.DoFn):
         self._lines = []
 
     def process(self, rows):
+        Progress.wrote(len(rows))
         self._lines.extend(map(to_json_line, rows))
 
     def finish_bundle(self):
@@ -246,6 +248,7 @@ class _CheckRowsFn(beam.DoFn):
         self._table, self._streaming, self._max_bytes = table, streaming, max_bytes
 
     def process(self, rows):
+        Progress.wrote(len(rows))
         for row in rows:
             problem = schema_problem(self._table, row)
             if problem is None:
@@ -360,6 +363,18 @@ def _lost(failed) -> None:
 
 # --- The post-process topic -----------------------------------------------------------------------
 
+def check_pubsub_path(path: str, flag: str) -> None:
+    """A Pub/Sub topic or subscription path Beam's Pub/Sub transforms accept (their own check), else
+    a `ConfigError` before the job starts instead of a failure inside it."""
+    from apache_beam.io.gcp.pubsub import parse_subscription, parse_topic
+
+    try:
+        (parse_topic if "/topics/" in path else parse_subscription)(path)
+    except ValueError as exc:
+        raise ConfigError(f"{flag}: {str(exc).rstrip('.')} (a project id is 6 to 63 lowercase letters, digits "
+                          "or dashes, starting with a letter)") from None
+
+
 def parse_topic(value: str) -> tuple[str, str, Optional[str]]:
     """`pubsub:projects/P/topics/T` -> ("pubsub", "projects/P/topics/T", None);
     `kafka:HOST:PORT/TOPIC` -> ("kafka", "TOPIC", "HOST:PORT")."""
@@ -367,6 +382,7 @@ def parse_topic(value: str) -> tuple[str, str, Optional[str]]:
     if kind == "pubsub":
         parts = rest.split("/")
         if len(parts) == 4 and parts[0] == "projects" and parts[2] == "topics" and parts[1] and parts[3]:
+            check_pubsub_path(rest, f"--post_process_topic {value}")
             return kind, rest, None
     elif kind == "kafka":
         servers, _, topic = rest.partition("/")
@@ -393,7 +409,9 @@ def _producer(config: dict):
         if key not in _PRODUCERS:
             from confluent_kafka import Producer
 
-            _PRODUCERS[key] = Producer(config)
+            from issue_platform.producer import KAFKA_LOG
+
+            _PRODUCERS[key] = Producer({"logger": KAFKA_LOG, **config})
         return _PRODUCERS[key]
 
 
