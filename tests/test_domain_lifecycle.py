@@ -333,10 +333,10 @@ def test_key_state_carries_a_version_byte_and_refuses_others():
     key = Key()
     key.occ(T0, event_time=T0 - 5)
     data = key.proc.state.encode()
-    assert data[0] == STATE_VERSION == 2
+    assert data[0] == STATE_VERSION == 3
     assert KeyState.decode(data) == key.proc.state
-    with pytest.raises(StateVersionError, match="version 3 is not readable by this release"):
-        KeyState.decode(bytes((3,)) + data[1:])
+    with pytest.raises(StateVersionError, match="version 4 is not readable by this release"):
+        KeyState.decode(bytes((4,)) + data[1:])
     with pytest.raises(StateVersionError):  # the unversioned layout of earlier releases
         KeyState.decode(data[1:])
 
