@@ -169,9 +169,11 @@ class Progress:
 
     @classmethod
     def expect(cls, paths: Sequence[str]) -> None:
+        """The input's total size, from local files (listed once already: no second listing); 0, no
+        percentage, for remote ones."""
         try:
-            cls.total_bytes = sum(m.size_in_bytes for r in FileSystems.match(list(paths)) for m in r.metadata_list)
-        except Exception:  # a filesystem that cannot tell: no percentage
+            cls.total_bytes = sum(os.path.getsize(p) for p in paths) if "://" not in "".join(paths) else 0
+        except OSError:
             cls.total_bytes = 0
 
     @classmethod
