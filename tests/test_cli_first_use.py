@@ -126,8 +126,8 @@ def test_every_id_in_the_tables_reads_back_exactly_as_a_double(tmp_path):
         assert row["group_id"] == group_id_for(group_key(row["project_id"], row["fingerprint"]))
 
 
-def _as_version_1(state_dir, target):
-    """The `state` rows of `state_dir` as a release before 53-bit ids wrote them: key state version 1,
+def _as_version_2(state_dir, target):
+    """The `state` rows of `state_dir` as the release before 53-bit ids wrote them: key state version 2,
     the 63-bit group id (low 8 bytes of the key's sha1, top bit cleared) inside and in the row."""
     import base64
     import hashlib
@@ -143,7 +143,7 @@ def _as_version_1(state_dir, target):
             if state["group"]:
                 wide = int.from_bytes(hashlib.sha1(row["key"].encode()).digest()[:8], "big") & ((1 << 63) - 1)
                 state["group"]["group_id"] = row["group_id"] = wide
-            row["state"] = base64.b64encode(b"\x01" + orjson.dumps(state)).decode()
+            row["state"] = base64.b64encode(b"\x02" + orjson.dumps(state)).decode()
             rows.append(orjson.dumps(row) + b"\n")
         (target / path.name).write_bytes(b"".join(rows))
 
@@ -153,7 +153,7 @@ def test_resuming_from_a_snapshot_with_63_bit_ids_continues_every_group_under_it
 
     first = tmp_path / "first"
     assert cli("run", "--input", _generated(tmp_path / "a.jsonl", 1500, 5), "--output", first).returncode == 0
-    _as_version_1(first, tmp_path / "old")
+    _as_version_2(first, tmp_path / "old")
     later = _generated(tmp_path / "b.jsonl", 1500, 6)
     for source, out in ((first, tmp_path / "from_new"), (tmp_path / "old", tmp_path / "from_old")):
         result = cli("run", "--input", later, "--resume_from", source, "--output", out)

@@ -341,15 +341,15 @@ def test_key_state_carries_a_version_byte_and_refuses_others():
         KeyState.decode(data[1:])
 
 
-def test_version_1_state_held_63_bit_group_ids_and_is_read_with_this_releases_id():
+def test_version_2_state_held_63_bit_group_ids_and_is_read_with_this_releases_id():
     key = Key()
     key.occ(T0)
     state = key.proc.state
     wide = int.from_bytes(hashlib.sha1(key.proc.key.encode()).digest()[:8], "big") & ((1 << 63) - 1)
     assert wide >= 1 << 53 and state.group.group_id == group_id_for(key.proc.key) < 1 << 53
     body = orjson.loads(state.encode()[1:])
-    body["group"]["group_id"] = wide  # as version 1 wrote it
-    assert KeyState.decode(bytes((1,)) + orjson.dumps(body)) == state
+    body["group"]["group_id"] = wide  # as version 2 (and 1) wrote it
+    assert KeyState.decode(bytes((2,)) + orjson.dumps(body)) == state
 
 
 def test_occurrences_and_status_changes_share_one_id_cache():
