@@ -262,7 +262,8 @@ def test_a_streaming_runs_current_groups_through_query_and_the_readme_examples(t
     groups = read_tables(out)["groups"]
     latest = latest_groups(groups)
     assert len(groups) > len(latest) > 5
-    suggested = shlex.split(result.stdout.strip().splitlines()[-1].split(":", 1)[1])
+    [next_step] = [line for line in result.stdout.splitlines() if line.startswith("look at them:")]
+    suggested = shlex.split(next_step.split(":", 1)[1])
     assert suggested[:4] == ["issue-platform", "query", "--output", str(out)]
     shown = cli(*suggested[1:], "--format", "jsonl")
     assert shown.returncode == 0, shown.stderr
