@@ -155,7 +155,7 @@ def test_pubsub_on_flink_is_refused_with_one_line(capsys):
     from pipelines.cli import main
 
     code = main(["run", "--runner", "FlinkRunner", "--streaming", "--source", "pubsub",
-                 "--subscription", "projects/p/subscriptions/s"])
+                 "--subscription", "projects/my-project/subscriptions/s"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "--source pubsub does not run on Flink" in err[0]
 
