@@ -90,7 +90,7 @@ def plain(path: str) -> tuple[Counter, Counter]:
             emit(table, row)
 
     with open(path, "rb") as handle:
-        for raw in handle:
+        for number, raw in enumerate(handle, 1):
             if raw.endswith(b"\n"):  # ReadFromText strips "\n" or "\r\n"
                 raw = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1]
             if not raw.strip():
@@ -102,7 +102,7 @@ def plain(path: str) -> tuple[Counter, Counter]:
                 # The default --as_of: the latest time of a valid event (pipelines.replay.timed).
                 latest = max(latest, p.detection_time if isinstance(p, Occurrence) else p.update_date or -math.inf)
             except Rejected as rej:
-                emit_counted([(DEAD_LETTER, dead_letter_row(rej, raw, MAX))])
+                emit_counted([(DEAD_LETTER, dead_letter_row(rej, raw, MAX, f"{path}:{number}"))])  # FILE:LINE
                 continue
             key = group_key(p.project_id, p.fingerprint[0])
             admission = gate.admit(p)

@@ -20,10 +20,10 @@ Every error is a `ConfigError` whose message names the file, the entry and the f
 from __future__ import annotations
 
 import contextlib
+import difflib
 import importlib
 import json
 import time
-import os
 import re
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -171,6 +171,7 @@ class PlatformConfig:
             if not _holds(types, attrs):
                 with _reported_at(where):
                     types.add(_config_type(attrs, register=False))
+        self._check_features(types)
         return types
 
     def install(self) -> None:
@@ -180,11 +181,25 @@ class PlatformConfig:
             if not _holds(registry, attrs):
                 with _reported_at(where):
                     _config_type(attrs, register=True)
+        self._check_features(registry)
+
+    def _check_features(self, types: GroupTypeRegistry) -> None:
+        """Every feature must be a flag of a type: a misspelt one would leave the type's flag off."""
+        if not self.features:
+            return
+        flags = {flag() for t in types.all() for flag in (t.ingest_flag, t.post_process_flag, t.visible_flag)}
+        for name in sorted(set(self.features) - flags):
+            close = difflib.get_close_matches(name, sorted(flags), n=1, cutoff=0.8)
+            hint = f"did you mean {close[0]}?" if close else "see `issue-platform types` for the types' slugs"
+            raise ConfigError(f"--config {self.source}: features: {name} is not the flag of any issue type; {hint}")
 
     def _import_modules(self) -> None:
         for module in self.group_types_modules:
             try:
                 importlib.import_module(module)
+            except SystemExit as exc:
+                raise ConfigError(f"--group_types_module {module}: the module called sys.exit({exc.code!r}) "
+                                  "while being imported") from None
             except Exception as exc:  # the user's module: report any failure as config
                 raise ConfigError(f"--group_types_module {module}: cannot import it ({exc})") from exc
 
@@ -197,7 +212,8 @@ def _holds(types: GroupTypeRegistry, attrs: dict[str, Any]) -> bool:
 
 def _config_type(attrs: dict[str, Any], register: bool) -> type[GroupType]:
     return type(f"ConfigGroupType_{attrs['slug']}", (GroupType,),
-                {**attrs, "_config_attrs": attrs, "__module__": __name__}, register=register)
+                {**attrs, "_config_attrs": attrs, "_label": repr(attrs["slug"]), "__module__": __name__},
+                register=register)
 
 
 @contextlib.contextmanager
@@ -227,8 +243,9 @@ def _read_document(path: str, opener: Callable[[str], Any]) -> Any:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        line = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"--config {path}: invalid YAML{line}") from exc
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        reason = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"--config {path}: invalid YAML{where}: {reason}") from exc
 
 
 def _open_local(path: str):
@@ -252,7 +269,7 @@ def load_config(path: Optional[str] = None, modules: tuple[str, ...] = (),
         entries = document.get("group_types") or []
         if not isinstance(entries, list):
             raise ConfigError(f"--config {path}: group_types must be a list")
-        name = os.path.basename(path)
+        name = f"--config {path}"
         specs = [(f"{name}: group_types[{i}]", group_type_attributes(spec, f"{name}: group_types[{i}]"))
                  for i, spec in enumerate(entries)]
         projects = _projects(document.get("projects") or {}, f"{name}: projects")

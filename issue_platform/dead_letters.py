@@ -20,14 +20,14 @@ _LOGGER = logging.getLogger(__name__)
 
 
 def dead_letter_row(rejected: Rejected, raw, max_bytes: int, source: Optional[str] = None) -> dict:
-    """The dead-letter row of a `validation.Rejected` (stage, reason, field, message) and the raw
-    record (bytes, str or dict), capped at `max_bytes` characters; `source`: a live message's
-    coordinates (`kafka:TOPIC:PARTITION:OFFSET`, `pubsub:SUBSCRIPTION:MESSAGE_ID`), so it can be found
-    again; null for files."""
+    """The dead-letter row of a `validation.Rejected` (stage, reason, field: null when no field is at
+    fault, message) and the raw record (bytes, str or dict), capped at `max_bytes` characters;
+    `source`: where the record can be found again: a file's `FILE:LINE` (the Avro record's number),
+    a live message's coordinates (`kafka:TOPIC:PARTITION:OFFSET`, `pubsub:SUBSCRIPTION:MESSAGE_ID`)."""
     if isinstance(raw, dict):
         raw = orjson.dumps(raw, default=str)
     text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
-    return {"stage": rejected.stage, "reason": rejected.reason, "field": rejected.field,
+    return {"stage": rejected.stage, "reason": rejected.reason, "field": rejected.field or None,
             "error": rejected.message, "payload": text[:max_bytes], "payload_truncated": len(text) > max_bytes,
             "source": source}
 

@@ -90,7 +90,7 @@ class GroupType:
 
 
 def _check_definition(cls: type[GroupType]) -> None:
-    name = cls.__name__
+    name = cls.__dict__.get("_label") or cls.__name__  # a config type's label: its slug, not its class
     for attr, kind in (("type_id", int), ("slug", str), ("description", str), ("category", int)):
         value = getattr(cls, attr, None)
         if value is None:

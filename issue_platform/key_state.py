@@ -10,7 +10,8 @@ the fields named below. A release reads the versions it knows and refuses any ot
 
 Versions: 1 had no `resolved_at`, `platform` or `assignee`. A version-1 group resolved at the time
 of its snapshot gets `resolved_at` = when it entered RESOLVED (its `substatus_since`); any other
-gets null, as do `platform` and `assignee` (the version-1 state never held them).
+gets null, as do `platform` and `assignee` (the version-1 state never held them). Versions 1 and 2
+held 63-bit group ids: a group read from them takes this release's id, the low 53 bits of the old.
 """
 from __future__ import annotations
 
@@ -22,9 +23,12 @@ import orjson
 from issue_platform import escalation as esc
 from issue_platform.enums import GroupStatus as S
 from issue_platform.enums import GroupSubStatus as Sub
+from issue_platform.fingerprint import narrowed_group_id
 from issue_platform.noise import NoiseCounter
 
-STATE_VERSION = 2
+# 1: 63-bit group ids. 2: adds the group's resolved_at, platform and assignee. 3: group ids below 2**53,
+# so every JSON reader keeps them exact; an earlier version's id is narrowed when read.
+STATE_VERSION = 3
 _ADDED_IN_2 = frozenset(("resolved_at", "platform", "assignee"))
 
 
@@ -109,10 +113,12 @@ class KeyState:
     def decode(cls, data: Optional[bytes]) -> "KeyState":
         if not data:
             return cls()
-        if data[0] not in (1, STATE_VERSION):
+        if not 1 <= data[0] <= STATE_VERSION:
             raise StateVersionError(f"key state encoding version {data[0]} is not readable by this release "
                                     f"(it reads versions 1 to {STATE_VERSION}); drain or migrate the state first")
         raw = orjson.loads(data[1:])
+        if data[0] < 3 and raw["group"]:
+            raw["group"]["group_id"] = narrowed_group_id(raw["group"]["group_id"])
         return cls(Group.from_json(raw["group"], data[0]) if raw["group"] else None,
                    NoiseCounter(*raw["noise"]) if raw["noise"] else None, raw["seen"],
                    float("-inf") if raw["cursor"] is None else raw["cursor"])

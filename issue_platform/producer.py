@@ -16,6 +16,8 @@ messages stay in order, and carries its event time in the `event_time` attribute
 from __future__ import annotations
 
 import atexit
+import concurrent.futures
+import logging
 import time
 import uuid
 from collections import deque
@@ -33,6 +35,12 @@ from issue_platform.validation import DEFAULT_MAX_PAYLOAD_BYTES, Occurrence, Pay
 EVENT_TIME_ATTRIBUTE = "event_time"
 PAYLOAD_TYPE_ATTRIBUTE = "payload_type"
 _MAX_PENDING = 10_000  # unconfirmed sends before `send` waits for the oldest (bounded memory)
+CONNECT_TIMEOUT_SECONDS = 10.0
+
+# librdkafka's own log (a line per connection retry: hundreds while a broker is down) goes to this
+# logger instead of stderr, muted unless asked for: `KAFKA_LOG.setLevel(logging.INFO)` (the CLI's --verbose).
+KAFKA_LOG = logging.getLogger("issue_platform.kafka")
+KAFKA_LOG.setLevel(logging.CRITICAL)
 
 Time = Union[datetime, float, int]
 
@@ -166,24 +174,36 @@ class ProduceError(RuntimeError):
     """Messages the broker did not confirm."""
 
 
+class TargetError(ValueError):
+    """The target cannot be used: a malformed address, no credentials, or a broker not reachable."""
+
+
 class Transport(Protocol):
     def send(self, message: Message) -> None: ...
 
     def flush(self, timeout: float) -> int: ...  # messages confirmed since the last flush; raises ProduceError
 
-    def close(self) -> None: ...
+    def close(self, timeout: float) -> None: ...  # waits at most `timeout` for the unconfirmed ones
 
 
 class KafkaTransport:
-    """confluent-kafka, idempotent (no duplicates or reordering on retries within a partition)."""
+    """confluent-kafka, idempotent (no duplicates or reordering on retries within a partition). The
+    brokers must answer within `connect_timeout` seconds (else `TargetError`)."""
 
-    def __init__(self, bootstrap_servers: str, topic: str, config: Optional[Mapping[str, Any]] = None):
-        from confluent_kafka import Producer
+    def __init__(self, bootstrap_servers: str, topic: str, config: Optional[Mapping[str, Any]] = None,
+                 connect_timeout: float = CONNECT_TIMEOUT_SECONDS):
+        from confluent_kafka import KafkaException, Producer
 
         self.topic = topic
         self._producer = Producer({"bootstrap.servers": bootstrap_servers, "enable.idempotence": True,
-                                   "linger.ms": 5, **(config or {})})
+                                   "linger.ms": 5, "logger": KAFKA_LOG, **(config or {})})
         self._delivered, self._errors = 0, []
+        try:
+            self._producer.list_topics(topic, timeout=connect_timeout)
+        except KafkaException as exc:
+            self.close(0)
+            raise TargetError(f"kafka {bootstrap_servers}: no broker answered within {connect_timeout:g} s "
+                              f"({exc.args[0].str()})") from None
 
     def _on_delivery(self, error, _message) -> None:
         if error is None:
@@ -210,8 +230,10 @@ class KafkaTransport:
                                + (f"; first error: {errors[0]}" if errors else ""))
         return delivered
 
-    def close(self) -> None:
-        self._producer.flush(10)
+    def close(self, timeout: float) -> None:
+        self._producer.flush(timeout)
+        self._producer.purge()  # what is still unconfirmed is given up (closing would wait for it)
+        self._producer.flush(0)
         self._producer.close()
 
 
@@ -219,13 +241,20 @@ class PubSubTransport:
     """google-cloud-pubsub with message ordering on (ordering key = group key)."""
 
     def __init__(self, topic_path: str, publisher=None):
+        from google.auth.exceptions import DefaultCredentialsError
         from google.cloud import pubsub_v1
 
         self.topic = topic_path
-        self._publisher = publisher or pubsub_v1.PublisherClient(
-            publisher_options=pubsub_v1.types.PublisherOptions(enable_message_ordering=True))
+        try:
+            self._publisher = publisher or pubsub_v1.PublisherClient(
+                publisher_options=pubsub_v1.types.PublisherOptions(enable_message_ordering=True))
+        except DefaultCredentialsError:
+            raise TargetError("pubsub: no Google credentials found; for the Pub/Sub emulator set "
+                              "PUBSUB_EMULATOR_HOST=HOST:PORT, for Google Cloud run `gcloud auth "
+                              "application-default login` or set GOOGLE_APPLICATION_CREDENTIALS") from None
         self._futures: deque = deque()
         self._errors: list = []  # failures seen before flush(), reported by it
+        self._unconfirmed = 0  # sends not confirmed in time (neither failed nor delivered yet)
 
     def send(self, message: Message) -> None:
         if len(self._futures) >= _MAX_PENDING:
@@ -238,6 +267,9 @@ class PubSubTransport:
         try:
             future.result(timeout)
             return True
+        except concurrent.futures.TimeoutError:  # still in flight: its key is not paused
+            self._unconfirmed += 1
+            return False
         except Exception as exc:  # a failed key stays paused until resumed: resume it, report the failure
             self._errors.append(f"{type(exc).__name__}: {exc}")
             self._publisher.resume_publish(self.topic, key)
@@ -247,14 +279,18 @@ class PubSubTransport:
         deadline, delivered = time.monotonic() + timeout, 0
         while self._futures:
             delivered += self._settle(self._futures.popleft(), max(0.0, deadline - time.monotonic()))
-        errors, self._errors = self._errors, []
-        if errors:
-            raise ProduceError(f"pubsub topic {self.topic}: {len(errors)} failed; first error: {errors[0][:200]}")
+        errors, unconfirmed, self._errors, self._unconfirmed = self._errors, self._unconfirmed, [], 0
+        if errors or unconfirmed:
+            raise ProduceError(f"pubsub topic {self.topic}: {len(errors)} failed, {unconfirmed} unconfirmed"
+                               + (f"; first error: {errors[0][:200]}" if errors else ""))
         return delivered
 
-    def close(self) -> None:
-        self.flush(30.0)
-        self._publisher.stop()
+    def close(self, timeout: float) -> None:
+        try:
+            self.flush(timeout)
+        finally:
+            self._futures.clear()
+            self._publisher.stop()
 
 
 # ---- The producer
@@ -285,22 +321,25 @@ class IssueProducer:
         """Waits for confirmations; returns how many arrived, raises `ProduceError` on any failure."""
         return self.transport.flush(timeout)
 
-    def close(self) -> None:
-        self.transport.close()
+    def close(self, timeout: float = 10.0) -> None:
+        """Waits at most `timeout` seconds for unconfirmed messages, then closes the connection."""
+        self.transport.close(timeout)
 
 
 def connect(target: str, types: GroupTypeRegistry = default_registry,
-            kafka_config: Optional[Mapping[str, Any]] = None) -> IssueProducer:
+            kafka_config: Optional[Mapping[str, Any]] = None,
+            connect_timeout: float = CONNECT_TIMEOUT_SECONDS) -> IssueProducer:
     """`pubsub:projects/P/topics/T` or `kafka:HOST:PORT[,HOST:PORT...]/TOPIC`; `kafka_config` adds
-    librdkafka settings (e.g. {"security.protocol": "SASL_SSL"})."""
+    librdkafka settings (e.g. {"security.protocol": "SASL_SSL"}). `TargetError` (one line) if the
+    target is malformed, has no credentials (Pub/Sub) or no broker answers in `connect_timeout` (Kafka)."""
     scheme, _, rest = target.partition(":")
     if scheme == "pubsub" and rest.startswith("projects/") and "/topics/" in rest:
         return IssueProducer(PubSubTransport(rest), types)
     if scheme == "kafka" and "/" in rest:
         servers, _, topic = rest.rpartition("/")
         if servers and topic:
-            return IssueProducer(KafkaTransport(servers, topic, kafka_config), types)
-    raise ValueError(f"target {target!r}: expected pubsub:projects/P/topics/T or kafka:HOST:PORT/TOPIC")
+            return IssueProducer(KafkaTransport(servers, topic, kafka_config, connect_timeout), types)
+    raise TargetError(f"target {target!r}: expected pubsub:projects/P/topics/T or kafka:HOST:PORT/TOPIC")
 
 
 # ---- Sentry's module-level function over a process-wide producer

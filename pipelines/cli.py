@@ -7,6 +7,7 @@
     issue-platform createissueflag --slug SLUG --owner TEAM [--config FILE]
     issue-platform flags --config FILE [--project ID]
     issue-platform produce FILE... --to pubsub:projects/P/topics/T | kafka:HOST:PORT/TOPIC
+    issue-platform query SQL [--output DIR]
     issue-platform live [--count N]
     issue-platform report [OUTPUT_DIR | --from bigquery:PROJECT:DATASET] [--to FILE]
     issue-platform resend --output DIR | --bigquery_dataset PROJECT:DATASET
@@ -19,14 +20,17 @@ what a stopped live job can lose).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import difflib
 import gzip
 import logging
 import os
 import re
+import signal
 import sys
 import time
 import warnings
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 # The Google client libraries that Beam 2.62 pins warn on import about their own future (grpcio < 1.83,
 # Python 3.11): nothing a user of this command can act on, and it would break the one-line errors.
@@ -34,6 +38,7 @@ warnings.filterwarnings("ignore", category=FutureWarning, module=r"google\.")
 
 from issue_platform.config import ConfigError, PlatformConfig
 from issue_platform.enums import GroupCategory, PriorityLevel
+from issue_platform.fingerprint import id_collisions
 from issue_platform.grouptype import registry
 from pipelines.options import RUN_OPTIONS, add_config_args
 from pipelines.plan import read_config
@@ -50,15 +55,18 @@ def _load(args) -> PlatformConfig:
 
 def cmd_types(args) -> int:
     _load(args)
-    header = f"{'id':>6}  {'slug':<48} {'category':<18} {'released':<8} {'noise':<12} {'prio':<6} AR  ESC"
-    print(header)
+    print(f"{'id':>6}  {'slug':<48} {'category':<18} {'released':<8} {'noise':<12} {'priority':<8} "
+          "auto_resolve  escalation")
     for t in registry.all():
         noise = (f"{t.noise_config.ignore_limit}/{_duration(t.noise_config.expiry_seconds)}"
                  if t.noise_config else "-")
         print(f"{t.type_id:>6}  {t.slug:<48} {GroupCategory(t.category).name:<18} "
               f"{'yes' if t.released else 'no':<8} {noise:<12} "
-              f"{PriorityLevel(t.default_priority).name.lower():<6} {'yes' if t.enable_auto_resolve else 'no':<3} "
+              f"{PriorityLevel(t.default_priority).name.lower():<8} {'yes' if t.enable_auto_resolve else 'no':<13} "
               f"{'yes' if t.enable_escalation_detection else 'no'}")
+    print("noise N/T: the group is created at the Nth occurrence within T; auto_resolve: resolved after the "
+          "project's resolve_age without events; escalation: archived-until-escalating groups escalate on a "
+          "spike", file=sys.stderr)  # a legend, off stdout so the table stays a table
     return 0
 
 
@@ -121,10 +129,10 @@ def cmd_createissueflag(args) -> int:
 
     _load(args)
     if registry.get_by_slug(args.slug) is None:
-        print("Error: Invalid GroupType slug. Valid grouptypes:", file=sys.stderr)
-        for t in registry.all():
-            print(f"  {t.slug}", file=sys.stderr)
-        return EXIT_FAILED
+        slugs = [t.slug for t in registry.all()]
+        close = difflib.get_close_matches(args.slug, slugs, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]}?" if close else "see issue-platform types"
+        raise ConfigError(f"--slug {args.slug}: no issue type has this slug; {hint}")
     rendered = render_createissueflag(issue_flag_features(args.slug, args.owner, datetime.date.today()))
     banner, header, yaml_text = rendered.partition(GENERATED_YAML_HEADER + "\n")
     sys.stderr.write(banner + header)
@@ -135,9 +143,12 @@ def cmd_createissueflag(args) -> int:
 def cmd_flags(args) -> int:
     """Per unreleased type and configured project: is each of the three flags on?"""
     config = _load(args)
-    projects = [config.project(args.project)] if args.project is not None else list(config.projects.values())
-    if not projects:
+    if not config.projects:
         raise ConfigError(f"--config {args.config}: no projects configured (add a `projects:` section)")
+    if args.project is not None and args.project not in config.projects:
+        raise ConfigError(f"--project {args.project}: not configured in --config {args.config} (configured: "
+                          f"{', '.join(map(str, sorted(config.projects)))})")
+    projects = [config.project(args.project)] if args.project is not None else list(config.projects.values())
     print(f"{'type':<48} {'project':>8} {'organization':<20} ingest  post-process  visible")
     for t in registry.all():
         if t.released:
@@ -177,6 +188,7 @@ e.g. --runner DataflowRunner --project P --region R --temp_location gs://bucket/
 
 def cmd_run(args, argv: Sequence[str]) -> int:
     from pipelines.summary import counters, counts_from_outputs, earliest_event_time, latest_groups, render
+    from transforms.read import Progress, reporting
 
     argv = [a for a in argv if a != NO_REPORT]  # the command's, not the job's
     if (args.progress or sys.stderr.isatty()) and "--progress" not in argv:
@@ -184,7 +196,9 @@ def cmd_run(args, argv: Sequence[str]) -> int:
     started = time.monotonic()
     kept = (f"the previous results in {args.output} are untouched" if args.sink == "jsonl" else
             f"rows written to BigQuery {args.bigquery_dataset} before that stay (it only appends)")
-    ran = _run_job(argv, kept)
+    Progress.start()
+    with reporting("--progress" in argv):
+        ran = _run_job(argv, kept)
     if ran is None:
         return EXIT_INTERRUPTED
     plan, result = ran
@@ -193,8 +207,11 @@ def cmd_run(args, argv: Sequence[str]) -> int:
     totals = counts_from_outputs(plan.output) if plan.streaming and files else counters(result)
     if plan.streaming:
         totals["records.blank_lines"] = plan.blank_lines
-    print(render(totals, latest_groups(plan.output) if files else [], plan.output if files else None, elapsed,
-                 files=args.source == "files"))
+    groups = latest_groups(plan.output) if files else []
+    print(render(totals, groups, plan.output if files else None, elapsed, files=args.source == "files"))
+    for group_id, keys in id_collisions(groups).items():
+        print(f"issue-platform: warning: group_id {group_id} is shared by the groups of keys {' and '.join(keys)} "
+              "(a 53-bit hash collision): tell them apart by project_id and fingerprint", file=sys.stderr)
     if not files:
         print(f"output: BigQuery {plan.sinks.bigquery_dataset} (see its groups_current view)")
     earliest = plan.earliest if plan.earliest is not None else earliest_event_time(result)
@@ -207,8 +224,6 @@ def cmd_run(args, argv: Sequence[str]) -> int:
         path = report_of_run(plan)
         print(f"report: {path}" if path else "report: none (the output is not a local directory)")
     if plan.progress:
-        from transforms.read import Progress
-
         print(f"done: {Progress.count:,} records read in {elapsed:.1f} s", file=sys.stderr)
     return 0
 
@@ -216,29 +231,53 @@ def cmd_run(args, argv: Sequence[str]) -> int:
 def _run_job(argv: list, kept: str):
     """(the `RunPlan`, its `PipelineResult`), or None if interrupted; a failure inside the job becomes
     one line (an `InputError` if a file was the cause) ending with `kept`, what became of earlier
-    results. Beam's own logging is muted meanwhile: it would print the traceback this replaces."""
+    results. Beam's own logging is muted meanwhile (unless --verbose): it would print the traceback
+    this replaces."""
     from pipelines import issue_pipeline
     from pipelines.plan import plan_run
 
     beam_logger = logging.getLogger("apache_beam")
     level = beam_logger.level
-    beam_logger.setLevel(logging.CRITICAL)
+    if "--verbose" not in argv:
+        beam_logger.setLevel(logging.CRITICAL)
+    interrupts = []
     try:
-        plan = plan_run(argv)
-        return plan, issue_pipeline.execute(plan)
+        with _noting(interrupts):
+            plan = plan_run(argv)
+            return plan, issue_pipeline.execute(plan)
     except (ConfigError, InputError):
         raise
-    except KeyboardInterrupt:
-        print(f"issue-platform: interrupted; {kept}", file=sys.stderr)
-        return None
     except Exception as exc:  # the runner wraps what failed inside the job; find our own error in it
+        if interrupts:  # Ctrl-C reached a step of the job, which failed with it
+            return _interrupted(kept)
         cause = _input_error(exc)
         if cause:
             raise InputError(cause) from None
         first = (str(exc).strip().splitlines() or [""])[0][:300]
         raise JobFailed(f"the run failed ({type(exc).__name__}: {first}); {kept}") from None
+    except KeyboardInterrupt:
+        return _interrupted(kept)
     finally:
         beam_logger.setLevel(level)
+
+
+@contextlib.contextmanager
+def _noting(interrupts: list) -> Iterator[None]:
+    """Ctrl-C as usual (KeyboardInterrupt where the main thread is), noted in `interrupts`: the runner
+    re-raises it from a step of the job as its own failure."""
+    def interrupt(signum, _frame):
+        interrupts.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _interrupted(kept: str) -> None:
+    print(f"issue-platform: interrupted; {kept}", file=sys.stderr)
 
 
 class JobFailed(Exception):
@@ -299,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     flags_p = command("flags", "show which release flags are on for each configured project")
     flags_p.add_argument("--project", type=int, help="only this project id")
-    add_config_args(flags_p)
+    add_config_args(flags_p, required=True)
 
     generate_p = command("generate", "write realistic synthetic payloads as JSON Lines")
     generate_p.add_argument("--count", type=int, required=True, help="number of payloads to write")
@@ -307,9 +346,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                                 "payloads. Default: 0")
     generate_p.add_argument("--output", help="file (.jsonl, or .jsonl.gz to compress); default: stdout")
 
-    from pipelines import live, produce_cli, report, resend
+    from pipelines import live, produce_cli, query_cli, report, resend
 
     produce_cli.register(sub)
+    query_cli.register(sub)
     live.register(sub)
     report.register(sub)
     resend.register(sub)
@@ -324,9 +364,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
+    if getattr(args, "verbose", False):  # else libraries' logs (Beam's, librdkafka's) stay off the terminal
+        from issue_platform.producer import KAFKA_LOG
+
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        KAFKA_LOG.setLevel(logging.INFO)
     try:
         if args.command == "run":  # the run plan checks the options argparse leaves (`rest`): Beam's
-            return cmd_run(args, argv[argv.index("run") + 1:])
+            code = cmd_run(args, argv[argv.index("run") + 1:])
+            if code == EXIT_INTERRUPTED:  # now, not once the runner's threads have run the job to its end
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+            return code
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         code = COMMANDS[args.command](args) if args.command in COMMANDS else args.handler(args)
@@ -338,6 +388,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except JobFailed as exc:
         print(f"issue-platform: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("issue-platform: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except BrokenPipeError:  # `... | head`: the reader has what it wanted; not an input error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_BROKEN_PIPE

@@ -18,7 +18,9 @@ import dataclasses
 import glob
 import os
 import shutil
+import signal
 import tempfile
+import threading
 from typing import Iterator, Optional
 
 import apache_beam as beam
@@ -84,14 +86,28 @@ def replacing_output(output_dir: str) -> Iterator[str]:
         raise ConfigError(f"--output {output_dir}: cannot write there ({exc.strerror or exc})") from None
     try:
         yield staging
-        os.makedirs(target, exist_ok=True)
-        for table in ALL_TABLES:
-            for path in glob.glob(jsonl_glob(target, table)):
-                os.remove(path)
-        for path in glob.glob(os.path.join(staging, "*.jsonl")):
-            os.replace(path, os.path.join(target, os.path.basename(path)))
+        with ctrl_c_held_off():  # the run has succeeded: a Ctrl-C now would leave some tables of each run
+            os.makedirs(target, exist_ok=True)
+            for table in ALL_TABLES:
+                for path in glob.glob(jsonl_glob(target, table)):
+                    os.remove(path)
+            for path in glob.glob(os.path.join(staging, "*.jsonl")):
+                os.replace(path, os.path.join(target, os.path.basename(path)))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def ctrl_c_held_off() -> Iterator[None]:
+    """Ctrl-C ignored for the block (a few file renames), where the main thread can set that."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def execute(plan: RunPlan):
@@ -100,9 +116,9 @@ def execute(plan: RunPlan):
     staged = replacing_output(plan.output) if plan.sinks is not None and plan.sinks.files else \
         contextlib.nullcontext(plan.output)
     with staged as output_dir:
+        Progress.start()  # from here on, count what the job takes in (its files' size: ReadPayloads)
         pipeline = beam.Pipeline(options=plan.options)
         build_graph(pipeline, dataclasses.replace(plan, output=output_dir))
-        Progress.start()  # from here on, count what the job takes in
         local_runner.install_for(plan)
         with runner_tuning.tuned(plan.runner), runner_services(plan.options, plan.runner):
             result = pipeline.run()

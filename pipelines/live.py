@@ -24,11 +24,13 @@ _SHIFTED_FIELDS = ("detection_time", "update_date")
 
 
 def register(sub) -> None:
-    parser = sub.add_parser("live", help="run the local stack (Pub/Sub, Kafka, BigQuery emulators) end to end")
+    summary = "run the local stack (Pub/Sub, Kafka, BigQuery emulators) end to end"
+    parser = sub.add_parser("live", help=summary, description=summary + ": send generated payloads, stream "
+                            "them through the pipeline into BigQuery and check every one arrived")
     parser.add_argument("--count", type=int, default=300, help="generated payloads to send (default 300)")
     parser.add_argument("--seed", type=int, default=7, help="random seed of the generated payloads (default 7)")
     parser.add_argument("--output", default="out/live", help="output directory (default out/live)")
-    parser.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for the stream")
+    parser.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for the stream (default 180)")
     parser.add_argument("--runner", choices=("direct", "flink"), default="direct",
                         help="direct: Pub/Sub, Kafka (Tansu) and BigQuery emulators on the DirectRunner; flink: a real "
                              "Kafka broker and the Kafka stream on an embedded Flink cluster (make flink). Default: direct")

@@ -6,13 +6,14 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from issue_platform.flush import DEFAULT_ALLOWED_LATENESS_SECONDS
 from issue_platform.rules_engine import DEFAULT_DEDUPE_WINDOW_SECONDS
+from issue_platform.tables import ALL_TABLES
 from issue_platform.validation import DEFAULT_MAX_PAYLOAD_BYTES
 
 
-def add_config_args(parser) -> None:
+def add_config_args(parser, required: bool = False) -> None:
     """`--config` and `--group_types_module`: declared once, for `run` and every command that reads a config."""
     parser.add_argument(
-        "--config", default=None, metavar="FILE",
+        "--config", default=None, required=required, metavar="FILE",
         help="YAML or JSON file with extra `group_types`, `projects` and release-flag `features`; any path "
              "Beam can open (local, gs://, ...). Default: none.")
     parser.add_argument(
@@ -59,12 +60,17 @@ class OutputOptions(PipelineOptions):
         exact_names(parser)
         parser.add_argument(
             "--output", default="out", metavar="DIR",
-            help="Directory for the output tables (groups, occurrences, status_changes, post_process, "
-                 "evidence, dead_letter), one JSON Lines file set per table. Default: ./out")
+            help=f"Directory for the output tables ({', '.join(ALL_TABLES)}), one JSON Lines file set per "
+                 "table. Default: ./out")
         parser.add_argument(
             "--progress", action="store_true", default=False,
-            help="Report records read, rate and elapsed time on stderr every few seconds. The command "
-                 "line turns this on by itself when stderr is a terminal. Default: off.")
+            help="Report the phase (reading, grouping, writing), records read with the share of the input "
+                 "files read and the rate, on stderr every 2 seconds. The command line turns this on by itself "
+                 "when stderr is a terminal. Default: off.")
+        parser.add_argument(
+            "--verbose", action="store_true", default=False,
+            help="Log on stderr: Beam's log and the Kafka client's (connection retries). Default: only "
+                 "progress, the summary and errors.")
 
 
 class SourceOptions(PipelineOptions):

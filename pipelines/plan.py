@@ -10,14 +10,14 @@ input), or a `--streaming` replay's input in event-time order. It chooses the so
 """
 from __future__ import annotations
 
-import contextlib
 import difflib
+import importlib
 import math
 import os
 import time
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Iterator, Optional, Sequence
+from typing import Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
@@ -30,8 +30,8 @@ from issue_platform.validation import (DEFAULT_MAX_PAYLOAD_BYTES, TIME_EXPECTED,
 from pipelines.options import InputOptions, OutputOptions, SinkOptions, SourceOptions, StateOptions, TimeOptions
 from pipelines.restart import check_restart
 from pipelines.replay import event_time_range, latest_valid_time, replay_stream, timed
-from pipelines.runners import choose_runner, is_flink
-from pipelines.sources_and_sinks import SinkPlan, choose_sinks, choose_source
+from pipelines.runners import RUNNER_NAMES, choose_runner, is_flink
+from pipelines.sources_and_sinks import SinkPlan, check_kafka_source, choose_sinks, choose_source
 from transforms.read import input_files, open_config
 from transforms.read_snapshot import Snapshot, check, locate
 
@@ -82,12 +82,12 @@ def plan_run(argv: Optional[Sequence[str]] = None, config: Optional[PlatformConf
         InputOptions, OutputOptions, SourceOptions, StateOptions, TimeOptions))
     standard = options.view_as(StandardOptions)
     check_values(inputs, when)
+    check_runner(standard.runner)
     as_of = parse_as_of(when.as_of)
     choose_runner(options, argv)
     if config is None:
         config = read_config(inputs.config, inputs.group_types_module)
-    with _type_modules_checked():  # a bad type definition fails here, before the job starts
-        types = config.registry()
+    types = config.registry()  # a bad type definition fails here, before the job starts
     sinks = choose_sinks(options.view_as(SinkOptions))
     if sinks.files:
         check_output(output.output)
@@ -95,6 +95,7 @@ def plan_run(argv: Optional[Sequence[str]] = None, config: Optional[PlatformConf
     files = [] if live else input_files(inputs.input or [sample_path()])
     read = choose_source(source, source.bootstrap_servers, standard.streaming, files,
                          flink=is_flink(standard.runner))
+    check_kafka_source(source, source.bootstrap_servers, standard.streaming, standard.runner)
     snapshot = None
     if state.resume_from:
         snapshot = locate(state.resume_from, options.view_as(SinkOptions).bigquery_endpoint)
@@ -134,22 +135,11 @@ def plan_run(argv: Optional[Sequence[str]] = None, config: Optional[PlatformConf
 def read_config(path: Optional[str], modules: Optional[Sequence[str]], install: bool = False) -> PlatformConfig:
     """`--config` through the one reader of config files (`transforms.read.open_config`: any Beam
     filesystem), for the CLI and the job alike; `install` registers its types in this process (the
-    CLI's commands). A type module that exits on import is an error."""
-    with _type_modules_checked():
-        config = load_config(path, tuple(modules or ()), opener=open_config)
-        if install:
-            config.install()
+    CLI's commands)."""
+    config = load_config(path, tuple(modules or ()), opener=open_config)
+    if install:
+        config.install()
     return config
-
-
-@contextlib.contextmanager
-def _type_modules_checked() -> Iterator[None]:
-    """A `--group_types_module` that exits while being imported is a config error, not an exit."""
-    try:
-        yield
-    except SystemExit as exc:
-        raise ConfigError(f"--group_types_module: a module called sys.exit({exc.code!r}) while being imported") \
-            from None
 
 
 def sample_path() -> str:
@@ -167,6 +157,11 @@ def _beam_parser():
 def check_known(argv: Sequence[str]) -> None:
     """Every option must be ours or Beam's; otherwise one line naming the closest."""
     parser = _beam_parser()
+
+    def error(message):  # an option with a value it refuses: one line, not Beam's whole usage
+        raise ConfigError(f"run: {message} (see issue-platform run --help)")
+
+    parser.error = error
     _, unknown = parser.parse_known_args(list(argv))
     if not unknown:
         return
@@ -178,6 +173,28 @@ def check_known(argv: Sequence[str]) -> None:
     close = difflib.get_close_matches(name.replace("-", "_"), list(known), n=1, cutoff=0.6)
     hint = f"; did you mean {known[close[0]]}?" if close else ""
     raise ConfigError(f"run: unknown option {name}{hint} (see issue-platform run --help)")
+
+
+def check_runner(name: Optional[str]) -> None:
+    """`--runner`: a runner Beam knows by name (as Beam matches them: any case, "Runner" optional) or
+    the importable dotted name of a runner class, else one line naming the closest."""
+    if name is None or name in RUNNER_NAMES:
+        return
+    known = {n.lower(): n for n in StandardOptions.KNOWN_RUNNER_NAMES}
+    if name.lower() in known or f"{name.lower()}runner" in known:
+        return
+    if "." in name:
+        module, _, cls = name.rpartition(".")
+        try:
+            getattr(importlib.import_module(module), cls)
+            return
+        except (ImportError, AttributeError, ValueError):
+            raise ConfigError(f"--runner {name}: no such runner class can be imported") from None
+    stems = {n.removesuffix("runner"): n for n in known}  # every name ends in Runner: compare the rest
+    close = difflib.get_close_matches(name.lower().removesuffix("runner"), list(stems), n=1, cutoff=0.6)
+    hint = (f"did you mean {known[stems[close[0]]]}?" if close
+            else f"known: {', '.join(StandardOptions.KNOWN_RUNNER_NAMES)}")
+    raise ConfigError(f"--runner {name}: not a Beam runner; {hint}")
 
 
 def check_values(inputs: InputOptions, when: TimeOptions) -> None:

@@ -4,7 +4,8 @@
     issue-platform produce payloads.jsonl.gz --to kafka:127.0.0.1:9092/ingest-occurrences
 
 Each line is validated as the pipeline would; invalid lines are listed (file, line, reason) and not
-sent. Exit 0 if every line was sent, 1 if any was refused or not confirmed, 2 on a usage error.
+sent. Exit 0 if every line was sent, 1 if any was refused or not confirmed, 2 on a usage error or a
+target that cannot be used (no credentials, no broker answering within --timeout).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import orjson
 
 from issue_platform.config import ConfigError
 from issue_platform.grouptype import registry
+from issue_platform.producer import CONNECT_TIMEOUT_SECONDS
 from pipelines.options import add_config_args
 from pipelines.plan import read_config
 from transforms.read import input_files, numbered_records
@@ -22,26 +24,33 @@ from transforms.read import input_files, numbered_records
 
 def register(sub) -> None:
     """Adds the `produce` subcommand to the CLI's subparsers."""
-    parser = sub.add_parser("produce", help="validate and send JSON Lines payloads to Pub/Sub or Kafka")
+    summary = "validate and send payload files to the ingest topic on Pub/Sub or Kafka"
+    parser = sub.add_parser("produce", help=summary, description=summary + "; invalid lines are listed "
+                            "(file:line: reason) and not sent")
     parser.add_argument("files", nargs="+", help="payload files or globs: JSON Lines (.jsonl, .jsonl.gz) or Avro")
     parser.add_argument("--to", required=True, metavar="TARGET",
                         help="pubsub:projects/P/topics/T or kafka:HOST:PORT[,HOST:PORT...]/TOPIC")
     add_config_args(parser)
-    parser.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
-                        help="seconds to wait for confirmations. Default: 60")
+    parser.add_argument("--timeout", type=float, default=CONNECT_TIMEOUT_SECONDS, metavar="SECONDS",
+                        help="seconds to wait for the broker to answer, and for the last confirmations. "
+                             f"Default: {CONNECT_TIMEOUT_SECONDS:g}")
+    parser.add_argument("--verbose", action="store_true",
+                        help="log on stderr, including the Kafka client's own log (connection retries)")
     parser.set_defaults(handler=cmd_produce)
 
 
 def cmd_produce(args: argparse.Namespace) -> int:
-    from issue_platform.producer import ProduceError, connect
+    from issue_platform.producer import ProduceError, TargetError, connect
     from issue_platform.validation import Rejected
 
     read_config(args.config, args.group_types_module, install=True)
     paths = input_files(args.files, option="")  # before connecting: a typo costs no connection
+    if not args.timeout > 0:
+        raise ConfigError(f"--timeout must be a positive number of seconds, got {args.timeout:g}")
     try:
-        producer = connect(args.to, registry)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from exc
+        producer = connect(args.to, registry, connect_timeout=args.timeout)
+    except TargetError as exc:
+        raise ConfigError(str(exc)) from None
     sent = refused = 0
     try:
         for path in paths:  # the pipeline's own reader: JSON Lines (.gz too) or Avro, never a partial file
@@ -57,6 +66,6 @@ def cmd_produce(args: argparse.Namespace) -> int:
         print(f"issue-platform: error: {exc}", file=sys.stderr)
         return 1
     finally:
-        producer.close()
+        producer.close(0)  # flush() above waited its --timeout already
     print(f"{sent} sent, {refused} refused", file=sys.stderr)
     return 1 if refused else 0

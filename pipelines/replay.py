@@ -11,19 +11,20 @@ import orjson
 
 from issue_platform.validation import (EARLIEST_TIME, LATEST_TIME, Occurrence, PayloadValidator, Rejected, parse,
                                        parse_time)
-from transforms.read import Progress, Raw, read_file
+from transforms.read import Progress, Raw, SourcedPayload, numbered_records, read_file
 
 
 def timed(files: Sequence[str], validator: PayloadValidator, max_bytes: int, progress: bool = False,
           on_blank: Callable[[], None] = lambda: None) -> Iterator[tuple[Optional[float], Raw]]:
-    """Every record of the files (as `input_files` lists them) with its event time if it is a valid
-    event that has one, else None.
+    """Every record of the files (as `input_files` lists them; each a `SourcedPayload` naming its file
+    and line) with its event time if it is a valid event that has one, else None.
     Validating here means a record the pipeline will reject neither moves the default `--as_of` nor
     gets a place in the replay's order (its time may be anything: NaN, 1e300)."""
+    Progress.start("reading for the replay's order", files)
     for path in files:
-        for raw in read_file(path, on_blank):
+        for number, raw in numbered_records(path, on_blank):
             Progress.tick(progress)
-            yield _valid_time(raw, validator, max_bytes), raw
+            yield _valid_time(raw, validator, max_bytes), SourcedPayload(raw, f"{path}:{number}")
 
 
 def latest_valid_time(files: Sequence[str], validator: PayloadValidator, max_bytes: int,
@@ -32,6 +33,7 @@ def latest_valid_time(files: Sequence[str], validator: PayloadValidator, max_byt
     `max` over the valid events of `timed`, but a record is decoded and validated only if an upper
     bound of its time, read off its bytes in blocks of records, could raise the maximum."""
     latest = -math.inf
+    Progress.start("scanning for --as_of", files)
     for path in files:
         records = read_file(path)
         for block in iter(lambda: list(islice(records, _BLOCK)), []):

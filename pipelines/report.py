@@ -24,7 +24,7 @@ from markupsafe import Markup
 
 from issue_platform.config import ConfigError
 from issue_platform.grouptype import GroupTypeRegistry, registry as default_registry
-from issue_platform.tables import GROUPS, jsonl_glob, read_jsonl
+from issue_platform.tables import ALL_TABLES, jsonl_glob, read_jsonl
 
 REPORT_FILE = "report.html"
 BIGQUERY_SOURCE = re.compile(r"bigquery:([a-z0-9.:-]+):(\w+)$", re.IGNORECASE)
@@ -34,8 +34,8 @@ def jsonl_source(output_dir: str) -> Callable[[str], Iterable[dict]]:
     """The tables of a run's output directory."""
     if not os.path.isdir(output_dir):
         raise ConfigError(f"{output_dir}: no such directory (the --output of a run)")
-    if not glob.glob(jsonl_glob(output_dir, GROUPS)):
-        raise ConfigError(f"{output_dir}: no run's tables there (no {GROUPS}.*.jsonl)")
+    if not any(glob.glob(jsonl_glob(output_dir, table)) for table in ALL_TABLES):  # (a stream may write no groups)
+        raise ConfigError(f"{output_dir}: no run's tables there (no <table>.*.jsonl)")
     return lambda table: read_jsonl(output_dir, table)
 
 

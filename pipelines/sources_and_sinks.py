@@ -12,11 +12,14 @@ from issue_platform.config import ConfigError
 from issue_platform.validation import Rejected, parse_time
 from pipelines.options import SinkOptions, SourceOptions
 from transforms.delivery import check_topic
+from pipelines.runner_tuning import BATCH_RUNNER, STREAMING_RUNNER
 from transforms.read import ReadPayloads
-from transforms.sinks import (SinkError, WriteBigQuery, WriteJsonLines, WriteOutputs, bigquery_client, ensure_tables,
-                              parse_dataset, parse_topic)
+from transforms.sinks import (SinkError, WriteBigQuery, WriteJsonLines, WriteOutputs, bigquery_client,
+                              check_pubsub_path, ensure_tables, parse_dataset, parse_topic)
 from transforms.sources import (ReadFromKafkaTopic, ReadFromPubSubSubscription, ReadKafkaBackfill,
-                               kafka_expansion_service)
+                               check_kafka_reachable, kafka_expansion_service)
+
+LOCAL_RUNNERS = {BATCH_RUNNER, STREAMING_RUNNER, "DirectRunner", "SwitchingDirectRunner"}  # run on this machine
 
 
 def choose_source(options: SourceOptions, bootstrap_servers: str, streaming: bool, files: Sequence[str],
@@ -28,6 +31,7 @@ def choose_source(options: SourceOptions, bootstrap_servers: str, streaming: boo
     if options.source == "pubsub":
         if not options.subscription or "/subscriptions/" not in options.subscription:
             raise ConfigError("--source pubsub needs --subscription projects/P/subscriptions/S")
+        check_pubsub_path(options.subscription, f"--subscription {options.subscription}")
         if not streaming:
             raise ConfigError("--source pubsub is unbounded: add --streaming")
         if flink:  # Beam's Python Pub/Sub source runs on the DirectRunner and Dataflow only
@@ -43,6 +47,13 @@ def choose_source(options: SourceOptions, bootstrap_servers: str, streaming: boo
     if start_time is not None and offsets:
         raise ConfigError("--kafka_start_time and --kafka_start_offsets: give one of them")
     return ReadKafkaBackfill(bootstrap_servers, options.topic, config, start_time, offsets)
+
+
+def check_kafka_source(options: SourceOptions, bootstrap_servers: str, streaming: bool, runner: str) -> None:
+    """A Kafka backfill on a local runner reads from this machine: a broker must answer here, now."""
+    if options.source == "kafka" and not streaming and runner in LOCAL_RUNNERS:
+        check_kafka_reachable(bootstrap_servers, options.topic,
+                              _key_values(options.kafka_consumer_config, "--kafka_consumer_config"))
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import glob
+import shlex
 from typing import Callable, Iterable, Optional
 
 from apache_beam.metrics.metric import MetricsFilter
@@ -9,6 +10,11 @@ from apache_beam.metrics.metric import MetricsFilter
 from issue_platform import outcomes
 from issue_platform.tables import ALL_TABLES, DEAD_LETTER, GROUPS, OCCURRENCES, STATUS_CHANGES, counter_name, jsonl_glob, read_jsonl
 from transforms.parse import EVENT_TIMES, NAMESPACE
+
+
+# What the summary suggests running next: the current groups, most seen first.
+NEXT_QUERY = ("SELECT group_id, project_id, title, status, times_seen FROM groups_current "
+              "ORDER BY times_seen DESC, group_id LIMIT 10")
 
 
 def counters(result) -> dict[str, int]:
@@ -49,11 +55,13 @@ def counts_from_rows(rows_of: Callable[[str], Iterable[dict]]) -> dict[str, int]
 
 
 def latest_groups(output_dir: str) -> list[dict]:
-    """The current state of every group: its row with the highest version."""
-    latest: dict[int, dict] = {}
+    """The current state of every group: its row with the highest version (by key and id, so that
+    two keys sharing an id, see `id_collisions`, stay two groups)."""
+    latest: dict[tuple, dict] = {}
     for row in read_jsonl(output_dir, GROUPS):
-        if row["version"] >= latest.get(row["group_id"], {"version": -1})["version"]:
-            latest[row["group_id"]] = row
+        group = (row["group_id"], row["project_id"], row["fingerprint"])
+        if row["version"] >= latest.get(group, {"version": -1})["version"]:
+            latest[group] = row
     return list(latest.values())
 
 
@@ -98,13 +106,16 @@ def render(totals: dict[str, int], groups: list[dict], output_dir: Optional[str]
         f"dead-lettered:         {dead}" + (" (" + ", ".join(
             f"{k.split('.', 1)[1]} {v}" for k, v in sorted(totals.items()) if k.startswith("dead_letter.")) + ")"
             if dead else ""),
-        "top groups by times_seen:",
+        "top groups by times_seen:" + ("" if groups else " none"),
     ]
     for row in sorted(groups, key=lambda r: (-r["times_seen"], r["group_id"]))[:top]:
         lines.append(f"  {row['times_seen']:>7}  project {row['project_id']:<5} type {row['type']:<6} "
                      f"{row['title'][:40]} — {row['culprit'][:40]}")
     if output_dir is not None:
         lines.append(f"tables written to {output_dir}/: " + ", ".join(
-            f"{t} ({n} rows)" for t, n in tables_written(output_dir).items()))
+            f"{t} ({n} row{'' if n == 1 else 's'})" for t, n in tables_written(output_dir).items()))
     lines.append(f"elapsed:               {elapsed:.1f} s")
+    if output_dir is not None:
+        lines.append(f"look at them:          issue-platform query --output {shlex.quote(output_dir)} "
+                     f"{shlex.quote(NEXT_QUERY)}")
     return "\n".join(lines)

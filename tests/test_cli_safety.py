@@ -210,7 +210,7 @@ def test_progress_on_request_and_summary_figures(tmp_path):
     assert result.stderr.strip().splitlines()[-1].startswith("done: 2 records read in ")
     assert "blank lines skipped:   2" in result.stdout and "records in:            2" in result.stdout
     assert "groups created:        1" in result.stdout
-    assert "elapsed:" in result.stdout and "groups (1 rows)" in result.stdout and "occurrences (2 rows)" in result.stdout
+    assert "elapsed:" in result.stdout and "groups (1 row)" in result.stdout and "occurrences (2 rows)" in result.stdout
 
 
 def test_run_help_lists_every_job_option_with_defaults_and_how_to_pass_beam_options():
@@ -274,25 +274,28 @@ def test_createissueflag_appended_to_a_config_is_the_documented_release_workflow
     assert "groups created:        1" in result.stdout  # post-process is off: no is_new message, still a group
     assert read_tables(tmp_path / "o")["post_process"] == []
     bad = cli("createissueflag", "--slug", "nope", "--owner", "perf")
-    assert bad.returncode == 1 and bad.stdout == "" and "Invalid GroupType slug" in bad.stderr
+    assert bad.returncode == 2 and bad.stdout == "" and "--slug nope: no issue type has this slug" in bad.stderr
 
 
-def test_progress_reports_records_rate_and_elapsed_only_when_enabled(capsys, monkeypatch):
+def test_progress_reports_the_phase_share_and_rate_since_reading_began(monkeypatch):
     from transforms.read import Progress
 
-    monkeypatch.setattr(Progress, "INTERVAL", 0.0)
+    clock = iter([99.0, 100.0, 104.0, 106.0, 108.0, 110.0])
+    monkeypatch.setattr("transforms.read.time.monotonic", lambda: next(clock))
+    monkeypatch.setattr(Progress, "total_bytes", 0)
     Progress.start()
-    for _ in range(2048):
-        Progress.tick(False)
-    assert capsys.readouterr().err == ""
-    for _ in range(1024):
-        Progress.tick(True)
-    line = capsys.readouterr().err.strip()
-    assert line.startswith("progress: 3,072 records (") and "/s, " in line and line.endswith(" s)")
-    Progress.tick(True, 1000)  # a batch of records that stays within the same 1,024: no clock read, no line
-    assert capsys.readouterr().err == ""
-    Progress.tick(True, 1000)  # one that crosses the next 1,024
-    assert capsys.readouterr().err.startswith("progress: 5,072 records (")
+    Progress.total_bytes = 50_000_000
+    Progress.tick(False, 500)  # a run without the report counts nothing
+    assert Progress.count == 0 and Progress.started is None
+    Progress.tick(True, 1000)  # the first record read, at 100 s: rates start here, not at start-up
+    Progress.bytes_read = 20_000_000
+    Progress.tick(True, 39_000)
+    assert Progress.line() == "reading: 40,000 records, 40% of 50.0 MB (10,000/s, 4 s)"
+    Progress.bytes_read = 50_000_000
+    Progress.applied(1200)
+    assert Progress.line() == "grouping: 1,200 keys applied, 40,000 records read (6 s)"
+    Progress.wrote(7000)
+    assert Progress.line() == "writing: 7,000 rows written, 1,200 keys applied (8 s)"
 
 
 @pytest.mark.parametrize("failure, code, words", [

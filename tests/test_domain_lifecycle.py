@@ -5,14 +5,17 @@ test_new_group / test_existing_group: group times from `event.datetime`, display
 occurrence; test_status_change_consumer.py: activity data, MEDIUM -> HIGH on escalating, the initial
 priority restored on ONGOING); the others follow the code cited in each docstring.
 """
+import hashlib
 import itertools
 
+import orjson
 import pytest
 
 import issue_platform  # noqa: F401  (registers the built-in types)
 from issue_platform import escalation as esc
 from issue_platform.enums import GroupStatus as S
 from issue_platform.enums import GroupSubStatus as Sub
+from issue_platform.fingerprint import group_id_for
 from issue_platform.key_state import STATE_VERSION, KeyState, StateVersionError
 from issue_platform.rules_engine import RulesEngine
 from issue_platform.grouptype import registry
@@ -330,12 +333,23 @@ def test_key_state_carries_a_version_byte_and_refuses_others():
     key = Key()
     key.occ(T0, event_time=T0 - 5)
     data = key.proc.state.encode()
-    assert data[0] == STATE_VERSION == 2
+    assert data[0] == STATE_VERSION == 3
     assert KeyState.decode(data) == key.proc.state
-    with pytest.raises(StateVersionError, match="version 3 is not readable by this release"):
-        KeyState.decode(bytes((3,)) + data[1:])
+    with pytest.raises(StateVersionError, match="version 4 is not readable by this release"):
+        KeyState.decode(bytes((4,)) + data[1:])
     with pytest.raises(StateVersionError):  # the unversioned layout of earlier releases
         KeyState.decode(data[1:])
+
+
+def test_version_2_state_held_63_bit_group_ids_and_is_read_with_this_releases_id():
+    key = Key()
+    key.occ(T0)
+    state = key.proc.state
+    wide = int.from_bytes(hashlib.sha1(key.proc.key.encode()).digest()[:8], "big") & ((1 << 63) - 1)
+    assert wide >= 1 << 53 and state.group.group_id == group_id_for(key.proc.key) < 1 << 53
+    body = orjson.loads(state.encode()[1:])
+    body["group"]["group_id"] = wide  # as version 2 (and 1) wrote it
+    assert KeyState.decode(bytes((2,)) + orjson.dumps(body)) == state
 
 
 def test_occurrences_and_status_changes_share_one_id_cache():

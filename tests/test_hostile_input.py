@@ -33,7 +33,7 @@ def landed(tables) -> int:
 
 
 def dead_by_field(tables) -> list[tuple[str, str]]:
-    return sorted((r["reason"], r["field"]) for r in tables["dead_letter"])
+    return sorted((r["reason"], r["field"] or "") for r in tables["dead_letter"])
 
 
 # Lines that each crashed a run before issue #7, plus their relatives nobody listed.
@@ -273,7 +273,7 @@ def test_a_failure_in_the_gate_dead_letters_the_element(tmp_path):
         payloads = [occurrence("gated", type_id=990078), occurrence("fine", type_id=2001)]
         tables, result = run_tables(tmp_path, [write_jsonl(tmp_path / "in.jsonl", payloads)], "gate")
     (dead,) = tables["dead_letter"]
-    assert (dead["stage"], dead["reason"], dead["field"]) == ("gate", "internal_error", "")
+    assert (dead["stage"], dead["reason"], dead["field"]) == ("gate", "internal_error", None)
     assert payloads[0]["id"].replace("-", "") in dead["payload"]
     assert [r["outcome"] for r in tables["occurrences"]] == ["grouped"]
     assert counters(result)["dead_letter.internal_error"] == 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import re
 
 import apache_beam as beam
 import orjson
@@ -90,6 +91,9 @@ def test_shuffled_input_gives_identical_outputs(tmp_path):
     first, _ = run_files(tmp_path, lines, "ordered.jsonl")
     random.Random(5).shuffle(lines)
     second, _ = run_files(tmp_path, lines, "shuffled.jsonl")
+    for name, tables in (("ordered.jsonl", first), ("shuffled.jsonl", second)):  # file and line differ
+        sources = [row.pop("source") for row in tables["dead_letter"]]
+        assert sources and all(re.fullmatch(rf".*{name}:\d+", source) for source in sources)
     for table in ("groups", "occurrences", "status_changes", "post_process", "evidence", "dead_letter"):
         assert canonical(first[table]) == canonical(second[table]), table
     assert first["groups"], "the fixture must create groups"

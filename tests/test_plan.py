@@ -61,6 +61,7 @@ def test_the_inputs_are_listed_once(tmp_path, monkeypatch):
 
 
 def test_a_live_source_is_planned_without_reading_anything(no_input_read):
-    run_plan = plan.plan_run(["--source", "pubsub", "--subscription", "projects/p/subscriptions/s", "--streaming"])
+    run_plan = plan.plan_run(["--source", "pubsub", "--subscription", "projects/my-project/subscriptions/s",
+                              "--streaming"])
     assert run_plan.as_of == math.inf and not run_plan.bounded and run_plan.received_at is None
     assert run_plan.runner == STREAMING_RUNNER

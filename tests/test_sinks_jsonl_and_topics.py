@@ -9,6 +9,7 @@ import orjson
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from issue_platform.config import ConfigError
 from issue_platform.tables import OCCURRENCES, PART_GATE, PART_GROUP, jsonl_prefix, read_jsonl
 from pipelines.issue_pipeline import run
 from pipelines.runner_tuning import BATCH_RUNNER
@@ -61,7 +62,9 @@ def test_a_message_kafka_cannot_take_is_retried_then_kept_undelivered(tmp_path, 
 
 
 def test_topic_and_sink_options_are_checked_before_the_job_starts():
-    assert parse_topic("pubsub:projects/p/topics/t") == ("pubsub", "projects/p/topics/t", None)
+    assert parse_topic("pubsub:projects/my-project/topics/t") == ("pubsub", "projects/my-project/topics/t", None)
+    with pytest.raises(ConfigError, match="Invalid PubSub project name: 'p'"):  # Beam's own rule, checked early
+        parse_topic("pubsub:projects/p/topics/t")
     assert parse_topic("kafka:127.0.0.1:9092/post_process") == ("kafka", "post_process", "127.0.0.1:9092")
     for bad in ("pubsub:topics/t", "kafka:host:1", "sqs:q", ""):
         with pytest.raises(SinkError, match="--post_process_topic"):

@@ -67,7 +67,9 @@ def test_kafka_backfill_gives_the_same_tables_as_the_files(kafka_broker, tmp_pat
     assert len(files["occurrences"]) + len(files["status_changes"]) + len(files["dead_letter"]) == len(lines)
     # Dead letters are the same, and each names the record it came from, which can be read back there.
     sources = [row.pop("source") for row in kafka["dead_letter"]]
-    assert {row.pop("source") for row in files["dead_letter"]} == {None}
+    for row in files["dead_letter"]:  # FILE:LINE
+        number = int(row.pop("source").removeprefix(f"{path}:"))
+        assert lines[number - 1].decode("utf-8", "replace")[:len(row["payload"])] == row["payload"]
     assert canonical(files["dead_letter"]) == canonical(kafka["dead_letter"]) and len(sources) > 10
     by_coordinates = {f"kafka:{topic}:{m.partition()}:{m.offset()}": m.value()
                       for m in consume_kafka(kafka_broker.address, topic, len(lines))}
@@ -135,7 +137,8 @@ def test_a_kafka_record_keeps_its_coordinates():
 
 @pytest.mark.parametrize("flags, streaming, message", [
     (["--source", "pubsub"], True, "--source pubsub needs --subscription"),
-    (["--source", "pubsub", "--subscription", "projects/p/subscriptions/s"], False, "add --streaming"),
+    (["--source", "pubsub", "--subscription", "projects/my-project/subscriptions/s"], False, "add --streaming"),
+    (["--source", "pubsub", "--subscription", "projects/p/subscriptions/s"], True, "Invalid PubSub project name"),
     (["--source", "kafka", "--kafka_start_offsets", "0=5"], False, "expected PARTITION:OFFSET"),
     (["--source", "kafka", "--kafka_start_time", "yesterday"], False, "expected RFC 3339"),
     (["--source", "kafka", "--kafka_start_time", "0", "--kafka_start_offsets", "0:1"], False, "give one"),
@@ -152,7 +155,7 @@ def test_pubsub_on_flink_is_refused_with_one_line(capsys):
     from pipelines.cli import main
 
     code = main(["run", "--runner", "FlinkRunner", "--streaming", "--source", "pubsub",
-                 "--subscription", "projects/p/subscriptions/s"])
+                 "--subscription", "projects/my-project/subscriptions/s"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "--source pubsub does not run on Flink" in err[0]
 

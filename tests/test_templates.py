@@ -11,10 +11,11 @@ from pipelines import options as job_options
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 # What each template deliberately leaves out: a batch job has no live source, no refresh and no earlier
 # live job to continue or not (start_fresh); a live job reads no files and no backfill window (a file
-# replay would read its input at launch); progress on stderr is for a terminal, not a launched job.
+# replay would read its input at launch); progress and verbose logging on stderr are for a terminal,
+# not a launched job.
 LEFT_OUT = {
-    "batch": {"subscription", "timestamp_attribute", "config_refresh_seconds", "progress", "start_fresh"},
-    "streaming": {"input", "kafka_start_time", "kafka_start_offsets", "progress"},
+    "batch": {"subscription", "timestamp_attribute", "config_refresh_seconds", "progress", "verbose", "start_fresh"},
+    "streaming": {"input", "kafka_start_time", "kafka_start_offsets", "progress", "verbose"},
 }
 
 

@@ -20,7 +20,7 @@ from issue_platform.pending import keyed, shard_of, split_keyed
 from issue_platform.rules_engine import DEFAULT_DEDUPE_WINDOW_SECONDS
 from issue_platform.tables import ACTIVITY, DEAD_LETTER, GROUPS, OCCURRENCES, POST_PROCESS, STATE, STATUS_CHANGES, \
     counter_name
-from transforms.read import NAMESPACE
+from transforms.read import NAMESPACE, Progress
 
 OUTPUTS = (GROUPS, OCCURRENCES, STATUS_CHANGES, POST_PROCESS, ACTIVITY, STATE, DEAD_LETTER)  # by table name
 ROWS_PER_BATCH = 1000  # the most rows of one table in one output element (a hot key's flush yields many)
@@ -90,12 +90,14 @@ class ApplyRulesFn(beam.DoFn):
                  events=beam.DoFn.StateParam(EVENTS), key_state=beam.DoFn.StateParam(KEY_STATE),
                  clock=beam.DoFn.StateParam(CLOCK), flush=beam.DoFn.TimerParam(FLUSH)):
         cells = _StateCells(events, key_state, clock, flush)
+        Progress.applied()
         yield from self._emit(self._flusher.flush(key, timestamp.micros / 1e6, cells))
 
     @on_timer(FINAL)
     def on_final(self, key=beam.DoFn.KeyParam, events=beam.DoFn.StateParam(EVENTS),
                  key_state=beam.DoFn.StateParam(KEY_STATE), clock=beam.DoFn.StateParam(CLOCK),
                  flush=beam.DoFn.TimerParam(FLUSH)):
+        Progress.applied()
         yield from self._emit(self._flusher.flush(key, math.inf, _StateCells(events, key_state, clock, flush)))
 
     def _emit(self, rows):
@@ -201,6 +203,7 @@ class BatchApplyRulesFn(ApplyRulesFn):
 
     def _flush_each(self, held):
         for key in sorted(held):  # each key's records are dropped once it is flushed
+            Progress.applied()
             yield from self._flusher.flush(key, math.inf, HeldRecords(held.pop(key)))
 
 

@@ -3,7 +3,7 @@ gate (GateIngest) and keying; `Ingest` runs the three as one step, which is what
 from __future__ import annotations
 
 import time
-from typing import NamedTuple, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import apache_beam as beam
 from apache_beam import pvalue
@@ -25,7 +25,7 @@ from issue_platform.pending import (DIGEST_SIZE, add_to_batch, display_record, e
                                     shard_of)
 from issue_platform.validation import (DEFAULT_MAX_PAYLOAD_BYTES, Occurrence, PayloadValidator, Rejected,
                                        StatusChange, parse)
-from transforms.read import NAMESPACE, Lines, Progress, open_config
+from transforms.read import NAMESPACE, Lines, Progress, SourcedPayload, open_config
 
 EVENT_TIMES = "events.time"  # a distribution of the valid events' times (unix seconds)
 
@@ -33,15 +33,6 @@ EVENT_TIMES = "events.time"  # a distribution of the valid events' times (unix s
 def _counter(group: str, name: str):
     return Metrics.counter(NAMESPACE, f"{group}.{name}")
 
-
-class SourcedPayload(NamedTuple):
-    """A raw payload from a live source and where it came from (`kafka:TOPIC:PARTITION:OFFSET` or
-    `pubsub:SUBSCRIPTION:MESSAGE_ID`), so that its dead-letter row can name it. `problem`: what the
-    source found wrong with the message around the payload (reason, field, message; e.g. a bad
-    event-time attribute): the payload is then dead-lettered without being parsed."""
-    payload: bytes
-    source: str
-    problem: Optional[Tuple[str, str, str]] = None
 
 def _internal_error(stage: str, exc: Exception, payload, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
                     source: Optional[str] = None):
@@ -62,8 +53,9 @@ class _ParseFn(beam.DoFn):
         self._validator = PayloadValidator(self._mode, self._config.registry())
 
     def process(self, raw):
-        for one in self.take_in(raw):
-            yield self.parse_one(one)
+        records = self.take_in(raw)
+        for i, one in enumerate(records):
+            yield with_source(self.parse_one(one), records, i)
 
     def take_in(self, raw) -> Sequence:
         """The records of one input element (a `Lines` batch or one payload), counted as taken in."""
@@ -75,9 +67,9 @@ class _ParseFn(beam.DoFn):
     def parse_one(self, raw):
         """One raw payload -> its validated payload, or its dead-letter row as a TaggedOutput."""
         source = None
-        if isinstance(raw, SourcedPayload):  # a live message: its coordinates go with any dead letter
+        if isinstance(raw, SourcedPayload):  # where it came from goes with any dead letter
             raw, source, problem = raw
-            if problem is not None:
+            if problem is not None:  # the source found the message itself wrong (e.g. its event-time attribute)
                 _counter("dead_letter", problem[0]).inc()
                 rejected = Rejected(*problem, stage=outcomes.STAGE_PARSE)
                 return pvalue.TaggedOutput(DEAD_LETTER, dead_letter_row(rejected, raw, self._max_bytes, source))
@@ -88,6 +80,14 @@ class _ParseFn(beam.DoFn):
             return pvalue.TaggedOutput(DEAD_LETTER, dead_letter_row(rejected, raw, self._max_bytes, source))
         except Exception as exc:
             return _internal_error(outcomes.STAGE_PARSE, exc, raw, self._max_bytes, source)
+
+
+def with_source(parsed, records: Sequence, i: int):
+    """`parsed` (what `parse_one` gave record `i` of `records`), its dead-letter row naming the record's
+    file and line when `records` are `Lines` of a file."""
+    if isinstance(parsed, pvalue.TaggedOutput) and isinstance(records, Lines):
+        parsed.value["source"] = records.source(i)
+    return parsed
 
 
 class ParsePayloads(beam.PTransform):
@@ -244,10 +244,11 @@ class _IngestFn(beam.DoFn):
     def process(self, raw, versions: list):
         rows = {}  # output tag -> the rows this element produced for it
         batches = self._batches if self._per_key else None
-        for one in self._parse.take_in(raw):
+        records = self._parse.take_in(raw)
+        for i, one in enumerate(records):
             payload = self._parse.parse_one(one)
             if isinstance(payload, pvalue.TaggedOutput):
-                rows.setdefault(PART_PARSE, []).append(payload.value)
+                rows.setdefault(PART_PARSE, []).append(with_source(payload, records, i).value)
                 continue
             admitted = self._gate.admit(payload, versions)
             if isinstance(admitted, pvalue.TaggedOutput):

@@ -40,7 +40,7 @@ from apache_beam.io.gcp.bigquery import BigQueryWriteFn
 
 from transforms import outages
 from transforms.delivery import KafkaDeliverFn, PubSubDeliverFn
-from transforms.read import NAMESPACE
+from transforms.read import NAMESPACE, Progress
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -60,6 +60,7 @@ def to_json_line(row: dict) -> bytes:
 def to_json_lines(rows: list):
     """A batch of rows as one text-sink record: its JSON lines joined (the sink adds the last newline)."""
     if rows:
+        Progress.wrote(len(rows))
         yield b"\n".join(map(to_json_line, rows))
 
 
@@ -76,6 +77,7 @@ class _AppendJsonLinesFn(beam.DoFn):
         self._lines = []
 
     def process(self, rows):
+        Progress.wrote(len(rows))
         self._lines.extend(map(to_json_line, rows))
 
     def finish_bundle(self):
@@ -251,6 +253,7 @@ class _CheckRowsFn(beam.DoFn):
         self._table, self._streaming, self._max_bytes = table, streaming, max_bytes
 
     def process(self, rows):
+        Progress.wrote(len(rows))
         for row in rows:
             problem = schema_problem(self._table, row)
             if problem is None:
@@ -416,6 +419,18 @@ def _lost(failed) -> None:
 
 # --- The post-process topic -----------------------------------------------------------------------
 
+def check_pubsub_path(path: str, flag: str) -> None:
+    """A Pub/Sub topic or subscription path Beam's Pub/Sub transforms accept (their own check), else
+    a `ConfigError` before the job starts instead of a failure inside it."""
+    from apache_beam.io.gcp.pubsub import parse_subscription, parse_topic
+
+    try:
+        (parse_topic if "/topics/" in path else parse_subscription)(path)
+    except ValueError as exc:
+        raise ConfigError(f"{flag}: {str(exc).rstrip('.')} (a project id is 6 to 63 lowercase letters, digits "
+                          "or dashes, starting with a letter)") from None
+
+
 def parse_topic(value: str) -> tuple[str, str, Optional[str]]:
     """`pubsub:projects/P/topics/T` -> ("pubsub", "projects/P/topics/T", None);
     `kafka:HOST:PORT/TOPIC` -> ("kafka", "TOPIC", "HOST:PORT")."""
@@ -423,6 +438,7 @@ def parse_topic(value: str) -> tuple[str, str, Optional[str]]:
     if kind == "pubsub":
         parts = rest.split("/")
         if len(parts) == 4 and parts[0] == "projects" and parts[2] == "topics" and parts[1] and parts[3]:
+            check_pubsub_path(rest, f"--post_process_topic {value}")
             return kind, rest, None
     elif kind == "kafka":
         servers, _, topic = rest.partition("/")

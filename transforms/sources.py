@@ -17,9 +17,10 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import TimestampedValue
 
 from issue_platform import outcomes
+from issue_platform.config import ConfigError
+from issue_platform.producer import CONNECT_TIMEOUT_SECONDS, KAFKA_LOG
 from issue_platform.validation import EARLIEST_TIME, LATEST_TIME, Rejected, parse_time
-from transforms.parse import SourcedPayload
-from transforms.read import NAMESPACE
+from transforms.read import NAMESPACE, SourcedPayload
 
 # A backfill's end is found by reading until two polls of this long return nothing: Tansu (and any
 # broker whose high watermark lags its log) reports fewer records than it serves.
@@ -130,7 +131,23 @@ def _consumer(bootstrap_servers: str, config: Mapping[str, str]):
     from confluent_kafka import Consumer
 
     return Consumer({"bootstrap.servers": bootstrap_servers, "group.id": "issue-platform-backfill",
-                     "enable.auto.commit": False, "enable.partition.eof": False, **config})
+                     "enable.auto.commit": False, "enable.partition.eof": False, "logger": KAFKA_LOG, **config})
+
+
+def check_kafka_reachable(bootstrap_servers: str, topic: str, config: Mapping[str, str],
+                          timeout: float = CONNECT_TIMEOUT_SECONDS) -> None:
+    """Before a job on a local runner reads Kafka from this machine: a `ConfigError` (one line) unless
+    a broker answers within `timeout` seconds."""
+    from confluent_kafka import KafkaException
+
+    consumer = _consumer(bootstrap_servers, config)
+    try:
+        consumer.list_topics(topic, timeout=timeout)
+    except KafkaException as exc:
+        raise ConfigError(f"--bootstrap_servers {bootstrap_servers}: no Kafka broker answered within {timeout:g} s "
+                          f"({exc.args[0].str()})") from None
+    finally:
+        consumer.close()
 
 
 class _PlanPartitionsFn(beam.DoFn):
@@ -223,5 +240,4 @@ class ReadKafkaBackfill(beam.PTransform):
 
 
 __all__ = ["ReadFromPubSubSubscription", "attribute_time", "ReadFromKafkaTopic", "kafka_expansion_service",
-           "ReadKafkaBackfill",
-           "kafka_row_payload", "EMPTY_POLL_SECONDS"]
+           "ReadKafkaBackfill", "kafka_row_payload", "check_kafka_reachable", "EMPTY_POLL_SECONDS"]
