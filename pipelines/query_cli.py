@@ -59,7 +59,8 @@ def open_tables(output_dir: str):
             connection.execute(f"CREATE VIEW {table} AS SELECT * FROM read_json({files!r}, "
                                f"format = 'newline_delimited', columns = {{{types}}})")
         else:
-            connection.execute(f"CREATE TABLE {table} ({', '.join(f'{name} {kind}' for name, kind in columns)})")
+            declared = ", ".join(f'"{name}" {kind}' for name, kind in columns)  # quoted: `at` is a keyword
+            connection.execute(f"CREATE TABLE {table} ({declared})")
     connection.execute(f"CREATE VIEW {GROUPS_CURRENT} AS "
                        f"{bigquery_to_duckdb(GROUPS_CURRENT_SQL.format(groups=GROUPS))}")
     return connection

@@ -154,7 +154,7 @@ def test_a_live_job_on_json_lines_with_an_earlier_state_is_refused(tmp_path, cap
     out.mkdir()
     (out / "state.group-1.jsonl").write_text('{"key": "1:x"}\n')
     (out / "groups.group-1.jsonl").write_text('{"group_id": 1, "version": 7}\n')
-    argv = ["run", "--source", "pubsub", "--subscription", "projects/p/subscriptions/s", "--streaming",
+    argv = ["run", "--source", "pubsub", "--subscription", "projects/demo-project/subscriptions/s", "--streaming",
             "--output", str(out)]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()

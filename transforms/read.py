@@ -158,7 +158,7 @@ class Progress:
     from start-up."""
 
     INTERVAL = 2.0
-    phase, total_bytes = "reading", 0
+    phase, total_bytes, writing = "reading", 0, False
     count = bytes_read = keys = rows = 0
     began = started = None  # when the pass began; when its first record was read
     _seen = (0, 0, 0)  # (count, keys, rows) at the last report
@@ -167,6 +167,7 @@ class Progress:
     def start(cls, phase: str = "reading", paths: Sequence[str] = ()) -> None:
         """A new pass over the input (`paths`: its files, when known, for the percentage)."""
         cls.phase, cls.began, cls.started, cls._seen = phase, time.monotonic(), None, (0, 0, 0)
+        cls.writing = False
         cls.count = cls.bytes_read = cls.keys = cls.rows = 0
         cls.expect(paths)
 
@@ -209,8 +210,9 @@ class Progress:
                      if cls.total_bytes else "")
             return (f"{cls.phase}: {cls.count:,} records{share} ({cls.count / max(elapsed, 1e-9):,.0f}/s, "
                     f"{elapsed:.0f} s)")
-        if cls.keys > keys:
+        if cls.keys > keys and not cls.writing:
             return f"grouping: {cls.keys:,} keys applied, {cls.count:,} records read ({elapsed:.0f} s)"
+        cls.writing = True  # phases only move forward: a late key applied while writing is not a new phase
         return f"writing: {cls.rows:,} rows written, {cls.keys:,} keys applied ({elapsed:.0f} s)"
 
 
