@@ -20,8 +20,11 @@ run: $(STAMP)
 jars: $(STAMP)
 	$(BIN)/python -m pipelines.jars
 
+# The domain and pipeline tests on both cores, then the tests that start servers, one at a time (their
+# emulators, brokers and JVMs are shared per session). `pytest -m "not servers"` alone is the fast loop.
 test: $(STAMP) jars chromium
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n 2 -m "not servers" tests
+	$(BIN)/python -m pytest -q -m servers tests
 
 # The report's browser tests drive Debian's chromium headless; install it when absent (needs root, as in .ci/run).
 chromium:

