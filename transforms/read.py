@@ -210,7 +210,7 @@ class Progress:
                      if cls.total_bytes else "")
             return (f"{cls.phase}: {cls.count:,} records{share} ({cls.count / max(elapsed, 1e-9):,.0f}/s, "
                     f"{elapsed:.0f} s)")
-        if cls.keys > keys and not cls.writing:
+        if not cls.writing and (cls.keys > keys or not cls.keys):  # keys wait for the watermark: grouping
             return f"grouping: {cls.keys:,} keys applied, {cls.count:,} records read ({elapsed:.0f} s)"
         cls.writing = True  # phases only move forward: a late key applied while writing is not a new phase
         return f"writing: {cls.rows:,} rows written, {cls.keys:,} keys applied ({elapsed:.0f} s)"
