@@ -30,7 +30,7 @@ from issue_platform.validation import (DEFAULT_MAX_PAYLOAD_BYTES, TIME_EXPECTED,
 from pipelines.options import InputOptions, OutputOptions, SinkOptions, SourceOptions, StateOptions, TimeOptions
 from pipelines.restart import check_restart
 from pipelines.replay import event_time_range, latest_valid_time, replay_stream, timed
-from pipelines.runners import RUNNER_NAMES, choose_runner, is_flink
+from pipelines.runners import RUNNER_NAMES, FlinkStreamOptions, choose_runner, is_flink
 from pipelines.sources_and_sinks import SinkPlan, check_kafka_source, choose_sinks, choose_source
 from transforms.read import input_files, open_config
 from transforms.read_snapshot import Snapshot, check, locate
@@ -102,8 +102,11 @@ def plan_run(argv: Optional[Sequence[str]] = None, config: Optional[PlatformConf
         check(snapshot)
     sinks.check()
     # A live job on an earlier job's sink must say whether it continues it; its groups' versions go on.
+    # A Flink job restored from a savepoint or retained checkpoint continues that job's own state
+    # (its versions included): nothing to refuse, no floor to raise.
+    restored = is_flink(standard.runner) and options.view_as(FlinkStreamOptions).savepoint_path
     version_floor = check_restart(options.view_as(SinkOptions), output.output, state.resume_from,
-                                  state.start_fresh) if live and standard.streaming else 0
+                                  state.start_fresh) if live and standard.streaming and not restored else 0
     plan = RunPlan(config, read, options, sinks, output.output, max_payload_bytes=inputs.max_payload_bytes,
                    validator=inputs.validator, progress=output.progress, snapshot=snapshot,
                    dedupe_window_seconds=when.dedupe_window_seconds,
