@@ -10,7 +10,9 @@ key (streaming):
 
     take     t=10:00:05  buffer it; wake at 10:00:06 (the next whole second)
     take     t=10:00:02  buffer it; wake earlier, at 10:00:03
-    watermark 10:00:04 -> flush(10:00:03): apply 10:00:02; 10:00:05 waits; wake at 10:00:06
+    watermark 10:00:04 -> flush(10:00:03): apply 10:00:02; 10:00:05 waits; wake at 10:00:06 (after a
+                          flush, at the last waiting event within a minute of the first: a backlog
+                          drains a minute of event time per round, not a second)
     watermark 10:00:07 -> flush(10:00:06): apply 10:00:05; the group is NEW, so wake at its next
                           transition (auto-resolve at last_seen + resolve_age, or back to ongoing 7
                           days after it was created)
@@ -47,6 +49,7 @@ from issue_platform.snapshot_codec import is_seed_record, newer_seed, snapshot_r
 from issue_platform.tables import DEAD_LETTER, STATE, iso
 
 DEFAULT_ALLOWED_LATENESS_SECONDS = 600.0
+CATCH_UP_SECONDS = 60.0  # how much event time one flush round may take in at most (Flusher._next_round)
 REPLAY_FLUSH_SECONDS = 3600.0  # the flush rounding of a replay in event-time order (see transforms.apply_rules)
 
 Rows = Iterator[tuple[str, dict]]  # (table, row) pairs, yielded as they are made
@@ -228,7 +231,7 @@ class Flusher:
                 cells.add_event(display_record(digest, interned[digest]))
         if wakeup is not None and wakeup <= horizon:  # fired ahead of the wall clock (a drain): see _apply
             wakeup = None
-        candidates = [t for t in (self.round_up(record_time(waiting[0])) if waiting else None,
+        candidates = [t for t in (self._next_round(waiting) if waiting else None,
                                   None if wakeup is None else float(math.ceil(wakeup))) if t is not None]
         wake = min(candidates) if candidates else None
         if wake is not None:
@@ -239,6 +242,20 @@ class Flusher:
             self._count("keys.released")
         else:
             cells.write_clock(Clock(None, horizon, revision))
+
+    def _next_round(self, waiting: list) -> float:
+        """When the next flush fires for the events still waiting (sorted): once the watermark has passed
+        the last of them within `CATCH_UP_SECONDS` of the first, so that one round applies them all.
+
+        Waking for the first only would drain a key one event-second per round, and a round is a
+        watermark advance plus a bundle (about a second on Flink): a backlog spanning an hour of event
+        time (a restart, a producer that was down) would take an hour to catch up. A live key's waiting
+        events span no more than the watermark's lag, so they wait no longer than before; the bound
+        keeps a far-future event from holding back the ones before it. An event that arrives meanwhile
+        with an earlier time arms the timer earlier, as always (`take`)."""
+        first = record_time(waiting[0])
+        last = bisect.bisect_right(waiting, first + CATCH_UP_SECONDS, key=record_time) - 1
+        return self.round_up(record_time(waiting[last]))
 
     def round_up(self, t: float) -> float:
         """When the flush fires for an event waiting at `t`: the next whole `flush_seconds` (a transition
