@@ -53,7 +53,7 @@ def _produce(bootstrap: str, topic: str, lines, rate: float = 0.0) -> dict:
                 time.sleep(wait)
             payload = orjson.loads(line)
             payload["detection_time"] = now = time.time()
-            sent[payload["id"]] = now
+            sent[uuid.UUID(payload["id"]).hex] = now  # as the occurrence row spells it
             line = orjson.dumps(payload)
         producer.produce(topic, line, key=str(i % 997).encode())
         producer.poll(0)
@@ -66,24 +66,47 @@ def _count(out: str) -> int:
     return sum(open(path, "rb").read().count(b"\n") for table in OUTCOMES for path in glob.glob(jsonl_glob(out, table)))
 
 
+EXTRA: list = []  # --extra: more pipeline flags for every job
+
+
 def _stream(bootstrap: str, topic: str, out: str, parallelism: int):
     return running(["--runner", "FlinkRunner", "--streaming", "--parallelism", str(parallelism), "--source", "kafka",
-                    "--bootstrap_servers", bootstrap, "--topic", topic, "--output", out], load_config(None))
+                    "--bootstrap_servers", bootstrap, "--topic", topic, "--output", out, *EXTRA], load_config(None))
 
 
-def throughput(bootstrap: str, lines: list, parallelism: int, timeout: float = 600.0) -> dict:
+def _cpu_seconds(broker_pid: int) -> dict:
+    """CPU seconds (user + system) so far of this process (the SDK workers, Python) and of its JVM
+    children other than the broker (the job server with the embedded Flink, the expansion service)."""
+    import psutil
+
+    me = psutil.Process()
+    seconds = {"python": sum(me.cpu_times()[:2]), "jvm": 0.0}
+    for child in me.children(recursive=True):
+        try:
+            if child.pid != broker_pid and child.name() == "java":
+                seconds["jvm"] += sum(child.cpu_times()[:2])
+        except psutil.NoSuchProcess:
+            pass
+    return seconds
+
+
+def throughput(broker, lines: list, parallelism: int, timeout: float = 600.0) -> dict:
+    """Records/s from the first outcome row to the last, and the CPU each side spent per record meanwhile."""
     topic = f"bench-{uuid.uuid4().hex[:8]}"
-    create_kafka_topic(bootstrap, topic, partitions=PARTITIONS)
-    _produce(bootstrap, topic, lines)
-    with tempfile.TemporaryDirectory() as out, _stream(bootstrap, topic, out, parallelism):
+    create_kafka_topic(broker.address, topic, partitions=PARTITIONS)
+    _produce(broker.address, topic, lines)
+    with tempfile.TemporaryDirectory() as out, _stream(broker.address, topic, out, parallelism):
         deadline, first, seen = time.monotonic() + timeout, None, 0
         while seen < len(lines) and time.monotonic() < deadline:
             seen = _count(out)
             if seen and first is None:
-                first = time.monotonic()
+                first, cpu_at_first = time.monotonic(), _cpu_seconds(broker.process.pid)
             time.sleep(0.5)
-        last = time.monotonic()
-    return {"records": seen, "per_s": round(seen / max(last - first, 1e-9)), "seconds": round(last - first, 1)}
+        last, cpu = time.monotonic(), _cpu_seconds(broker.process.pid)
+    per_record = {f"{side}_cpu_us": round((cpu[side] - cpu_at_first[side]) / max(seen, 1) * 1e6)
+                  for side in cpu}
+    return {"records": seen, "per_s": round(seen / max(last - first, 1e-9)), "seconds": round(last - first, 1),
+            **per_record}
 
 
 def latency(bootstrap: str, rate: float, seconds: float, parallelism: int) -> dict:
@@ -104,7 +127,7 @@ def latency(bootstrap: str, rate: float, seconds: float, parallelism: int) -> di
         while time.monotonic() < deadline:
             now = time.time()
             for row in read_jsonl(out, OCCURRENCES):
-                seen_at.setdefault(row["occurrence_id"] if "occurrence_id" in row else row["id"], now)
+                seen_at.setdefault(row["occurrence_id"], now)
             if not producer.is_alive() and all(i in seen_at for i in sent):
                 break
             time.sleep(0.2)
@@ -134,18 +157,20 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=500.0)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--hot_key_count", type=int, default=None, help="default: --count; 0: skip")
+    parser.add_argument("--extra", default="", help="more pipeline flags for every job, e.g. '--max_bundle_time_mills 100'")
     args = parser.parse_args()
+    EXTRA.extend(args.extra.split())
     jars.ensure()
     broker = start_kafka(jars.KAFKA_BROKER.classpath())
     figures = {}
     try:
         lines = recent_payloads(args.count, 7, time.time() - 30)
         for parallelism in args.parallelism:
-            figures[f"throughput_p{parallelism}"] = throughput(broker.address, lines, parallelism)
+            figures[f"throughput_p{parallelism}"] = throughput(broker, lines, parallelism)
             print(figures, flush=True)
         hot = args.count if args.hot_key_count is None else args.hot_key_count
         if hot:
-            figures["hot_key_p1"] = throughput(broker.address, hot_key(hot), 1)
+            figures["hot_key_p1"] = throughput(broker, hot_key(hot), 1)
             print(figures, flush=True)
         if args.rate:
             figures["latency_p1"] = latency(broker.address, args.rate, args.seconds, 1)

@@ -65,3 +65,16 @@ def test_a_live_source_is_planned_without_reading_anything(no_input_read):
                               "--streaming"])
     assert run_plan.as_of == math.inf and not run_plan.bounded and run_plan.received_at is None
     assert run_plan.runner == STREAMING_RUNNER
+
+
+@pytest.mark.parametrize("args, bundle_millis", [
+    (["--streaming"], 100), (["--streaming", "--max_bundle_time_mills", "1000"], 1000), ([], None)])
+def test_a_stream_on_flink_closes_its_bundles_after_100_ms_unless_told(args, bundle_millis):
+    """Beam's 1 s bundles are paid at every step of a stream (docs/scaling.md); a batch keeps Beam's."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipelines.runners import FlinkStreamOptions, choose_runner
+
+    options = PipelineOptions(["--runner", "FlinkRunner", "--job_endpoint", "localhost:1", *args])
+    choose_runner(options, [])
+    assert options.view_as(FlinkStreamOptions).max_bundle_time_mills == bundle_millis
