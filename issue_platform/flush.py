@@ -11,8 +11,8 @@ key (streaming):
     take     t=10:00:05  buffer it; wake at 10:00:06 (the next whole second)
     take     t=10:00:02  buffer it; wake earlier, at 10:00:03
     watermark 10:00:04 -> flush(10:00:03): apply 10:00:02; 10:00:05 waits; wake at 10:00:06 (after a
-                          flush, at the last waiting event within a minute of the first: a backlog
-                          drains a minute of event time per round, not a second)
+                          flush, at the last waiting event within a minute of the first and behind
+                          the wall clock: a backlog drains a minute of event time per round)
     watermark 10:00:07 -> flush(10:00:06): apply 10:00:05; the group is NEW, so wake at its next
                           transition (auto-resolve at last_seen + resolve_age, or back to ongoing 7
                           days after it was created)
@@ -245,16 +245,19 @@ class Flusher:
 
     def _next_round(self, waiting: list) -> float:
         """When the next flush fires for the events still waiting (sorted): once the watermark has passed
-        the last of them within `CATCH_UP_SECONDS` of the first, so that one round applies them all.
+        the last of them that is within `CATCH_UP_SECONDS` of the first and, in a live stream, not
+        after the wall clock; so that one round applies them all.
 
         Waking for the first only would drain a key one event-second per round, and a round is a
-        watermark advance plus a bundle (about a second on Flink): a backlog spanning an hour of event
-        time (a restart, a producer that was down) would take an hour to catch up. A live key's waiting
-        events span no more than the watermark's lag, so they wait no longer than before; the bound
-        keeps a far-future event from holding back the ones before it. An event that arrives meanwhile
-        with an earlier time arms the timer earlier, as always (`take`)."""
+        watermark advance plus a bundle on every step (about a second on Flink): a backlog spanning an
+        hour of event time (a restart, a producer that was down) would take an hour to catch up. Events
+        not yet reached by the wall clock cannot have been passed by a live watermark either, so those
+        are still flushed second by second (a detector whose clock runs ahead gets its rows as soon as
+        before); the bound keeps a far-future event from holding back the ones before it. An event
+        that arrives meanwhile with an earlier time arms the timer earlier, as always (`take`)."""
         first = record_time(waiting[0])
-        last = bisect.bisect_right(waiting, first + CATCH_UP_SECONDS, key=record_time) - 1
+        reached = math.inf if self._bounded else time.time()
+        last = bisect.bisect_right(waiting, max(first, min(first + CATCH_UP_SECONDS, reached)), key=record_time) - 1
         return self.round_up(record_time(waiting[last]))
 
     def round_up(self, t: float) -> float:

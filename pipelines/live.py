@@ -20,7 +20,7 @@ from issue_platform.config import ConfigError
 
 PROJECT, TOPIC = "issue-platform-live", "ingest-occurrences"
 DATASET, POST_PROCESS_TOPIC = "live", "post-process"
-_SHIFTED_FIELDS = ("detection_time", "update_date")
+EVENT_TIME_FIELDS = ("detection_time", "update_date")
 
 
 def register(sub) -> None:
@@ -55,7 +55,7 @@ def recent_payloads(count: int, seed: int, end: float, window: float = 240.0) ->
             lines.append(line)
             continue
         if isinstance(payload, dict):
-            for name in _SHIFTED_FIELDS:
+            for name in EVENT_TIME_FIELDS:
                 if isinstance(payload.get(name), (int, float)) and not isinstance(payload.get(name), bool):
                     payload[name] = squeeze(payload[name])
             line = orjson.dumps(payload)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import orjson
 import psutil
@@ -22,7 +23,7 @@ import pytest
 from issue_platform.config import load_config
 from issue_platform.tables import DEAD_LETTER, OCCURRENCES, STATUS_CHANGES
 from pipelines.issue_pipeline import run, running
-from pipelines.live import recent_payloads
+from pipelines.live import EVENT_TIME_FIELDS, recent_payloads
 from pipeline_support import canonical, latest_groups, read_tables, write_jsonl
 from servers import consume_kafka, create_kafka_topic
 
@@ -37,15 +38,19 @@ def _payloads(count: int, seed: int) -> list[bytes]:
     return recent_payloads(count, seed, time.time() + AHEAD_SECONDS, window=SPAN_SECONDS)
 
 
-def _produce(bootstrap: str, topic: str, lines: list[bytes]) -> list[bytes]:
+def _produce(bootstrap: str, topic: str, lines: list[bytes], rate: float = 0.0) -> list[bytes]:
     """Through the project's producer (`issue-platform produce`'s); the lines it sent (it refuses
-    those the pipeline would dead-letter as invalid)."""
+    those the pipeline would dead-letter as invalid). With `rate`, paced at `rate` per second and each
+    payload re-dated to a few seconds after it is sent, so that it still waits for the watermark."""
     from issue_platform.producer import connect
     from issue_platform.validation import Rejected
 
-    producer, sent = connect(f"kafka:{bootstrap}/{topic}"), []
+    producer, sent, started = connect(f"kafka:{bootstrap}/{topic}"), [], time.monotonic()
     try:
-        for line in lines:
+        for i, line in enumerate(lines):
+            if rate:
+                time.sleep(max(0.0, started + i / rate - time.monotonic()))
+                line = _redated(line, time.time() + 3.0)
             try:
                 producer.send_raw(line)
                 sent.append(line)
@@ -55,6 +60,16 @@ def _produce(bootstrap: str, topic: str, lines: list[bytes]) -> list[bytes]:
     finally:
         producer.close()
     return sent
+
+
+def _redated(line: bytes, at: float) -> bytes:
+    try:
+        payload = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return line
+    if isinstance(payload, dict):
+        payload.update({name: at for name in EVENT_TIME_FIELDS if name in payload})
+    return orjson.dumps(payload)
 
 
 def _outcomes(tables: dict) -> int:
@@ -142,7 +157,9 @@ def test_killed_mid_stream_a_new_job_resumes_from_the_last_checkpoint(apache_kaf
     lines = _payloads(400, seed=23)
     topic = f"ingest-{uuid.uuid4().hex[:8]}"
     create_kafka_topic(apache_kafka.address, topic, partitions=2)
-    sent = _produce(apache_kafka.address, topic, lines)
+    # A backlog drains in a few rounds: so that the kill lands mid-stream, the first payloads wait in
+    # the topic and the rest are sent at 40/s once the job has written its first rows.
+    sent, pacing = _produce(apache_kafka.address, topic, lines[:20]), ThreadPoolExecutor(1)
     out, storage = tmp_path / "stream", tmp_path / "checkpoints"
     argv = [*FLINK, "--source", "kafka", "--bootstrap_servers", apache_kafka.address, "--topic", topic,
             "--output", str(out), "--checkpointing_interval", "1000", "--state_backend", "filesystem",
@@ -151,9 +168,12 @@ def test_killed_mid_stream_a_new_job_resumes_from_the_last_checkpoint(apache_kaf
     try:
         with running(argv, load_config(None)):
             deadline = time.monotonic() + STREAM_TIMEOUT_SECONDS
+            while not _outcomes(read_tables(out)) and time.monotonic() < deadline:
+                time.sleep(0.5)
+            paced = pacing.submit(_produce, apache_kafka.address, topic, lines[20:], 40.0)
             # Kill once a checkpoint is complete and between a quarter and half of the outcomes are written.
             while not (_latest_checkpoint(storage)
-                       and len(sent) // 4 <= _outcomes(read_tables(out)) < len(sent) // 2):
+                       and len(lines) // 4 <= _outcomes(read_tables(out)) < len(lines) // 2):
                 if time.monotonic() > deadline:
                     break
                 time.sleep(0.5)
@@ -166,6 +186,7 @@ def test_killed_mid_stream_a_new_job_resumes_from_the_last_checkpoint(apache_kaf
         if not killed:
             raise
     assert killed, "no checkpoint and partial output in time"
+    sent += paced.result(timeout=60)
     partial = _outcomes(read_tables(out))
     checkpoint = _latest_checkpoint(storage)
     assert 0 < partial < len(sent)

@@ -125,3 +125,15 @@ def test_a_live_key_still_flushes_each_event_once_the_watermark_passes_it():
     assert rounds == 1 and len(_table(rows, OCCURRENCES)) == 1 and cells.timer == T0 + 4
     rounds, rows = _drain(flusher, cells, watermark=T0 + 4)
     assert rounds == 1 and len(_table(rows, OCCURRENCES)) == 1 and cells.bag == []
+
+
+def test_events_ahead_of_the_wall_clock_in_a_live_stream_are_flushed_second_by_second():
+    """A live watermark cannot have passed events the wall clock has not reached: those are not taken
+    in together (a detector whose clock runs ahead keeps its latency)."""
+    import time
+
+    now = float(int(time.time()))
+    flusher, cells = Flusher(registry, lambda name: None, bounded=False), _MemoryCells()
+    _take_all(flusher, cells, _records([now + 30.5, now + 31.5, now + 32.5]))
+    list(flusher.flush(KEY, now + 31, cells))
+    assert cells.timer == now + 32

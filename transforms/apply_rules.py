@@ -48,7 +48,7 @@ class ApplyRulesFn(beam.DoFn):
       CLOCK: the encoded `issue_platform.flush.Clock` (wake_at, flushed_until, revision).
       FLUSH: event-time timer at the earliest event buffered since (rounded up to a whole second),
         the next transition, or after a flush the last of the events still waiting within a minute
-        of the first (`Flusher._next_round`), whichever comes first.
+        of the first and behind the wall clock (`Flusher._next_round`), whichever comes first.
       FINAL: event-time timer at the end of time: the final flush of a bounded input (never armed for
         a live stream, where a key that holds nothing keeps no state and no timer: `keys.released`).
     """
