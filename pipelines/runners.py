@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import logging
 import socket
 import sys
+import threading
 from typing import Iterator
 from urllib.parse import urlparse
 
@@ -26,6 +28,7 @@ from pipelines.runner_tuning import BATCH_RUNNER, STREAMING_RUNNER
 FLINK_RUNNER = "FlinkRunner"
 RUNNER_NAMES = {"FnApiRunner": BATCH_RUNNER}  # as newer Beams (and our docs) call it
 EMBEDDED_FLINK = ("[auto]", "[local]")
+_LOGGER = logging.getLogger(__name__)
 # A stream's bundles on Flink close after this long (Beam's default: 1 s). Each step's output watermark
 # waits for its open bundle and a key's flush waits for the watermark, so Beam's second was paid at
 # every step: 5,000 records of backlog drained at ~400/s and produce-to-row took 7.6 s (p50) at 200/s;
@@ -118,6 +121,30 @@ def local_workers(options: PipelineOptions) -> bool:
         return False
 
 
+_SDK_THREADS = ("run_worker_", "read_grpc_client_inputs", "read_state")  # Beam's SDK harness threads
+
+
+def _one_line_for_lost_runner(previous=None):
+    """Beam's SDK worker threads die with a full gRPC traceback each (30 lines, several threads) when the
+    runner closes their connection: a job that ended or was cancelled, or Flink restarting a task. Said
+    in one line instead; any other thread exception is reported as before."""
+    import grpc
+
+    previous = previous or threading.excepthook
+
+    def hook(args):
+        lost = isinstance(args.exc_value, grpc.RpcError) and args.exc_value.code() in (
+            grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+        if lost and args.thread is not None and args.thread.name.startswith(_SDK_THREADS):
+            _LOGGER.warning("SDK worker: the runner closed its connection (%s: the job ended, or Flink restarted "
+                            "a task)", args.exc_value.details())
+            return
+        previous(args)
+
+    hook.installed = True
+    return hook
+
+
 @contextlib.contextmanager
 def runner_services(options: PipelineOptions, runner: str) -> Iterator[None]:
     """What the runner needs beside it for one run: on Flink with local workers, the SDK worker pool
@@ -130,6 +157,8 @@ def runner_services(options: PipelineOptions, runner: str) -> Iterator[None]:
     from apache_beam.utils import thread_pool_executor
     import grpc
 
+    if not getattr(threading.excepthook, "installed", False):  # once: the threads may outlive the run
+        threading.excepthook = _one_line_for_lost_runner()
     experiments = options.view_as(DebugOptions).experiments or []
     pool = worker_pool_main.BeamFnExternalWorkerPoolServicer(
         state_cache_size=sdk_worker_main._get_state_cache_size_bytes(options=options),

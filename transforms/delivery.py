@@ -47,6 +47,7 @@ class DeliverFn(beam.DoFn):
 
     def process(self, rows):
         self._messages.extend(map(post_process_message, rows))
+        return ()  # sent in finish_bundle (an explicit empty result: Beam warns about a process without one)
 
     def finish_bundle(self):
         messages, self._messages = self._messages, []

@@ -73,6 +73,7 @@ class _AppendJsonLinesFn(beam.DoFn):
     def process(self, rows):
         Progress.wrote(len(rows))
         self._lines.extend(map(to_json_line, rows))
+        return ()  # written in finish_bundle (an explicit empty result: Beam warns about a process without one)
 
     def finish_bundle(self):
         if self._lines:
