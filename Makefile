@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench live flink clean chromium jars
+.PHONY: run test bench bench-flink live flink clean chromium jars
 
 $(STAMP): setup.py
 	$(PY) -m venv $(VENV)
@@ -42,6 +42,10 @@ flink: $(STAMP) jars
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench.py $(ARGS)
+
+# The Kafka stream on Flink measured (docs/scaling.md), in a private network namespace as `make flink`.
+bench-flink: $(STAMP) jars
+	unshare --net -- sh -c 'ip link set lo up && exec $(BIN)/python bench/flink_stream.py $(ARGS)'
 
 clean:
 	rm -rf out bench/data .pytest_cache

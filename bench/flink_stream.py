@@ -8,9 +8,13 @@ embedded Flink cluster, tables as JSON Lines.
               each dated when it is sent; produce-to-row = when its occurrence row is first seen (files
               polled every 0.2 s) - when it was sent; p50 and p99.
   hot key     `--count` occurrences of one fingerprint (one key: one core), backlog mode.
+  CPU         each throughput run also reports the CPU (user + system) per record of this process (the
+              Python SDK workers) and of the JVMs it started, from the first outcome row to the last.
 
-    .venv/bin/python bench/flink_stream.py [--count 20000] [--parallelism 1 2] [--rate 500] [--seconds 20]
-        [--hot_key_count N (0: skip)]   (--parallelism with no value and --rate 0 skip those parts)
+    make bench-flink ARGS='[--count 20000] [--parallelism 1 2] [--rate 500] [--seconds 20]
+        [--hot_key_count N (0: skip)] [--extra "--max_bundle_time_mills 20"]'
+    (--parallelism with no value and --rate 0 skip those parts; make runs it in a private network
+    namespace, as `make flink`: Beam's Java servers listen on every interface)
 
 The last line is one JSON object with every figure.
 """
