@@ -103,6 +103,9 @@ class ParsePayloads(beam.PTransform):
         return raw | "Validate" >> beam.ParDo(self._fn).with_outputs(DEAD_LETTER, main="valid")
 
 
+NO_CONFIG_UPDATES = ()  # `_GateIngestFn.admit`'s versions when there is no side input: the constructor's config
+
+
 class _GateIngestFn(beam.DoFn):
     """Decides each payload's `Admission` from the project's settings and flags in the config side
     input (every version seen so far; the newest `loaded_at` wins), or, with `refresh_seconds`,
@@ -241,7 +244,7 @@ class _IngestFn(beam.DoFn):
         self._digests = {}  # key -> the display digests sent this bundle, concatenated (compact)
         self._batches, self._buffered = {}, 0  # key -> its batch record so far; their total size
 
-    def process(self, raw, versions: list):
+    def process(self, raw):
         rows = {}  # output tag -> the rows this element produced for it
         batches = self._batches if self._per_key else None
         records = self._parse.take_in(raw)
@@ -250,7 +253,7 @@ class _IngestFn(beam.DoFn):
             if isinstance(payload, pvalue.TaggedOutput):
                 rows.setdefault(PART_PARSE, []).append(with_source(payload, records, i).value)
                 continue
-            admitted = self._gate.admit(payload, versions)
+            admitted = self._gate.admit(payload, NO_CONFIG_UPDATES)
             if isinstance(admitted, pvalue.TaggedOutput):
                 rows.setdefault(OCCURRENCES if admitted.tag == OCCURRENCES else PART_GATE, []).append(admitted.value)
                 continue
@@ -304,19 +307,23 @@ class Ingest(beam.PTransform):
     runner step instead of three). Outputs: `keyed` (per shard, key and bundle with `per_key`), and
     as batches of rows (a list per input element): `occurrences` (ingest disabled), `evidence`, and
     the dead letters of each stage under `issue_platform.tables.PART_PARSE`, `PART_GATE` and `PART_KEY`.
-    The gate decides by `config`, re-read every `refresh_seconds` when given (see `GateIngest`)."""
+    The gate decides by `config`, re-read every `refresh_seconds` when given (see `GateIngest`).
+
+    It takes no side input (GateIngest's config updates): on Beam 2.62's Flink runner a step with a
+    side input cannot be checkpointed once the side input has arrived (its operator state is written
+    with the view's windowed coder: ClassCastException, docs/flink-streaming.md), and a stream's
+    records wait in operator state until it arrives."""
 
     def __init__(self, config: PlatformConfig, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES, validator: str = "fast",
                  progress: bool = False, refresh_seconds: Optional[float] = None,
                  received_at: Optional[float] = None, per_key: bool = False):
         super().__init__()
-        self._config, self._per_key = config, per_key
+        self._per_key = per_key
         self._fn = _IngestFn(config, max_bytes, validator, progress, refresh_seconds, received_at, per_key)
 
     def expand(self, raw):
-        updates = raw.pipeline | "Config" >> beam.Create([self._config])
         keyed_type = Tuple[int, bytes] if self._per_key else KeyedRecord
-        return raw | "ParseGateAndKey" >> beam.ParDo(self._fn, beam.pvalue.AsList(updates)).with_output_types(
+        return raw | "ParseGateAndKey" >> beam.ParDo(self._fn).with_output_types(
             keyed_type).with_outputs(OCCURRENCES, EVIDENCE, PART_PARSE, PART_GATE, PART_KEY, main="keyed")
 
 
