@@ -32,9 +32,7 @@ _LOGGER = logging.getLogger(__name__)
 # A stream's bundles on Flink close after this long (Beam's default: 1 s). Each step's output watermark
 # waits for its open bundle and a key's flush waits for the watermark, so Beam's second was paid at
 # every step: 5,000 records of backlog drained at ~400/s and produce-to-row took 7.6 s (p50) at 200/s;
-# with 100 ms, ~640-760/s and 2.1 s (docs/scaling.md). Shorter bundles cost more per record. Not with
-# checkpoints: there Beam 2.62's Flink runner completed no checkpoint and wrote nothing in two minutes
-# with 100 ms bundles (docs/flink-streaming.md, "Checkpoints under load"), so Beam's 1 s is kept.
+# with 100 ms, ~640-760/s and 2.1 s (docs/scaling.md). Shorter bundles cost more per record.
 FLINK_STREAM_BUNDLE_MILLIS = 100
 
 
@@ -77,8 +75,8 @@ class FlinkStreamOptions(PipelineOptions):
         parser.add_argument(
             "--max_bundle_time_mills", type=int, default=None, metavar="MS",
             help="Flink: the longest a bundle stays open; a step's output watermark waits for its open bundle, "
-                 "so this adds to the time from produce to row at each step. Default: 100 for a stream "
-                 "without checkpoints, else Beam's (1,000).")
+                 "so this adds to the time from produce to row at each step. Default: 100 for a stream, "
+                 "else Beam's (1,000).")
 
 
 def choose_runner(options: PipelineOptions, argv) -> str:
@@ -93,8 +91,7 @@ def choose_runner(options: PipelineOptions, argv) -> str:
         # --output_executable_path DIR: a portable runner would then write a jar there instead of running.
         portable.output_executable_path = None
     stream_options = options.view_as(FlinkStreamOptions)
-    if (is_flink(standard.runner) and standard.streaming and stream_options.max_bundle_time_mills is None
-            and stream_options.checkpointing_interval is None):
+    if is_flink(standard.runner) and standard.streaming and stream_options.max_bundle_time_mills is None:
         stream_options.max_bundle_time_mills = FLINK_STREAM_BUNDLE_MILLIS
     own_job_server = not (portable.job_endpoint or options.view_as(FlinkRunnerOptions).flink_job_server_jar)
     if is_flink(standard.runner) and own_job_server:
