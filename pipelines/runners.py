@@ -12,8 +12,11 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
+import os
+import shutil
 import socket
 import sys
+import tempfile
 import threading
 from typing import Iterator
 from urllib.parse import urlparse
@@ -145,10 +148,47 @@ def _one_line_for_lost_runner(previous=None):
 @contextlib.contextmanager
 def runner_services(options: PipelineOptions, runner: str) -> Iterator[None]:
     """What the runner needs beside it for one run: on Flink with local workers, the SDK worker pool
-    on 127.0.0.1 (stopped when the run ends)."""
-    if not (is_flink(runner) and local_workers(options)):
+    on 127.0.0.1 (stopped when the run ends); on the embedded cluster, its Flink configuration."""
+    if not is_flink(runner):
         yield
         return
+    with embedded_flink_conf(options), (_worker_pool(options) if local_workers(options) else contextlib.nullcontext()):
+        yield
+
+
+FLINK_CONF_FILES = ("config.yaml", "flink-conf.yaml")  # Flink 1.19 reads the first that exists
+
+
+@contextlib.contextmanager
+def embedded_flink_conf(options: PipelineOptions) -> Iterator[None]:
+    """For a job on the embedded cluster with `--savepoint_path`: Beam 2.62 applies that option only when
+    it submits to a remote cluster (FlinkExecutionEnvironments); the embedded cluster takes its Flink
+    configuration from FLINK_CONF_DIR, read by the job server Beam starts for this run, so the restore
+    goes there (`execution.savepoint.path`, beside the user's own configuration if FLINK_CONF_DIR is set)."""
+    savepoint = options.view_as(FlinkStreamOptions).savepoint_path
+    if not savepoint or options.view_as(FlinkRunnerOptions).flink_master not in EMBEDDED_FLINK:
+        yield
+        return
+    user_dir = os.environ.get("FLINK_CONF_DIR")
+    with tempfile.TemporaryDirectory(prefix="flink-conf-") as conf_dir:
+        if user_dir:
+            shutil.copytree(user_dir, conf_dir, dirs_exist_ok=True)
+        name = next((n for n in FLINK_CONF_FILES if os.path.exists(os.path.join(conf_dir, n))), FLINK_CONF_FILES[1])
+        with open(os.path.join(conf_dir, name), "a") as conf:
+            conf.write(f"\nexecution.savepoint.path: {savepoint}\n")
+        os.environ["FLINK_CONF_DIR"] = conf_dir
+        try:
+            yield
+        finally:
+            if user_dir is None:
+                os.environ.pop("FLINK_CONF_DIR", None)
+            else:
+                os.environ["FLINK_CONF_DIR"] = user_dir
+
+
+@contextlib.contextmanager
+def _worker_pool(options: PipelineOptions) -> Iterator[None]:
+    """Beam's SDK worker pool in this process, on 127.0.0.1 (Beam's own LOOPBACK pool binds `[::]`)."""
     from apache_beam.portability.api import beam_fn_api_pb2_grpc
     from apache_beam.runners.worker import sdk_worker_main, worker_pool_main
     from apache_beam.utils import thread_pool_executor

@@ -11,19 +11,26 @@ run's over the same payloads.
 """
 from __future__ import annotations
 
+import logging
 import os
+import signal
+import subprocess
+import sys
 import time
+import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import orjson
 import psutil
 import pytest
+from apache_beam.runners.runner import PipelineState
 
 from issue_platform.config import load_config
 from issue_platform.tables import DEAD_LETTER, OCCURRENCES, STATUS_CHANGES
 from pipelines.issue_pipeline import run, running
 from pipelines.live import EVENT_TIME_FIELDS, recent_payloads
+from pipelines.local_stack import free_port
 from pipeline_support import canonical, latest_groups, read_tables, write_jsonl
 from servers import consume_kafka, create_kafka_topic
 
@@ -147,52 +154,73 @@ def _distinct(tables: dict) -> dict:
     return {name: [orjson.loads(r) for r in sorted(set(canonical(rows)))] for name, rows in tables.items()}
 
 
-def test_killed_mid_stream_a_new_job_resumes_from_the_last_checkpoint(apache_kafka, tmp_path):
-    """Job-level failure injection on the embedded cluster: the job server's JVM (JobManager and
-    TaskManager in one) is killed mid-stream; a new job starts from the last retained checkpoint
-    (Kafka offsets and every key's state). Nothing is lost, nothing is counted twice: every group's
-    latest row (`times_seen` included) and the distinct rows of every table equal a files run's, and
-    each group has one `is_new` post-process row. The JSON Lines sink writes at least once: rows
-    written after the checkpoint are written again, byte-identical."""
-    lines = _payloads(400, seed=23)
-    topic = f"ingest-{uuid.uuid4().hex[:8]}"
-    create_kafka_topic(apache_kafka.address, topic, partitions=2)
-    # A backlog drains in a few rounds: so that the kill lands mid-stream, the first payloads wait in
-    # the topic and the rest are sent at 40/s once the job has written its first rows.
-    sent, pacing = _produce(apache_kafka.address, topic, lines[:20]), ThreadPoolExecutor(1)
-    out, storage = tmp_path / "stream", tmp_path / "checkpoints"
-    argv = [*FLINK, "--source", "kafka", "--bootstrap_servers", apache_kafka.address, "--topic", topic,
-            "--output", str(out), "--checkpointing_interval", "1000", "--state_backend", "filesystem",
-            "--state_backend_storage_path", storage.as_uri(), "--retain_externalized_checkpoints_on_cancellation"]
-    before, killed = set(_job_server_pids()), False
-    try:
-        with running(argv, load_config(None)):
-            deadline = time.monotonic() + STREAM_TIMEOUT_SECONDS
-            while not _outcomes(read_tables(out)) and time.monotonic() < deadline:
-                time.sleep(0.5)
-            paced = pacing.submit(_produce, apache_kafka.address, topic, lines[20:], 40.0)
-            # Kill once a checkpoint is complete and between a quarter and half of the outcomes are written.
-            while not (_latest_checkpoint(storage)
-                       and len(lines) // 4 <= _outcomes(read_tables(out)) < len(lines) // 2):
-                if time.monotonic() > deadline:
-                    break
-                time.sleep(0.5)
-            else:
-                [job_server] = set(_job_server_pids()) - before
-                psutil.Process(job_server).kill()  # the whole embedded cluster, mid-stream
-                psutil.Process(job_server).wait(30)
-                killed = True
-    except Exception:  # leaving the block cancels the job, whose job server is gone
-        if not killed:
-            raise
-    assert killed, "no checkpoint and partial output in time"
-    sent += paced.result(timeout=60)
-    partial = _outcomes(read_tables(out))
-    checkpoint = _latest_checkpoint(storage)
-    assert 0 < partial < len(sent)
+def _outcome_rows(out) -> int:
+    """Outcome rows written so far, counted as lines (cheap enough to poll a backlog of thousands)."""
+    return sum(path.read_bytes().count(b"\n") for table in (OCCURRENCES, STATUS_CHANGES, DEAD_LETTER)
+               for path in out.glob(f"{table}.*.jsonl"))
 
-    with running([*argv, "--savepoint_path", checkpoint], load_config(None)):
-        stream = _wait_for_outcomes(out, len(sent))
+
+class _CheckpointLog(logging.Handler):
+    """Flink's checkpoint coordinator lines from the job servers' output (Beam logs each line of a job
+    server it started through `apache_beam.utils.subprocess_server`)."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.completed, self.failed = 0, []
+
+    def emit(self, record):
+        line = record.getMessage()
+        if "Completed checkpoint" in line:
+            self.completed += 1
+        if "Failed to trigger or complete checkpoint" in line or "Could not complete snapshot" in line:
+            self.failed.append(line)
+
+
+@pytest.fixture
+def checkpoint_log():
+    logger, log = logging.getLogger("apache_beam.utils.subprocess_server"), _CheckpointLog()
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(log)
+    try:
+        yield log
+    finally:
+        logger.removeHandler(log)
+        logger.setLevel(level)
+
+
+def _checkpointed_stream(kafka, tmp_path, backlog: list[bytes]):
+    """A topic holding `backlog` (the payloads the producer sent), and the argv of a stream over it with a
+    checkpoint every second, retained when the job ends."""
+    topic = f"ingest-{uuid.uuid4().hex[:8]}"
+    create_kafka_topic(kafka.address, topic, partitions=2)
+    sent = _produce(kafka.address, topic, backlog)
+    argv = [*FLINK, "--source", "kafka", "--bootstrap_servers", kafka.address, "--topic", topic,
+            "--output", str(tmp_path / "stream"), "--checkpointing_interval", "1000", "--state_backend", "filesystem",
+            "--state_backend_storage_path", (tmp_path / "checkpoints").as_uri(),
+            "--retain_externalized_checkpoints_on_cancellation"]
+    return topic, sent, argv
+
+
+def _mid_stream(kafka, topic: str, tail: list[bytes], out, storage, pacing: ThreadPoolExecutor):
+    """A backlog drains in a few rounds: so that an interruption lands mid-stream, once the job has
+    written its first rows `tail` is sent at 40/s (a future of the payloads sent); returns when it has
+    been sending for 2 s and a checkpoint is complete."""
+    deadline = time.monotonic() + STREAM_TIMEOUT_SECONDS
+    while not _outcome_rows(out):
+        assert time.monotonic() < deadline, "no output in time"
+        time.sleep(0.5)
+    paced, started = pacing.submit(_produce, kafka.address, topic, tail, 40.0), time.monotonic()
+    while not (_latest_checkpoint(storage) and time.monotonic() - started > 2.0):
+        assert time.monotonic() < deadline, "no checkpoint in time"
+        time.sleep(0.2)
+    return paced
+
+
+def _assert_resumed_like_a_files_run(stream: dict, sent: list, tmp_path) -> None:
+    """Nothing lost, nothing counted twice: the distinct rows of every table and every group's latest row
+    (`times_seen` included) equal a files run's over the same payloads, and each group has one `is_new`
+    post-process row (no group created twice). Distinct rows: the JSON Lines sink writes at least once."""
     run(["--input", write_jsonl(tmp_path / "sent.jsonl", sent), "--output", str(tmp_path / "files")],
         load_config(None))
     # A payload sent twice gives identical evidence rows in the files run too: compare distinct rows.
@@ -205,7 +233,136 @@ def test_killed_mid_stream_a_new_job_resumes_from_the_last_checkpoint(apache_kaf
     groups = latest_groups(files["groups"])
     assert canonical(list(latest_groups(once["groups"]).values())) == canonical(list(groups.values()))
     new = [r["group_id"] for r in once["post_process"] if r["is_new"]]
-    assert sorted(new) == sorted(groups)  # one is_new per group: no group created twice
-    replayed = _outcomes(stream) - len(sent)
+    assert sorted(new) == sorted(groups)
+
+
+# A job run by a new Python process until it is interrupted, its job server's output logged (`running`).
+_RESTORED_JOB = """
+import logging, sys, time
+from issue_platform.config import load_config
+from pipelines.issue_pipeline import running
+logging.basicConfig(level=logging.WARNING)
+logging.getLogger("apache_beam.utils.subprocess_server").setLevel(logging.INFO)
+with running(sys.argv[1:], load_config(None)):
+    time.sleep(3600)
+"""
+
+
+def _resumed_in_a_new_process(argv: list, restore_from: str, out, expected: int) -> dict:
+    """The stream of ARGV with `--savepoint_path RESTORE_FROM`, started in a new process as a user restarts
+    a job (in this process the Kafka read's operators would get other uids: docs/flink-streaming.md); the
+    tables once every outcome is written, then the process is interrupted (it cancels the job).
+    Every checkpoint the restored job takes completes (its Flink log, read from its output)."""
+    log = out.parent / "restored.log"
+    with open(log, "wb") as sink:
+        process = psutil.Popen([sys.executable, "-c", _RESTORED_JOB, *argv, "--savepoint_path", restore_from],
+                               stdout=sink, stderr=subprocess.STDOUT)
+        try:
+            stream = _wait_for_outcomes(out, expected)
+            text = log.read_text(errors="replace")  # before the interrupt, which fails a checkpoint due then
+        finally:
+            started = process.children(recursive=True)  # the job server and the IO expansion service
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(60)
+            except psutil.TimeoutExpired:
+                process.kill()
+            for child in started:  # stopped with the process as a rule; by pid if not
+                if child.is_running():
+                    child.kill()
+                    child.wait(30)
+    assert "from savepoint" in text, text[-3000:]  # Flink's "Starting job ... from savepoint PATH"
+    assert "Failed to trigger or complete checkpoint" not in text and "Could not complete snapshot" not in text
+    return stream
+
+
+def test_a_backlog_checkpoints_and_a_killed_job_resumes_from_the_last_checkpoint(apache_kafka, tmp_path,
+                                                                               checkpoint_log):
+    """A backlog of 2,000 records, then 500 more at 40/s, with a checkpoint every second: every
+    checkpoint completes (Beam 2.62 failed those of a step with a side input: docs/flink-streaming.md).
+    Job-level failure injection on the embedded cluster: the job server's JVM (JobManager and
+    TaskManager in one) is killed mid-stream; a new job starts from the last retained checkpoint (Kafka offsets and every
+    key's state) and the tables end as a files run's."""
+    lines = _payloads(2500, seed=23)
+    topic, sent, argv = _checkpointed_stream(apache_kafka, tmp_path, lines[:2000])
+    out, storage = tmp_path / "stream", tmp_path / "checkpoints"
+    before, killed = set(_job_server_pids()), False
+    with ThreadPoolExecutor(1) as pacing:
+        try:
+            with running(argv, load_config(None)):
+                paced = _mid_stream(apache_kafka, topic, lines[2000:], out, storage, pacing)
+                [job_server] = set(_job_server_pids()) - before
+                psutil.Process(job_server).kill()  # the whole embedded cluster, mid-stream
+                psutil.Process(job_server).wait(30)
+                killed = True
+        except Exception:  # leaving the block cancels the job, whose job server is gone
+            if not killed:
+                raise
+        sent += paced.result(timeout=60)
+    partial, checkpoint = _outcome_rows(out), _latest_checkpoint(storage)
+    assert 0 < partial < len(sent)
+    first_job = (checkpoint_log.completed, list(checkpoint_log.failed))
+
+    stream = _resumed_in_a_new_process(argv, checkpoint, out, len(sent))
+    assert first_job[0] >= 1 and first_job[1] == [], first_job[1][:1]
+    _assert_resumed_like_a_files_run(stream, sent, tmp_path)
     print(f"killed after {partial} of {len(sent)} outcomes; resumed from {checkpoint}; "
-          f"{replayed} outcome rows written twice (byte-identical)")
+          f"{first_job[0]} checkpoints completed before; {_outcomes(stream) - len(sent)} outcome rows "
+          f"written twice (byte-identical)")
+
+
+def _flink_rest_on(conf_dir, port: int) -> str:
+    """A Flink configuration directory (read through FLINK_CONF_DIR by the job server's embedded cluster)
+    whose REST endpoint listens on 127.0.0.1:`port` (otherwise a random port on every interface)."""
+    conf_dir.mkdir(exist_ok=True)
+    (conf_dir / "flink-conf.yaml").write_text(f"rest.address: 127.0.0.1\nrest.bind-address: 127.0.0.1\n"
+                                              f"rest.port: {port}\nrest.bind-port: {port}\n")
+    return f"http://127.0.0.1:{port}"
+
+
+def _rest(url: str, body: dict | None = None) -> dict:
+    request = urllib.request.Request(url, data=None if body is None else orjson.dumps(body),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return orjson.loads(response.read())
+
+
+def _stop_with_savepoint(rest: str, target) -> str:
+    """Flink's stop-with-savepoint (`flink stop --savepointPath`, REST `POST /jobs/:id/stop`) of the one
+    running job; the savepoint's location once it is complete."""
+    [job] = [j["id"] for j in _rest(f"{rest}/jobs")["jobs"] if j["status"] == "RUNNING"]
+    trigger = _rest(f"{rest}/jobs/{job}/stop", {"targetDirectory": target.as_uri(), "drain": False})["request-id"]
+    deadline = time.monotonic() + 120
+    while (status := _rest(f"{rest}/jobs/{job}/savepoints/{trigger}"))["status"]["id"] != "COMPLETED":
+        assert time.monotonic() < deadline, "no savepoint in time"
+        time.sleep(0.5)
+    assert "location" in status["operation"], status["operation"]
+    return status["operation"]["location"]
+
+
+def test_stopped_with_a_savepoint_a_new_job_continues_from_it(apache_kafka, tmp_path, monkeypatch, checkpoint_log):
+    """The Flink analogue of Dataflow's `--update`: the stream is stopped mid-stream with a savepoint
+    (through the embedded cluster's REST API), then a new job with `--savepoint_path` reads the rest of
+    the topic with the state carried over: the tables end as a files run's, one `is_new` per group."""
+    monkeypatch.setenv("FLINK_CONF_DIR", str(tmp_path / "flink-conf"))
+    rest = _flink_rest_on(tmp_path / "flink-conf", free_port())
+    lines = _payloads(1000, seed=29)
+    topic, sent, argv = _checkpointed_stream(apache_kafka, tmp_path, lines[:600])
+    out = tmp_path / "stream"
+    with ThreadPoolExecutor(1) as pacing:
+        with running(argv, load_config(None)) as result:
+            paced = _mid_stream(apache_kafka, topic, lines[600:], out, tmp_path / "checkpoints", pacing)
+            failed = list(checkpoint_log.failed)  # (a periodic checkpoint due while the job stops fails)
+            savepoint = _stop_with_savepoint(rest, tmp_path / "savepoints")
+            result.wait_until_finish()
+            stopped = result.state
+        sent += paced.result(timeout=60)
+    partial = _outcome_rows(out)
+    assert stopped == PipelineState.DONE and 0 < partial < len(sent)
+
+    _flink_rest_on(tmp_path / "flink-conf", free_port())  # the new job's cluster: a port of its own
+    assert failed == [] and checkpoint_log.completed >= 1, failed[:1]
+    stream = _resumed_in_a_new_process(argv, savepoint, out, len(sent))
+    _assert_resumed_like_a_files_run(stream, sent, tmp_path)
+    print(f"stopped after {partial} of {len(sent)} outcomes; resumed from {savepoint}; "
+          f"{_outcomes(stream) - len(sent)} outcome rows written twice")
