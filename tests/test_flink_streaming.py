@@ -11,20 +11,21 @@ run's over the same payloads.
 """
 from __future__ import annotations
 
-import logging
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from typing import Iterator
 
 import orjson
 import psutil
 import pytest
-from apache_beam.runners.runner import PipelineState
 
 from issue_platform.config import load_config
 from issue_platform.tables import DEAD_LETTER, OCCURRENCES, STATUS_CHANGES
@@ -160,33 +161,12 @@ def _outcome_rows(out) -> int:
                for path in out.glob(f"{table}.*.jsonl"))
 
 
-class _CheckpointLog(logging.Handler):
-    """Flink's checkpoint coordinator lines from the job servers' output (Beam logs each line of a job
-    server it started through `apache_beam.utils.subprocess_server`)."""
-
-    def __init__(self):
-        super().__init__(logging.INFO)
-        self.completed, self.failed = 0, []
-
-    def emit(self, record):
-        line = record.getMessage()
-        if "Completed checkpoint" in line:
-            self.completed += 1
-        if "Failed to trigger or complete checkpoint" in line or "Could not complete snapshot" in line:
-            self.failed.append(line)
-
-
-@pytest.fixture
-def checkpoint_log():
-    logger, log = logging.getLogger("apache_beam.utils.subprocess_server"), _CheckpointLog()
-    level = logger.level
-    logger.setLevel(logging.INFO)
-    logger.addHandler(log)
-    try:
-        yield log
-    finally:
-        logger.removeHandler(log)
-        logger.setLevel(level)
+def _checkpoints(log) -> tuple[int, list[str]]:
+    """(completed, failed) checkpoints in a job process's log (Flink's checkpoint coordinator lines)."""
+    lines = log.read_text(errors="replace").splitlines()
+    return (sum("Completed checkpoint" in line for line in lines),
+            [line for line in lines if "Failed to trigger or complete checkpoint" in line
+             or "Could not complete snapshot" in line])
 
 
 def _checkpointed_stream(kafka, tmp_path, backlog: list[bytes]):
@@ -202,18 +182,20 @@ def _checkpointed_stream(kafka, tmp_path, backlog: list[bytes]):
     return topic, sent, argv
 
 
-def _mid_stream(kafka, topic: str, tail: list[bytes], out, storage, pacing: ThreadPoolExecutor):
+def _mid_stream(kafka, topic: str, tail: list[bytes], out, storage, pacing: ThreadPoolExecutor,
+                at_least: int = 1):
     """A backlog drains in a few rounds: so that an interruption lands mid-stream, once the job has
-    written its first rows `tail` is sent at 40/s (a future of the payloads sent); returns when it has
-    been sending for 2 s and a checkpoint is complete."""
+    written `at_least` outcome rows `tail` is sent at 40/s (a future of the payloads sent); returns when
+    it has been sending for 2 s, a checkpoint is complete, and it is still sending."""
     deadline = time.monotonic() + STREAM_TIMEOUT_SECONDS
-    while not _outcome_rows(out):
+    while _outcome_rows(out) < at_least:
         assert time.monotonic() < deadline, "no output in time"
         time.sleep(0.5)
     paced, started = pacing.submit(_produce, kafka.address, topic, tail, 40.0), time.monotonic()
     while not (_latest_checkpoint(storage) and time.monotonic() - started > 2.0):
         assert time.monotonic() < deadline, "no checkpoint in time"
         time.sleep(0.2)
+    assert not paced.done(), "the tail was sent before a checkpoint completed"
     return paced
 
 
@@ -236,8 +218,8 @@ def _assert_resumed_like_a_files_run(stream: dict, sent: list, tmp_path) -> None
     assert sorted(new) == sorted(groups)
 
 
-# A job run by a new Python process until it is interrupted, its job server's output logged (`running`).
-_RESTORED_JOB = """
+# A stream run by a Python process of its own until it is interrupted, its job server's output logged.
+_JOB = """
 import logging, sys, time
 from issue_platform.config import load_config
 from pipelines.issue_pipeline import running
@@ -248,67 +230,75 @@ with running(sys.argv[1:], load_config(None)):
 """
 
 
-def _resumed_in_a_new_process(argv: list, restore_from: str, out, expected: int) -> dict:
-    """The stream of ARGV with `--savepoint_path RESTORE_FROM`, started in a new process as a user restarts
-    a job (in this process the Kafka read's operators would get other uids: docs/flink-streaming.md); the
-    tables once every outcome is written, then the process is interrupted (it cancels the job).
-    Every checkpoint the restored job takes completes (its Flink log, read from its output)."""
-    log = out.parent / "restored.log"
+@contextlib.contextmanager
+def _job_process(argv: list, log) -> Iterator[psutil.Popen]:
+    """The stream of ARGV run by a new Python process, as `issue-platform run` runs it (a job built by a
+    process that built other jobs before gets other Flink operator uids, and a savepoint would not map
+    onto a job of a fresh process: docs/flink-streaming.md), its job server's output in `log`. On exit
+    the process is interrupted (it cancels the job) and what it started is stopped by pid."""
     with open(log, "wb") as sink:
-        process = psutil.Popen([sys.executable, "-c", _RESTORED_JOB, *argv, "--savepoint_path", restore_from],
-                               stdout=sink, stderr=subprocess.STDOUT)
+        process = psutil.Popen([sys.executable, "-c", _JOB, *argv], stdout=sink, stderr=subprocess.STDOUT)
         try:
-            stream = _wait_for_outcomes(out, expected)
-            text = log.read_text(errors="replace")  # before the interrupt, which fails a checkpoint due then
+            yield process
         finally:
-            started = process.children(recursive=True)  # the job server and the IO expansion service
-            process.send_signal(signal.SIGINT)
             try:
+                started = process.children(recursive=True)  # the job server and the IO expansion service
+                process.send_signal(signal.SIGINT)
                 process.wait(60)
+            except psutil.NoSuchProcess:  # it ended by itself (its job server was killed)
+                started = []
             except psutil.TimeoutExpired:
                 process.kill()
-            for child in started:  # stopped with the process as a rule; by pid if not
+            for child in started:  # stopped with the process as a rule
                 if child.is_running():
                     child.kill()
                     child.wait(30)
+
+
+def _wait_gone(process: psutil.Process, timeout: float = 30.0) -> None:
+    """Until `process` (not our child: its parent reaps it) has exited."""
+    deadline = time.monotonic() + timeout
+    while process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline, f"pid {process.pid} still runs"
+        time.sleep(0.2)
+
+
+def _resumed(argv: list, restore_from: str, out, expected: int, log) -> dict:
+    """The tables once a new job from `restore_from` has written every outcome; it started from it and
+    every checkpoint it took completed."""
+    with _job_process([*argv, "--savepoint_path", restore_from], log):
+        stream = _wait_for_outcomes(out, expected)
+        text, (completed, failed) = log.read_text(errors="replace"), _checkpoints(log)
     assert "from savepoint" in text, text[-3000:]  # Flink's "Starting job ... from savepoint PATH"
-    assert "Failed to trigger or complete checkpoint" not in text and "Could not complete snapshot" not in text
+    assert failed == [], failed[:1]
     return stream
 
 
-def test_a_backlog_checkpoints_and_a_killed_job_resumes_from_the_last_checkpoint(apache_kafka, tmp_path,
-                                                                               checkpoint_log):
-    """A backlog of 2,000 records, then 500 more at 40/s, with a checkpoint every second: every
-    checkpoint completes (Beam 2.62 failed those of a step with a side input: docs/flink-streaming.md).
+def test_a_backlog_checkpoints_and_a_killed_job_resumes_from_the_last_checkpoint(apache_kafka, tmp_path):
+    """A backlog of 2,000 records, then (once 500 outcomes are written) 500 more at 40/s, with a
+    checkpoint every second: every checkpoint completes (Beam 2.62 failed those of a step with a side
+    input: docs/flink-streaming.md).
     Job-level failure injection on the embedded cluster: the job server's JVM (JobManager and
-    TaskManager in one) is killed mid-stream; a new job starts from the last retained checkpoint (Kafka offsets and every
-    key's state) and the tables end as a files run's."""
+    TaskManager in one) is killed mid-stream; a new job starts from the last retained checkpoint (Kafka
+    offsets and every key's state) and the tables end as a files run's."""
     lines = _payloads(2500, seed=23)
     topic, sent, argv = _checkpointed_stream(apache_kafka, tmp_path, lines[:2000])
     out, storage = tmp_path / "stream", tmp_path / "checkpoints"
-    before, killed = set(_job_server_pids()), False
-    with ThreadPoolExecutor(1) as pacing:
-        try:
-            with running(argv, load_config(None)):
-                paced = _mid_stream(apache_kafka, topic, lines[2000:], out, storage, pacing)
-                [job_server] = set(_job_server_pids()) - before
-                psutil.Process(job_server).kill()  # the whole embedded cluster, mid-stream
-                psutil.Process(job_server).wait(30)
-                killed = True
-        except Exception:  # leaving the block cancels the job, whose job server is gone
-            if not killed:
-                raise
+    before = set(_job_server_pids())
+    with ThreadPoolExecutor(1) as pacing, _job_process(argv, tmp_path / "killed.log"):
+        paced = _mid_stream(apache_kafka, topic, lines[2000:], out, storage, pacing, at_least=500)
+        [job_server] = set(_job_server_pids()) - before
+        psutil.Process(job_server).kill()  # the whole embedded cluster, mid-stream
+        _wait_gone(psutil.Process(job_server))
         sent += paced.result(timeout=60)
     partial, checkpoint = _outcome_rows(out), _latest_checkpoint(storage)
-    assert 0 < partial < len(sent)
-    first_job = (checkpoint_log.completed, list(checkpoint_log.failed))
+    completed, failed = _checkpoints(tmp_path / "killed.log")
+    assert 0 < partial < len(sent) and completed >= 1 and failed == [], failed[:1]
 
-    stream = _resumed_in_a_new_process(argv, checkpoint, out, len(sent))
-    assert first_job[0] >= 1 and first_job[1] == [], first_job[1][:1]
+    stream = _resumed(argv, checkpoint, out, len(sent), tmp_path / "resumed.log")
     _assert_resumed_like_a_files_run(stream, sent, tmp_path)
-    print(f"killed after {partial} of {len(sent)} outcomes; resumed from {checkpoint}; "
-          f"{first_job[0]} checkpoints completed before; {_outcomes(stream) - len(sent)} outcome rows "
-          f"written twice (byte-identical)")
+    print(f"killed after {partial} of {len(sent)} outcomes and {completed} checkpoints; resumed from "
+          f"{checkpoint}; {_outcomes(stream) - len(sent)} outcome rows written twice (byte-identical)")
 
 
 def _flink_rest_on(conf_dir, port: int) -> str:
@@ -329,7 +319,7 @@ def _rest(url: str, body: dict | None = None) -> dict:
 
 def _stop_with_savepoint(rest: str, target) -> str:
     """Flink's stop-with-savepoint (`flink stop --savepointPath`, REST `POST /jobs/:id/stop`) of the one
-    running job; the savepoint's location once it is complete."""
+    running job: (the savepoint's location once it is complete, the job's id)."""
     [job] = [j["id"] for j in _rest(f"{rest}/jobs")["jobs"] if j["status"] == "RUNNING"]
     trigger = _rest(f"{rest}/jobs/{job}/stop", {"targetDirectory": target.as_uri(), "drain": False})["request-id"]
     deadline = time.monotonic() + 120
@@ -337,32 +327,43 @@ def _stop_with_savepoint(rest: str, target) -> str:
         assert time.monotonic() < deadline, "no savepoint in time"
         time.sleep(0.5)
     assert "location" in status["operation"], status["operation"]
-    return status["operation"]["location"]
+    return status["operation"]["location"], job
 
 
-def test_stopped_with_a_savepoint_a_new_job_continues_from_it(apache_kafka, tmp_path, monkeypatch, checkpoint_log):
+def _finished(rest: str, job: str, timeout: float = 60.0) -> bool:
+    """Whether the job ends (FINISHED) within `timeout` seconds: the embedded cluster, one per job, stops
+    serving once it has."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if _rest(f"{rest}/jobs/{job}")["state"] == "FINISHED":
+                return True
+        except urllib.error.URLError:  # the job's cluster is gone: it ended
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def test_stopped_with_a_savepoint_a_new_job_continues_from_it(apache_kafka, tmp_path, monkeypatch):
     """The Flink analogue of Dataflow's `--update`: the stream is stopped mid-stream with a savepoint
     (through the embedded cluster's REST API), then a new job with `--savepoint_path` reads the rest of
     the topic with the state carried over: the tables end as a files run's, one `is_new` per group."""
-    monkeypatch.setenv("FLINK_CONF_DIR", str(tmp_path / "flink-conf"))
+    monkeypatch.setenv("FLINK_CONF_DIR", str(tmp_path / "flink-conf"))  # the job processes' Flink configuration
     rest = _flink_rest_on(tmp_path / "flink-conf", free_port())
     lines = _payloads(1000, seed=29)
     topic, sent, argv = _checkpointed_stream(apache_kafka, tmp_path, lines[:600])
     out = tmp_path / "stream"
-    with ThreadPoolExecutor(1) as pacing:
-        with running(argv, load_config(None)) as result:
-            paced = _mid_stream(apache_kafka, topic, lines[600:], out, tmp_path / "checkpoints", pacing)
-            failed = list(checkpoint_log.failed)  # (a periodic checkpoint due while the job stops fails)
-            savepoint = _stop_with_savepoint(rest, tmp_path / "savepoints")
-            result.wait_until_finish()
-            stopped = result.state
+    with ThreadPoolExecutor(1) as pacing, _job_process(argv, tmp_path / "stopped.log"):
+        paced = _mid_stream(apache_kafka, topic, lines[600:], out, tmp_path / "checkpoints", pacing)
+        completed, failed = _checkpoints(tmp_path / "stopped.log")  # (one due while the job stops fails)
+        savepoint, job = _stop_with_savepoint(rest, tmp_path / "savepoints")
+        assert _finished(rest, job)
         sent += paced.result(timeout=60)
     partial = _outcome_rows(out)
-    assert stopped == PipelineState.DONE and 0 < partial < len(sent)
+    assert 0 < partial < len(sent) and completed >= 1 and failed == [], failed[:1]
 
     _flink_rest_on(tmp_path / "flink-conf", free_port())  # the new job's cluster: a port of its own
-    assert failed == [] and checkpoint_log.completed >= 1, failed[:1]
-    stream = _resumed_in_a_new_process(argv, savepoint, out, len(sent))
+    stream = _resumed(argv, savepoint, out, len(sent), tmp_path / "resumed.log")
     _assert_resumed_like_a_files_run(stream, sent, tmp_path)
     print(f"stopped after {partial} of {len(sent)} outcomes; resumed from {savepoint}; "
           f"{_outcomes(stream) - len(sent)} outcome rows written twice")

@@ -116,11 +116,6 @@ class ReadFromKafkaTopic(beam.PTransform):
                                   timestamp_policy=ReadFromKafka.create_time_policy,
                                   commit_offset_in_finalize="group.id" in self.consumer_config,
                                   expansion_service=expansion_service)
-        # Beam names the expanded Java transforms `external_<N>...`, N counting the cross-language transforms
-        # this process has built so far, and those names reach the Flink operators' uids, by which a
-        # savepoint's state is mapped: a job restored by a process with another history would not find its
-        # Kafka read's state. One fixed namespace (a pipeline has one Kafka read).
-        self.read._external_namespace = "kafka_read"
 
     def expand(self, pbegin):
         return pbegin | "ReadFromKafka" >> self.read | "WithOffsets" >> beam.Map(kafka_row_payload)
