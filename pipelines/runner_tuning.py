@@ -19,17 +19,30 @@ def tuned(runner: Optional[str]) -> Iterator[None]:
         yield
 
 
+YOUNG_GENERATION_THRESHOLD = 50_000  # allocations between collections of the youngest generation (CPython: 700)
+
+
 @contextlib.contextmanager
 def imports_frozen() -> Iterator[None]:
-    """Works around: CPython's garbage collector walking every object alive before the run.
+    """Works around: CPython's garbage collector walking objects that are all alive.
 
-    Moves those objects (Beam's modules, protos and the built pipeline: some hundreds of thousands)
-    out of the collector's reach for the run: a full collection would otherwise walk them all again
-    and again while the run allocates (measured: ~6% of a batch run)."""
+    Moves the objects alive before the run (Beam's modules, protos and the built pipeline: some
+    hundreds of thousands) out of the collector's reach for the run: a full collection would otherwise
+    walk them all again and again while the run allocates (measured: ~6% of a batch run).
+
+    And collects the youngest generation after YOUNG_GENERATION_THRESHOLD net allocations instead of
+    700: a step's output element is a batch of up to 1,000 rows (nested dicts, alive until the sink
+    serialises them), so every batch pushed the young generation past 700 several times and each
+    collection walked rows that were all alive (200k payloads: ~3,500 young and ~300 middle collections,
+    ~0.4 s; with 50,000 a handful, docs/performance.md). Only reference cycles wait longer for it:
+    everything else is freed when its last reference goes, as before."""
+    threshold = gc.get_threshold()
     gc.freeze()
+    gc.set_threshold(max(threshold[0], YOUNG_GENERATION_THRESHOLD), *threshold[1:])
     try:
         yield
     finally:
+        gc.set_threshold(*threshold)
         gc.unfreeze()
 
 
