@@ -270,7 +270,7 @@ def sealed_batch(batch: bytearray) -> bytes:
     """The batch as one record, compressed: a key's events share their type, times and display digests,
     so a batch run's buffer (held by the runner until the end of the input) takes about 2/3 of the bytes.
     zstd level 1: as small as zlib level 1 and ~4x faster to compress and to decompress (200k payloads:
-    0.08 s against 0.31 s, docs/performance.md)."""
+    0.07 s against 0.31 s, docs/performance.md)."""
     return bytes((BATCH,)) + _CODEC.compress(batch)
 
 

@@ -31,9 +31,9 @@ def imports_frozen() -> Iterator[None]:
     walk them all again and again while the run allocates (measured: ~6% of a batch run).
 
     And collects the youngest generation after YOUNG_GENERATION_THRESHOLD net allocations instead of
-    700: a step's output element is a batch of up to 1,000 rows (nested dicts, alive until the sink
-    serialises them), so every batch pushed the young generation past 700 several times and each
-    collection walked rows that were all alive (200k payloads: ~3,500 young and ~300 middle collections,
+    700: a step's output element is a batch of rows (nested dicts, alive until the sink serialises
+    them; up to 1,000 from a flush), so a batch pushed the young generation past 700, often several
+    times, and each collection walked rows that were all alive (200k payloads: ~3,500 young and ~300 middle collections,
     ~0.4 s; with 50,000 a handful, docs/performance.md). Only reference cycles wait longer for it:
     everything else is freed when its last reference goes, as before."""
     threshold = gc.get_threshold()

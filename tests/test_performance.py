@@ -41,6 +41,17 @@ def test_a_method_set_on_the_instance_is_not_taken_from_the_cache():
         assert core.get_function_arguments(dofn, "process")[0] == ["element", "extra"]
 
 
+def test_the_run_collects_young_objects_less_often_and_restores_the_collector():
+    import gc
+
+    from pipelines.runner_tuning import YOUNG_GENERATION_THRESHOLD, imports_frozen
+    before = gc.get_threshold()
+    with imports_frozen():
+        assert gc.get_threshold() == (max(before[0], YOUNG_GENERATION_THRESHOLD), *before[1:])
+        assert gc.get_freeze_count() > 0
+    assert gc.get_threshold() == before and gc.get_freeze_count() == 0
+
+
 def test_each_map_keeps_its_own_parameters():
     """A Map's or FlatMap's `process` is its function, set on the instance: two of them must not share
     an entry, and the same one asked twice answers the same."""
