@@ -48,7 +48,7 @@ class Watch:
         self.subscription = f"projects/{PROJECT}/subscriptions/{POST}-reader"
 
     def poll(self) -> None:
-        from google.api_core.exceptions import DeadlineExceeded
+        from pipelines.local_stack import pull_acknowledged
 
         now = time.time()
         for row in self.client.query(f"SELECT occurrence_id FROM `{PROJECT}.{DATASET}.occurrences`").result():
@@ -56,15 +56,8 @@ class Watch:
         for message in self.consumer.consume(10000, timeout=0.2):
             if message.error() is None:
                 self.kafka.setdefault(orjson.loads(message.value())["occurrence_id"], time.time())
-        try:
-            received = self.subscriber.pull(subscription=self.subscription, max_messages=1000,
-                                            timeout=1).received_messages
-        except DeadlineExceeded:
-            received = []
-        if received:
-            self.subscriber.acknowledge(subscription=self.subscription, ack_ids=[m.ack_id for m in received])
-            for m in received:
-                self.pubsub.setdefault(orjson.loads(m.message.data)["occurrence_id"], time.time())
+        for message in pull_acknowledged(self.subscriber, self.subscription, timeout=1):
+            self.pubsub.setdefault(orjson.loads(message.data)["occurrence_id"], time.time())
 
     def wait(self, ids: set, timeout: float) -> bool:
         deadline = time.monotonic() + timeout

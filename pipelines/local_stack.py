@@ -268,6 +268,20 @@ def create_pubsub_topic(project: str, topic: str, subscriptions: tuple[str, ...]
     subscriber.close()
 
 
+def pull_acknowledged(subscriber, subscription: str, timeout: float) -> list:
+    """The messages (google.pubsub_v1.PubsubMessage) one pull of `subscription` got within `timeout`
+    seconds, acknowledged; none when nothing arrived in time."""
+    from google.api_core.exceptions import DeadlineExceeded
+
+    try:
+        received = subscriber.pull(subscription=subscription, max_messages=1000, timeout=timeout).received_messages
+    except DeadlineExceeded:
+        return []
+    if received:
+        subscriber.acknowledge(subscription=subscription, ack_ids=[m.ack_id for m in received])
+    return [m.message for m in received]
+
+
 class TopicReader:
     """Reads one Pub/Sub subscription and one Kafka topic (partitions assigned from the beginning, no
     group join), keeping every message that arrived across `read()` calls (PUBSUB_EMULATOR_HOST set)."""
@@ -286,16 +300,7 @@ class TopicReader:
 
     def read(self) -> None:
         """What arrived since the last read (waits up to ~2.5 s)."""
-        from google.api_core.exceptions import DeadlineExceeded
-
-        try:
-            received = self.subscriber.pull(subscription=self.subscription, max_messages=1000,
-                                            timeout=2).received_messages
-        except DeadlineExceeded:
-            received = []
-        if received:
-            self.subscriber.acknowledge(subscription=self.subscription, ack_ids=[m.ack_id for m in received])
-            self.pubsub += [m.message for m in received]
+        self.pubsub += pull_acknowledged(self.subscriber, self.subscription, timeout=2)
         for message in self.consumer.consume(1000, timeout=0.5):
             if message.error() is not None:
                 raise RuntimeError(f"kafka: {message.error()}")

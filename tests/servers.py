@@ -18,7 +18,8 @@ from typing import Iterator
 import pytest
 
 from pipelines.local_stack import (HOST, KAFKA_CONSUMER_DEFAULTS, Server, create_kafka_topic,  # noqa: F401
-                                   create_pubsub_topic, free_port, start_pubsub_emulator, start_server, start_tansu)
+                                   create_pubsub_topic, free_port, pull_acknowledged, start_pubsub_emulator,
+                                   start_server, start_tansu)
 
 
 @pytest.fixture(scope="session")
@@ -73,7 +74,6 @@ def consume_kafka(bootstrap: str, topic: str, count: int, timeout: float = 20.0)
 
 def pull_pubsub(project: str, subscription: str, count: int, timeout: float = 20.0) -> list:
     """Pulls and acks until `count` messages arrived or `timeout` passed; returns the messages."""
-    from google.api_core.exceptions import DeadlineExceeded
     from google.cloud import pubsub_v1
 
     subscriber = pubsub_v1.SubscriberClient()
@@ -81,13 +81,7 @@ def pull_pubsub(project: str, subscription: str, count: int, timeout: float = 20
     messages, deadline = [], time.monotonic() + timeout
     try:
         while len(messages) < count and time.monotonic() < deadline:
-            try:
-                received = subscriber.pull(subscription=path, max_messages=1000, timeout=2).received_messages
-            except DeadlineExceeded:  # nothing yet
-                continue
-            if received:
-                subscriber.acknowledge(subscription=path, ack_ids=[m.ack_id for m in received])
-                messages.extend(m.message for m in received)
+            messages += pull_acknowledged(subscriber, path, timeout=2)
         return messages
     finally:
         subscriber.close()
